@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.qlab-setup
 PORT   ?= 8888
 
-.PHONY: lab test setup notebooks bench lock clean-venv
+.PHONY: lab test setup browser notebooks lock clean-venv
 
 setup: $(STAMP)
 
@@ -27,7 +27,15 @@ $(STAMP): requirements/lock.txt pyproject.toml Makefile
 lab: setup
 	$(BIN)/jupyter lab --notebook-dir=notebooks --port=$(PORT)
 
-test: setup
+# The browser test drives Debian's Chromium (Playwright's own browser download fails here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium not found: install it (apt-get install chromium) or the browser test is skipped"; fi; }
+
+test: setup browser
 	$(BIN)/python -m pytest tests notebooks --nbval --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
 

@@ -1,4 +1,5 @@
-"""Shared test set-up: the per-notebook time budget for nbval runs."""
+"""Root pytest plugin: the per-notebook wall-time budget for nbval runs (it must sit at the root
+to see the notebooks/ items as well as tests/)."""
 from __future__ import annotations
 
 import collections
