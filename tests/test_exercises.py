@@ -23,6 +23,17 @@ WRONG = {
         (lambda x, s, z: [1, 2], "return a tensor"),
     ],
     "01.3": [(1, "axis 1 is the input channel"), ("out", "answer with the axis")],
+    "09.1": [
+        ((0.8 / 127.5, 0.8 / 255), "swapped"),
+        ((0.8 / 127.5, 0.8 / 127.5), "falls back to affine"),
+        ((0.8 / 255, 0.8 / 127), "not 127"),
+        (0.5, "answer with a pair"),
+    ],
+    "09.2": [
+        (lambda i: i, "that is the fake path"),
+        (lambda i: (254 * i) // 255, "don't truncate"),
+        (lambda i: round(i * 255 / 254), "the converted model outputs"),
+    ],
 }
 
 

@@ -1,0 +1,115 @@
+"""qlab.intref against PyTorch's quantized conv (fbgemm, qnnpack) and its own arithmetic."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.ao.nn.intrinsic.quantized as nniq
+import torch.ao.nn.quantized as nnq
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qlab.intref import REQUANT_MODES, conv2d_acc, conv2d_int, fixed_point_multiplier, requantize
+
+
+def _torch_conv(engine, xc, xs, xz, wc, ws, b, ys, yz, relu, stride, padding):
+    torch.backends.quantized.engine = engine
+    xq = torch._make_per_tensor_quantized_tensor(xc, xs, xz)
+    if isinstance(ws, torch.Tensor):
+        wq = torch._make_per_channel_quantized_tensor(wc, ws.double(), torch.zeros(len(ws), dtype=torch.long), 0)
+    else:
+        wq = torch._make_per_tensor_quantized_tensor(wc, ws, 0)
+    conv = (nniq.ConvReLU2d if relu else nnq.Conv2d)(wc.shape[1], wc.shape[0], wc.shape[2:], stride=stride, padding=padding)
+    conv.set_weight_bias(wq, b)
+    conv.scale, conv.zero_point = ys, yz
+    return conv(xq).int_repr()
+
+
+layer = st.fixed_dictionaries(
+    {
+        "seed": st.integers(0, 2**16),
+        "cin": st.integers(1, 6),
+        "cout": st.integers(1, 6),
+        "k": st.sampled_from([1, 3]),
+        "per_channel": st.booleans(),
+        "bias": st.booleans(),
+        "relu": st.booleans(),
+        "stride": st.sampled_from([1, 2]),
+        "xz": st.integers(0, 255),
+        "yz": st.integers(0, 255),
+        "ys": st.floats(0.002, 0.2),
+    }
+)
+
+
+def _make(p):
+    g = torch.Generator().manual_seed(p["seed"])
+    xc = torch.randint(0, 256, (2, p["cin"], 7, 7), generator=g, dtype=torch.int32).to(torch.uint8)
+    wc = torch.randint(-128, 128, (p["cout"], p["cin"], p["k"], p["k"]), generator=g, dtype=torch.int32).to(torch.int8)
+    ws = (torch.rand(p["cout"], generator=g) * 0.01 + 1e-3) if p["per_channel"] else 0.004
+    if isinstance(ws, torch.Tensor):
+        ws = ws.double().float()
+    b = (torch.rand(p["cout"], generator=g) - 0.5) if p["bias"] else None
+    return xc, 0.02, p["xz"], wc, ws, b, p["ys"], p["yz"], p["relu"], p["stride"], p["k"] // 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(layer)
+def test_conv2d_int_is_bit_exact_with_fbgemm(p):
+    xc, xs, xz, wc, ws, b, ys, yz, relu, stride, pad = _make(p)
+    real = _torch_conv("fbgemm", xc, xs, xz, wc, ws, b, ys, yz, relu, stride, pad)
+    ref = conv2d_int(xc, xs, xz, wc, ws, ys, yz, b, stride=stride, padding=pad, relu=relu)
+    assert torch.equal(real, ref)
+
+
+@pytest.mark.skipif("qnnpack" not in torch.backends.quantized.supported_engines, reason="no qnnpack engine")
+@settings(max_examples=30, deadline=None)
+@given(layer)
+def test_int32_bias_mode_is_bit_exact_with_qnnpack(p):
+    p = dict(p, per_channel=False)
+    xc, xs, xz, wc, ws, b, ys, yz, relu, stride, pad = _make(p)
+    real = _torch_conv("qnnpack", xc, xs, xz, wc, ws, b, ys, yz, relu, stride, pad)
+    ref = conv2d_int(xc, xs, xz, wc, ws, ys, yz, b, stride=stride, padding=pad, relu=relu, requant="int32_bias")
+    torch.backends.quantized.engine = "fbgemm"
+    assert torch.equal(real, ref)
+
+
+@given(st.floats(1e-6, 1e3))
+def test_fixed_point_multiplier_is_close(m):
+    q, shift = fixed_point_multiplier(m)
+    assert 2**30 <= q < 2**31
+    assert abs(q / 2**shift - m) <= m * 2**-30
+
+
+def test_requant_modes_agree_away_from_ties():
+    acc = torch.arange(-1000, 1000).reshape(1, 1, -1)
+    outs = {m: requantize(acc, 0.02, 0.003, 0.0371, 128, requant=m) for m in REQUANT_MODES}
+    exact = torch.round(acc.double() * 0.02 * 0.003 / 0.0371).long().add(128).clamp(0, 255)
+    for m, o in outs.items():
+        assert (o - exact).abs().max() <= 1, m
+
+
+def test_int16_pairs_saturate_only_large_pairs():
+    xc = torch.full((1, 4, 2, 2), 255, dtype=torch.uint8)
+    wc = torch.full((1, 4, 1, 1), 127, dtype=torch.int8)
+    assert int(conv2d_acc(xc, 0, wc).flatten()[0]) == 4 * 255 * 127
+    assert int(conv2d_acc(xc, 0, wc, int16_pairs=True).flatten()[0]) == 2 * 32767
+    small = torch.full((1, 4, 2, 2), 127, dtype=torch.uint8)  # reduce_range: 7-bit activations never saturate
+    assert torch.equal(conv2d_acc(small, 0, wc), conv2d_acc(small, 0, wc, int16_pairs=True))
+
+
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda: conv2d_acc(torch.zeros(1, 2, 2, 2), 0, torch.zeros(1, 2, 1, 1, dtype=torch.int8)), TypeError, "x_q must have dtype"),
+        (lambda: requantize(torch.zeros(1, 1), 1.0, 1.0, 1.0, 0, requant="magic"), ValueError, "requant must be one of"),
+        (lambda: fixed_point_multiplier(-1.0), ValueError, "m must be a positive"),
+        (
+            lambda: conv2d_acc(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), 0, torch.zeros(1, 3, 1, 1, dtype=torch.int8), int16_pairs=True),
+            ValueError,
+            "even C_in",
+        ),
+    ],
+)
+def test_bad_input_names_the_argument(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
