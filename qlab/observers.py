@@ -27,8 +27,9 @@ torch.ao's tiny ``ObserverBase`` so that a ``QConfig`` accepts them.
 
 Where qlab deliberately differs from torch.ao (it raises instead of returning garbage):
 
-* NaN or inf in ``x``: ``ValueError``. torch.ao's min/max observers store NaN/inf
-  and then return a NaN/inf scale; its HistogramObserver drops inf with a warning.
+* NaN or inf in ``x``: ``ValueError``, and the observer's state is left as it was.
+  torch.ao's min/max observers store NaN/inf and then return a NaN/inf scale; its
+  HistogramObserver drops inf values with a warning and fails on NaN inside ``torch.histc``.
 * ``calculate_qparams()`` before any data: ``RuntimeError``. torch.ao warns and
   returns scale 1.0, zero point 0.
 * A range too wide for float32 (``hi - lo`` overflows): ``ValueError``; torch.ao returns an inf scale.
@@ -38,7 +39,11 @@ Where qlab deliberately differs from torch.ao (it raises instead of returning ga
   (torch.ao refuses it too, except HistogramObserver, whose zero point 128 then
   lies outside ``[0, 127]``).
 * Only ``torch.quint8``/``torch.qint8`` and float32 input; a per-channel
-  observer refuses a batch whose channel count changed (torch.ao may broadcast).
+  observer refuses a batch whose channel count changed (torch.ao may broadcast)
+  and a 1-D batch (torch.ao fails with an ``IndexError``).
+* A moving average can end with ``min > max`` by one rounding (a constant batch and
+  ``averaging_constant`` near 1): ``ValueError`` from :func:`qlab.choose_qparams`
+  where torch.ao raises an ``AssertionError``.
 
 Two torch.ao quirks are reproduced on purpose, because they change results:
 with custom ``quant_min``/``quant_max``, ``reduce_range`` halves both bounds;

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import qlab.observers as qobs
 from qlab.fake_quant import FakeQuantize
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 TWINS = {
     "minmax": (tobs.MinMaxObserver, qobs.MinMaxObserver),

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 import qlab.observers as qobs
 from qlab.primitives import fake_quantize
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-HIST_SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+HIST_SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 PAIRS_PER_TENSOR = [
     (tobs.MinMaxObserver, qobs.MinMaxObserver, {}),
