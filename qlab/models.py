@@ -30,6 +30,7 @@ __all__ = [
     "DigitsCNN",
     "available",
     "model_info",
+    "sha256",
     "load_pretrained",
     "evaluate",
     "train_epoch",
