@@ -99,9 +99,10 @@ def environment_checks(lock: pathlib.Path = LOCK, flags: set[str] | None = None)
     if importlib.util.find_spec("qlab.kernels") is not None:
         try:
             kernels = importlib.import_module("qlab.kernels")
-            native = bool(getattr(kernels, "extension_loaded", lambda: False)())
-            checks.append(Check("qlab int8 kernels compiled", native, "compiled" if native else "pure-PyTorch fallback",
-                                "run `make setup` to build them (needs a C++ compiler)", required=False))
+            native = kernels.backend() == "native"
+            found = f"compiled, {kernels.isa()} path" if native else "pure-PyTorch reference fallback"
+            checks.append(Check("qlab int8 kernels compiled", native, found,
+                                "run `make setup` to build them (needs a C++ compiler and ninja)", required=False))
         except Exception as e:
             checks.append(Check("qlab int8 kernels compiled", False, type(e).__name__, "run `make setup`", required=False))
 

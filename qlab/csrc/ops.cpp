@@ -1,0 +1,521 @@
+// qlab custom ops: schemas, argument checks, threading and the choice of CPU path.
+//
+//   torch.ops.qlab.int8_bmm     batched int8 matmul with fused requantization (attention)
+//   torch.ops.qlab.int8_linear  int8 linear, per-channel weights, int32 or float bias, ReLU
+//
+// The arithmetic lives in gemm_*.cpp and requant.h; this file turns tensors into
+// raw pointers and strides, builds the per-column epilogue arrays, splits the work
+// into tasks and runs them on ATen's thread pool (at::parallel_for). Every output
+// element is computed by exactly one task with the same integer arithmetic, so the
+// result does not depend on the path, the thread count or the split.
+// Python wrappers, fake kernels and the pure-PyTorch reference: qlab/kernels/.
+// Taught in notebooks/08-vit-attention-int8.ipynb.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "qlab_kernels.h"
+#include "requant.h"
+
+namespace qlab {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// CPU path selection
+
+const char* const kIsaNames[] = {"scalar", "avx2", "avx512_vnni"};
+
+bool cpu_supports(Isa isa) {
+#if defined(__x86_64__) || defined(__i386__)
+  // __builtin_cpu_supports reads CPUID (and checks, via XGETBV, that the OS saves the
+  // AVX / AVX-512 registers), the same facts /proc/cpuinfo lists as flags.
+  __builtin_cpu_init();
+  switch (isa) {
+    case Isa::Scalar:
+      return true;
+    case Isa::Avx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case Isa::Avx512Vnni:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("avx512vnni");
+  }
+  return false;
+#else
+  return isa == Isa::Scalar;
+#endif
+}
+
+Isa best_isa() {
+  if (cpu_supports(Isa::Avx512Vnni)) return Isa::Avx512Vnni;
+  if (cpu_supports(Isa::Avx2)) return Isa::Avx2;
+  return Isa::Scalar;
+}
+
+std::atomic<int> g_isa{-1};  // -1: not chosen yet (best available on first use)
+
+Isa active_isa() {
+  int v = g_isa.load();
+  if (v < 0) {
+    v = static_cast<int>(best_isa());
+    g_isa.store(v);
+  }
+  return static_cast<Isa>(v);
+}
+
+std::vector<std::string> supported_isas() {
+  std::vector<std::string> out;
+  for (int i = 0; i < 3; ++i) {
+    if (cpu_supports(static_cast<Isa>(i))) out.emplace_back(kIsaNames[i]);
+  }
+  return out;
+}
+
+std::string join(const std::vector<std::string>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", '" : "'") + v[i] + "'";
+  return s + "]";
+}
+
+void set_isa_op(std::string name) {
+  if (name == "auto") {
+    g_isa.store(static_cast<int>(best_isa()));
+    return;
+  }
+  for (int i = 0; i < 3; ++i) {
+    if (name == kIsaNames[i]) {
+      TORCH_CHECK_VALUE(cpu_supports(static_cast<Isa>(i)), "isa '", name,
+                        "' is not supported by this CPU; supported: ", join(supported_isas()), " or 'auto'");
+      g_isa.store(i);
+      return;
+    }
+  }
+  TORCH_CHECK_VALUE(false, "isa must be one of ['auto', 'scalar', 'avx2', 'avx512_vnni'], got '", name, "'");
+}
+
+std::string get_isa_op() { return kIsaNames[static_cast<int>(active_isa())]; }
+
+std::vector<std::string> supported_isas_op() { return supported_isas(); }
+
+std::tuple<int64_t, int64_t> quantize_multiplier_op(double m) {
+  TORCH_CHECK_VALUE(std::isfinite(m) && m >= 0.0, "m must be a finite non-negative float, got ", m);
+  int32_t q = 0, s = 0;
+  quantize_multiplier(m, &q, &s);
+  return {q, s};
+}
+
+// For benchmarks/bench_kernels.py: n iterations of 8 dependent integer additions, 8n cycles on
+// any out-of-order x86 core (an add has 1 cycle latency), so n / elapsed time measures the clock.
+int64_t dependent_adds_op(int64_t n) {
+  uint64_t x = 0;
+  for (int64_t i = 0; i < n; ++i) {
+#if defined(__x86_64__) || defined(__i386__)
+    asm volatile(
+        "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
+        "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0"
+        : "+r"(x));
+#else
+    x += 8;
+    asm volatile("" : "+r"(x));
+#endif
+  }
+  return static_cast<int64_t>(x);
+}
+
+std::string build_info_op() {
+  std::string s = "compiler: ";
+#if defined(__clang__)
+  s += "clang " __clang_version__;
+#elif defined(__GNUC__)
+  s += "gcc " __VERSION__;
+#endif
+#ifdef _OPENMP
+  s += "; openmp: yes (at::parallel_for runs on ATen's OpenMP pool)";
+#else
+  s += "; openmp: no (at::parallel_for runs single-threaded)";
+#endif
+  s += "; at::get_num_threads(): " + std::to_string(at::get_num_threads());
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Argument checks (ValueError / TypeError naming the argument and what is allowed)
+
+std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kByte: return "torch.uint8";
+    case at::kChar: return "torch.int8";
+    case at::kInt: return "torch.int32";
+    case at::kFloat: return "torch.float32";
+    case at::kLong: return "torch.int64";
+    case at::kShort: return "torch.int16";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kDouble: return "torch.float64";
+    case at::kBool: return "torch.bool";
+    default: return std::string("torch.") + c10::toString(t);
+  }
+}
+
+void check_cpu(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), name, " must be on the CPU (device 'cpu'), got device '", t.device().str(), "'");
+  TORCH_CHECK_VALUE(t.layout() == at::kStrided, name, " must be a dense (strided) tensor");
+}
+
+void check_zero_point(int64_t zp, at::ScalarType t, const char* name) {
+  const int64_t lo = t == at::kByte ? 0 : -128, hi = t == at::kByte ? 255 : 127;
+  TORCH_CHECK_VALUE(zp >= lo && zp <= hi, name, " must lie in [", lo, ", ", hi, "] for ", dtype_name(t), ", got ", zp);
+}
+
+void check_scale(double s, const char* name) {
+  TORCH_CHECK_VALUE(std::isfinite(s) && s > 0.0 && static_cast<float>(s) > 0.0f &&
+                        std::isfinite(static_cast<float>(s)),
+                    name, " must be a positive finite float (representable in float32), got ", s);
+}
+
+OutKind out_kind(at::ScalarType t) {
+  switch (t) {
+    case at::kByte: return OutKind::UInt8;
+    case at::kChar: return OutKind::Int8;
+    case at::kInt: return OutKind::Int32;
+    case at::kFloat: return OutKind::Float32;
+    default:
+      TORCH_CHECK_VALUE(false, "out_dtype must be one of [torch.uint8, torch.int8, torch.int32, torch.float32], got ",
+                        dtype_name(t));
+  }
+}
+
+Requant requant_mode(c10::string_view s) {
+  if (s == "float") return Requant::Float;
+  if (s == "fixed") return Requant::Fixed;
+  TORCH_CHECK_VALUE(false, "requant must be one of ['float', 'fixed'], got '", std::string(s), "'");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The epilogue arrays (one entry per output column, padded with zeros for whole-vector loads)
+
+struct EpilogueData {
+  std::vector<int32_t> bias, qmul, lshift, rshift;
+  std::vector<float> scale, fbias;
+  Epilogue e{};
+};
+
+// w_scale: 1 value (per-tensor) or N values (per-channel); bias_i32 / bias_f32: N values or null.
+void make_epilogue(EpilogueData& d, OutKind kind, Requant mode, bool relu, int64_t N, float sa, const float* w_scale,
+                   bool per_channel, float so, int64_t zo, const int32_t* bias_i32, const float* bias_f32,
+                   const char* a_scale_name, const char* b_scale_name) {
+  const size_t padded = static_cast<size_t>((N + 63) / 64 * 64 + 64);
+  Epilogue& e = d.e;
+  e.kind = kind;
+  e.mode = mode;
+  e.relu = relu;
+  e.any_lshift = false;
+  e.no_overflow = false;
+  e.zo = 0;
+  e.lo = 0;
+  e.hi = 0;
+  if (bias_i32) {
+    d.bias.assign(padded, 0);
+    std::copy(bias_i32, bias_i32 + N, d.bias.begin());
+    e.bias = d.bias.data();
+  }
+  const bool quantized_out = kind == OutKind::UInt8 || kind == OutKind::Int8;
+  if (kind == OutKind::Float32 || (quantized_out && mode == Requant::Float)) {
+    d.scale.assign(padded, 0.0f);
+    if (bias_f32) d.fbias.assign(padded, 0.0f);
+    float rcp = 0.0f;
+    for (int64_t n = 0; n < N; ++n) {
+      // fbgemm / PyTorch: act_times_w_scale = float(sa * sw), multiplier = float(act_times_w_scale / so)
+      const float ats = sa * w_scale[per_channel ? n : 0];
+      TORCH_CHECK_VALUE(std::isfinite(ats) && ats > 0.0f, a_scale_name, " * ", b_scale_name, " = ", ats,
+                        " is not a positive finite float32");
+      if (kind == OutKind::Float32) {
+        d.scale[n] = ats;
+        if (bias_f32) d.fbias[n] = bias_f32[n];
+      } else {
+        const float mult = ats / so;
+        TORCH_CHECK_VALUE(std::isfinite(mult) && mult > 0.0f, "the requantization multiplier ", a_scale_name, " * ",
+                          b_scale_name, " / out_scale = ", mult, " is not a positive finite float32");
+        d.scale[n] = mult;
+        if (bias_f32) {
+          // fbgemm adds the float bias as bias / act_times_w_scale: a division per channel,
+          // a multiplication by float(1.0 / act_times_w_scale) (computed in double) per tensor.
+          if (per_channel) {
+            d.fbias[n] = bias_f32[n] / ats;
+          } else {
+            if (n == 0) rcp = static_cast<float>(1.0 / static_cast<double>(ats));
+            d.fbias[n] = bias_f32[n] * rcp;
+          }
+        }
+      }
+    }
+    e.scale = d.scale.data();
+    if (bias_f32) e.fbias = d.fbias.data();
+    if (quantized_out && mode == Requant::Float) {
+      // |float(acc)| <= 2^31, so |(float(acc) + fbias) * m| stays below 2^31 - 256 when
+      // (2^31 + |fbias|) * m does, with a margin for the two float32 roundings.
+      e.no_overflow = true;
+      for (int64_t n = 0; n < N; ++n) {
+        const double fb = bias_f32 ? std::fabs(static_cast<double>(d.fbias[n])) : 0.0;
+        if ((2147483648.0 + fb) * static_cast<double>(d.scale[n]) * (1.0 + 1e-6) > 2147483648.0 - 256.0) {
+          e.no_overflow = false;
+        }
+      }
+    }
+  }
+  if (quantized_out) {
+    e.zo = static_cast<int32_t>(zo);
+    e.lo = kind == OutKind::UInt8 ? 0 : -128;
+    e.hi = kind == OutKind::UInt8 ? 255 : 127;
+    if (relu) e.lo = std::max(e.lo, e.zo);
+    if (mode == Requant::Fixed) {
+      d.qmul.assign(padded, 0);
+      d.lshift.assign(padded, 0);
+      d.rshift.assign(padded, 0);
+      for (int64_t n = 0; n < N; ++n) {
+        // TFLite: real multiplier in double from the float32 scales.
+        const double m = static_cast<double>(sa) * static_cast<double>(w_scale[per_channel ? n : 0]) /
+                         static_cast<double>(so);
+        int32_t q = 0, s = 0;
+        quantize_multiplier(m, &q, &s);
+        d.qmul[n] = q;
+        d.lshift[n] = s > 0 ? s : 0;
+        if (s > 0) e.any_lshift = true;
+        d.rshift[n] = s > 0 ? 0 : -s;
+      }
+      e.qmul = d.qmul.data();
+      e.lshift = d.lshift.data();
+      e.rshift = d.rshift.data();
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The driver: split batch x rows x columns into tasks, run them on ATen's thread pool.
+
+void run(int64_t batch, const std::vector<int64_t>& a_off, const std::vector<int64_t>& b_off, const MatA& a,
+         const MatB& b, int64_t M, int64_t N, int64_t K, const Epilogue& e, at::Tensor& out) {
+  if (batch == 0 || M == 0 || N == 0) return;
+  const Isa isa = active_isa();
+  void (*gemm)(const Task&, const Epilogue&) =
+      isa == Isa::Avx512Vnni ? gemm_avx512_vnni : (isa == Isa::Avx2 ? gemm_avx2 : gemm_scalar);
+  const int64_t panel = isa == Isa::Avx512Vnni ? kPanelVnni : (isa == Isa::Avx2 ? kPanelAvx2 : kPanelScalar);
+
+  // Rows per task: about 512 KB of A, a multiple of 24 (both micro-tile heights divide it).
+  const int64_t mc = std::max<int64_t>(96, std::min<int64_t>(4096, (512 * 1024) / std::max<int64_t>(K, 1)) / 24 * 24);
+  const int64_t m_blocks = (M + mc - 1) / mc;
+  const int64_t n_panels = (N + panel - 1) / panel;
+  const int64_t threads = at::get_num_threads();
+  const int64_t base = batch * m_blocks;
+  // Too few (batch, row block) tasks to keep every thread busy: split the columns too.
+  int64_t n_chunks = 1;
+  if (threads > 1 && base < 4 * threads && base % threads != 0) n_chunks = std::min(n_panels, threads);
+  const int64_t panels_per_chunk = (n_panels + n_chunks - 1) / n_chunks;
+  n_chunks = (n_panels + panels_per_chunk - 1) / panels_per_chunk;
+  const int64_t ntasks = base * n_chunks;
+  const double work = static_cast<double>(batch) * M * N * std::max<int64_t>(K, 1);
+  const int64_t grain = work < 262144.0 ? ntasks : 1;  // tiny problems: not worth waking threads
+
+  const size_t elem = out.element_size();
+  uint8_t* out_base = static_cast<uint8_t*>(out.data_ptr());
+  at::parallel_for(0, ntasks, grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t ti = t0; ti < t1; ++ti) {
+      const int64_t chunk = ti % n_chunks;
+      const int64_t mb = (ti / n_chunks) % m_blocks;
+      const int64_t bi = ti / n_chunks / m_blocks;
+      Task t;
+      t.a = a;
+      t.a.data = a.data + a_off[bi];
+      t.b = b;
+      t.b.data = b.data + b_off[bi];
+      t.K = K;
+      t.m0 = mb * mc;
+      t.m1 = std::min(M, t.m0 + mc);
+      t.n0 = chunk * panels_per_chunk * panel;
+      t.n1 = std::min(N, t.n0 + panels_per_chunk * panel);
+      t.out = out_base + static_cast<size_t>(bi * M * N) * elem;
+      t.ldc = N;
+      gemm(t, e);
+    }
+  });
+}
+
+// Element offsets of each batch entry of t (batch dims = all but the last two).
+std::vector<int64_t> batch_offsets(const at::Tensor& t, int64_t nbatch_dims, int64_t batch) {
+  std::vector<int64_t> off(static_cast<size_t>(batch), 0);
+  std::vector<int64_t> idx(static_cast<size_t>(nbatch_dims), 0);
+  for (int64_t bi = 0; bi < batch; ++bi) {
+    int64_t o = 0;
+    for (int64_t d = 0; d < nbatch_dims; ++d) o += idx[d] * t.stride(d);
+    off[bi] = o;
+    for (int64_t d = nbatch_dims - 1; d >= 0; --d) {  // increment the multi-index
+      if (++idx[d] < t.size(d)) break;
+      idx[d] = 0;
+    }
+  }
+  return off;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ops
+
+at::Tensor int8_bmm_cpu(const at::Tensor& a, const at::Tensor& b, double a_scale, int64_t a_zero_point, double b_scale,
+                        int64_t b_zero_point, double out_scale, int64_t out_zero_point, at::ScalarType out_dtype,
+                        bool transpose_b, c10::string_view requant) {
+  check_cpu(a, "a");
+  check_cpu(b, "b");
+  TORCH_CHECK_TYPE(a.scalar_type() == at::kByte || a.scalar_type() == at::kChar,
+                   "a must have dtype torch.uint8 or torch.int8, got ", dtype_name(a.scalar_type()));
+  TORCH_CHECK_TYPE(b.scalar_type() == at::kChar, "b must have dtype torch.int8, got ", dtype_name(b.scalar_type()));
+  TORCH_CHECK_VALUE(a.dim() >= 2, "a must have at least 2 dimensions [..., M, K], got shape ", a.sizes());
+  TORCH_CHECK_VALUE(b.dim() == a.dim(), "b must have as many dimensions as a (", a.dim(), "), got shape ", b.sizes());
+  const int64_t nb = a.dim() - 2;
+  TORCH_CHECK_VALUE(a.sizes().slice(0, nb) == b.sizes().slice(0, nb),
+                    "a and b must have the same batch dimensions, got shapes ", a.sizes(), " and ", b.sizes());
+  const int64_t M = a.size(-2), K = a.size(-1);
+  const int64_t Kb = transpose_b ? b.size(-1) : b.size(-2);
+  const int64_t N = transpose_b ? b.size(-2) : b.size(-1);
+  TORCH_CHECK_VALUE(Kb == K, transpose_b ? "b must have shape [..., N, K] with K = a.shape[-1] = "
+                                         : "b must have shape [..., K, N] with K = a.shape[-1] = ",
+                    K, " (transpose_b=", transpose_b ? "True" : "False", "), got shape ", b.sizes());
+  check_scale(a_scale, "a_scale");
+  check_scale(b_scale, "b_scale");
+  check_zero_point(a_zero_point, a.scalar_type(), "a_zero_point");
+  check_zero_point(b_zero_point, at::kChar, "b_zero_point");
+  const OutKind kind = out_kind(out_dtype);
+  const Requant mode = requant_mode(requant);
+  if (kind == OutKind::UInt8 || kind == OutKind::Int8) {
+    check_scale(out_scale, "out_scale");
+    check_zero_point(out_zero_point, out_dtype, "out_zero_point");
+  }
+
+  EpilogueData ed;
+  const float sb = static_cast<float>(b_scale);
+  make_epilogue(ed, kind, mode, false, N, static_cast<float>(a_scale), &sb, false, static_cast<float>(out_scale),
+                out_zero_point, nullptr, nullptr, "a_scale", "b_scale");
+
+  std::vector<int64_t> out_shape(a.sizes().begin(), a.sizes().end() - 2);
+  int64_t batch = 1;
+  for (int64_t s : out_shape) batch *= s;
+  out_shape.push_back(M);
+  out_shape.push_back(N);
+  at::Tensor out = at::empty(out_shape, a.options().dtype(out_dtype));
+
+  MatA ma{static_cast<const uint8_t*>(a.data_ptr()), a.stride(-2), a.stride(-1), a.scalar_type() == at::kChar,
+          static_cast<int32_t>(a_zero_point)};
+  MatB mb{static_cast<const int8_t*>(b.data_ptr()), transpose_b ? b.stride(-1) : b.stride(-2),
+          transpose_b ? b.stride(-2) : b.stride(-1), static_cast<int32_t>(b_zero_point)};
+  run(batch, batch_offsets(a, nb, batch), batch_offsets(b, nb, batch), ma, mb, M, N, K, ed.e, out);
+  return out;
+}
+
+at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
+                           const std::optional<at::Tensor>& bias, double x_scale, int64_t x_zero_point,
+                           double out_scale, int64_t out_zero_point, at::ScalarType out_dtype, bool relu,
+                           c10::string_view requant) {
+  check_cpu(x, "x");
+  check_cpu(weight, "weight");
+  check_cpu(weight_scale, "weight_scale");
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kByte || x.scalar_type() == at::kChar,
+                   "x must have dtype torch.uint8 or torch.int8, got ", dtype_name(x.scalar_type()));
+  TORCH_CHECK_TYPE(weight.scalar_type() == at::kChar, "weight must have dtype torch.int8, got ",
+                   dtype_name(weight.scalar_type()));
+  TORCH_CHECK_VALUE(weight.dim() == 2, "weight must have shape [out_features, in_features], got shape ",
+                    weight.sizes());
+  TORCH_CHECK_VALUE(x.dim() >= 1, "x must have at least 1 dimension [..., in_features]");
+  const int64_t N = weight.size(0), K = weight.size(1);
+  TORCH_CHECK_VALUE(x.size(-1) == K, "x must have shape [..., in_features] with in_features = weight.shape[1] = ", K,
+                    ", got shape ", x.sizes());
+  TORCH_CHECK_TYPE(weight_scale.scalar_type() == at::kFloat, "weight_scale must have dtype torch.float32, got ",
+                   dtype_name(weight_scale.scalar_type()));
+  const bool per_channel = weight_scale.dim() == 1;
+  TORCH_CHECK_VALUE(weight_scale.dim() == 0 || (per_channel && weight_scale.size(0) == N),
+                    "weight_scale must be a 0-d tensor (per-tensor) or have shape [out_features] = [", N,
+                    "] (per-channel), got shape ", weight_scale.sizes());
+  check_scale(x_scale, "x_scale");
+  check_zero_point(x_zero_point, x.scalar_type(), "x_zero_point");
+  const OutKind kind = out_kind(out_dtype);
+  const Requant mode = requant_mode(requant);
+  const bool quantized_out = kind == OutKind::UInt8 || kind == OutKind::Int8;
+  if (quantized_out) {
+    check_scale(out_scale, "out_scale");
+    check_zero_point(out_zero_point, out_dtype, "out_zero_point");
+  }
+  const at::Tensor ws = weight_scale.contiguous();
+  const float* wsp = ws.data_ptr<float>();
+  for (int64_t n = 0; n < ws.numel(); ++n) {
+    TORCH_CHECK_VALUE(std::isfinite(wsp[n]) && wsp[n] > 0.0f, "weight_scale must be positive and finite, got ",
+                      wsp[n], " at index ", n);
+  }
+  at::Tensor bias_c;
+  const int32_t* bias_i32 = nullptr;
+  const float* bias_f32 = nullptr;
+  if (bias.has_value()) {
+    check_cpu(*bias, "bias");
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, "bias must have shape [out_features] = [", N,
+                      "], got shape ", bias->sizes());
+    bias_c = bias->contiguous();
+    if (bias_c.scalar_type() == at::kInt) {
+      bias_i32 = bias_c.data_ptr<int32_t>();
+    } else if (bias_c.scalar_type() == at::kFloat) {
+      TORCH_CHECK_VALUE(kind != OutKind::Int32 && !(quantized_out && mode == Requant::Fixed),
+                        "a torch.float32 bias (PyTorch's convention) needs requant='float' and out_dtype "
+                        "torch.uint8, torch.int8 or torch.float32; use an int32 bias with requant='fixed' or "
+                        "out_dtype=torch.int32");
+      bias_f32 = bias_c.data_ptr<float>();
+      for (int64_t n = 0; n < N; ++n) {
+        TORCH_CHECK_VALUE(std::isfinite(bias_f32[n]), "bias must be finite, got ", bias_f32[n], " at index ", n);
+      }
+    } else {
+      TORCH_CHECK_TYPE(false, "bias must have dtype torch.int32 or torch.float32, got ",
+                       dtype_name(bias_c.scalar_type()));
+    }
+  }
+
+  EpilogueData ed;
+  make_epilogue(ed, kind, mode, relu, N, static_cast<float>(x_scale), wsp, per_channel, static_cast<float>(out_scale),
+                out_zero_point, bias_i32, bias_f32, "x_scale", "weight_scale");
+
+  int64_t M = 1;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) M *= x.size(d);
+  const at::Tensor x2 = x.reshape({M, K});  // a view when possible
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end() - 1);
+  out_shape.push_back(N);
+  at::Tensor out = at::empty(out_shape, x.options().dtype(out_dtype));
+
+  MatA ma{static_cast<const uint8_t*>(x2.data_ptr()), x2.stride(0), x2.stride(1), x2.scalar_type() == at::kChar,
+          static_cast<int32_t>(x_zero_point)};
+  MatB mb{static_cast<const int8_t*>(weight.data_ptr()), weight.stride(1), weight.stride(0), 0};
+  run(1, {0}, {0}, ma, mb, M, N, K, ed.e, out);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(qlab, m) {
+  m.def(
+      "int8_bmm(Tensor a, Tensor b, float a_scale, int a_zero_point, float b_scale, int b_zero_point, "
+      "float out_scale, int out_zero_point, ScalarType out_dtype, bool transpose_b, str requant) -> Tensor");
+  m.def(
+      "int8_linear(Tensor x, Tensor weight, Tensor weight_scale, Tensor? bias, float x_scale, int x_zero_point, "
+      "float out_scale, int out_zero_point, ScalarType out_dtype, bool relu, str requant) -> Tensor");
+  m.def("_set_isa(str isa) -> ()", &set_isa_op);
+  m.def("_get_isa() -> str", &get_isa_op);
+  m.def("_supported_isas() -> str[]", &supported_isas_op);
+  m.def("_quantize_multiplier(float m) -> (int, int)", &quantize_multiplier_op);
+  m.def("_build_info() -> str", &build_info_op);
+  m.def("_dependent_adds(int n) -> int", &dependent_adds_op);
+}
+
+TORCH_LIBRARY_IMPL(qlab, CPU, m) {
+  m.impl("int8_bmm", &int8_bmm_cpu);
+  m.impl("int8_linear", &int8_linear_cpu);
+}
+
+}  // namespace qlab

@@ -1,0 +1,101 @@
+// qlab int8 kernels: the data structures shared by the three CPU paths.
+//
+// One "problem" is an int8 matrix product with a fused epilogue:
+//
+//   acc[m, n]  = sum_k (A[m, k] - za) * (B[k, n] - zb)          (int32, wraps mod 2^32)
+//   acc[m, n] += bias[n]                                          (int32 bias, optional)
+//   out[m, n]  = epilogue(acc[m, n])                              (see Epilogue below)
+//
+// A holds uint8 or int8 activations, B int8 weights/keys/values. The three
+// implementations of the product (gemm_scalar.cpp, gemm_avx2.cpp,
+// gemm_avx512_vnni.cpp) compute the *same integers* in different orders; as
+// int32 addition is exact modulo 2^32, every path, thread count and blocking
+// gives bit-identical results. ops.cpp owns argument checking, threading and
+// the choice of path; these files only see raw pointers.
+//
+// This header deliberately includes no torch header, so the SIMD files
+// compile quickly and cannot accidentally call into ATen.
+// Taught in notebooks/08-vit-attention-int8.ipynb.
+#pragma once
+
+#include <cstdint>
+
+namespace qlab {
+
+// Which code path runs the matrix product. Values are stable (used as array indices).
+enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512Vnni = 2 };
+
+enum class OutKind : int { UInt8 = 0, Int8 = 1, Int32 = 2, Float32 = 3 };
+enum class Requant : int { Float = 0, Fixed = 1 };
+
+// A[m, k] lives at data + m * rs + k * cs (strides in elements, may be any value).
+struct MatA {
+  const uint8_t* data;  // int8 data is read through the same pointer, see is_signed
+  int64_t rs, cs;
+  bool is_signed;       // true: the bytes are int8 two's complement
+  int32_t zp;           // zero point, in the range of the dtype
+};
+
+// B[k, n] lives at data + k * ks + n * ns (a transposed view simply swaps the strides).
+struct MatB {
+  const int8_t* data;
+  int64_t ks, ns;
+  int32_t zp;
+};
+
+// The epilogue turns an int32 accumulator into the output element.
+// All per-column arrays are indexed by the output column n and are readable
+// up to a padded length (ops.cpp pads them to a multiple of 64 with zeros),
+// so the SIMD paths may load whole vectors past the last column.
+//
+//   Int32  : out = acc                                   (relu: max(out, 0))
+//   Float32: out = float(acc) * scale[n] (+ fbias[n])    (relu: max(out, 0))
+//   UInt8/Int8, Requant::Float (PyTorch/fbgemm arithmetic, all float32):
+//            out = clamp(nearbyint((float(acc) (+ fbias[n])) * scale[n]) + zo, lo, hi)
+//   UInt8/Int8, Requant::Fixed (gemmlowp/TFLite, integers only):
+//            out = clamp(rounding_rshift(srdhm(sat_lshift(acc, lshift[n]), qmul[n]), rshift[n]) + zo, lo, hi)
+//
+// fbias is the *float* bias term of PyTorch's quantized Linear, already
+// divided by input_scale * weight_scale exactly as fbgemm does it; it is only
+// used when non-null. The int32 bias is folded into the accumulator by the
+// path (it is part of the per-panel column offsets).
+struct Epilogue {
+  OutKind kind;
+  Requant mode;
+  bool relu;
+  const int32_t* bias;   // int32 bias per column, or nullptr
+  const float* fbias;    // float bias term per column, or nullptr (Float mode / Float32 output only)
+  const float* scale;    // Float mode: requantization multiplier; Float32 output: sa * sb[n]
+  const int32_t* qmul;   // Fixed mode: 31-bit quantized multiplier per column
+  const int32_t* lshift; // Fixed mode: left shift (>= 0) per column
+  const int32_t* rshift; // Fixed mode: right shift (>= 0) per column
+  bool any_lshift;       // Fixed mode: some lshift[n] > 0 (a multiplier >= 1); else the shift is skipped
+  bool no_overflow;      // Float mode: |(float(acc) + fbias[n]) * scale[n]| < 2^31 - 256 for every acc (e.g. all
+                         // multipliers < 1 and no bias): the SIMD paths may skip the float clamp and saturate
+                         // while narrowing instead
+  int32_t zo;            // output zero point
+  int32_t lo, hi;        // output clamp range (relu raises lo to zo)
+};
+
+// One task: rows [m0, m1) and columns [n0, n1) of one matrix product C = A B.
+// out points at C[0, 0]; C is row-major with row stride ldc (elements).
+struct Task {
+  MatA a;
+  MatB b;
+  int64_t K;
+  int64_t m0, m1, n0, n1;
+  void* out;
+  int64_t ldc;
+};
+
+// The three paths. Each computes out[m0:m1, n0:n1] for one task.
+void gemm_scalar(const Task& t, const Epilogue& e);
+void gemm_avx2(const Task& t, const Epilogue& e);
+void gemm_avx512_vnni(const Task& t, const Epilogue& e);
+
+// Column-block width each path prefers (tasks split N at multiples of it).
+constexpr int64_t kPanelScalar = 16;
+constexpr int64_t kPanelAvx2 = 16;
+constexpr int64_t kPanelVnni = 48;
+
+}  // namespace qlab

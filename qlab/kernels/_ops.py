@@ -1,0 +1,68 @@
+"""Registering ``torch.ops.qlab.*``: the C++ library, or the pure-PyTorch fallback, plus fake kernels.
+
+The schemas are defined in C++ (``TORCH_LIBRARY(qlab, m)`` in ``qlab/csrc/ops.cpp``);
+:data:`SCHEMAS` repeats them for the fallback, and a test checks the two agree.
+Fake kernels (``torch.library.register_fake``) give the output's shape and dtype
+without computing it, which is all ``torch.compile`` and ``torch.export`` need.
+
+The state lives here rather than in ``qlab/kernels/__init__.py`` so that reloading
+that module does not register the ops twice.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _validate, reference
+
+SCHEMAS = {
+    "int8_bmm": (
+        "int8_bmm(Tensor a, Tensor b, float a_scale, int a_zero_point, float b_scale, int b_zero_point, "
+        "float out_scale, int out_zero_point, ScalarType out_dtype, bool transpose_b, str requant) -> Tensor"
+    ),
+    "int8_linear": (
+        "int8_linear(Tensor x, Tensor weight, Tensor weight_scale, Tensor? bias, float x_scale, int x_zero_point, "
+        "float out_scale, int out_zero_point, ScalarType out_dtype, bool relu, str requant) -> Tensor"
+    ),
+}
+
+state = {"backend": None, "error": None, "library_path": None, "compiled_s": None, "lib": None, "fakes": False}
+
+
+def ops_defined() -> bool:
+    try:
+        torch.ops.qlab.int8_bmm  # noqa: B018 -- raises AttributeError when not defined
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def register_fallback() -> None:
+    """Define the ops in Python, served by :mod:`qlab.kernels.reference`."""
+    lib = torch.library.Library("qlab", "DEF")
+    for schema in SCHEMAS.values():
+        lib.define(schema)
+    lib.impl("int8_bmm", reference.int8_bmm, "CPU")
+    lib.impl("int8_linear", reference.int8_linear, "CPU")
+    state["lib"] = lib  # the registration lives as long as this object
+
+
+def _bmm_fake(a, b, a_scale, a_zero_point, b_scale, b_zero_point, out_scale, out_zero_point, out_dtype, transpose_b,
+              requant):
+    M, N, _ = _validate.bmm_args(a, b, a_scale, a_zero_point, b_scale, b_zero_point, out_scale, out_zero_point,
+                                 out_dtype, transpose_b, requant)
+    return a.new_empty((*a.shape[:-2], M, N), dtype=out_dtype)
+
+
+def _linear_fake(x, weight, weight_scale, bias, x_scale, x_zero_point, out_scale, out_zero_point, out_dtype, relu,
+                 requant):
+    N, _, _ = _validate.linear_args(x, weight, weight_scale, bias, x_scale, x_zero_point, out_scale, out_zero_point,
+                                    out_dtype, relu, requant, check_values=False)
+    return x.new_empty((*x.shape[:-1], N), dtype=out_dtype)
+
+
+def register_fakes() -> None:
+    if state["fakes"]:
+        return
+    torch.library.register_fake("qlab::int8_bmm")(_bmm_fake)
+    torch.library.register_fake("qlab::int8_linear")(_linear_fake)
+    state["fakes"] = True

@@ -1,0 +1,177 @@
+"""Argument checks shared by the Python wrappers, the fake kernels and the reference ops.
+
+Every message names the argument and what is allowed (``qlab/_checks.py`` style).
+``check_values=False`` skips what needs tensor *data* (a positive weight scale,
+a finite bias): fake kernels and traced code only see shapes and dtypes. The C++
+ops repeat these checks, so nothing unchecked reaches a kernel.
+"""
+from __future__ import annotations
+
+import torch
+
+from .._checks import check_choice, check_positive_scale, check_tensor, check_zero_point
+
+QRANGE = {torch.uint8: (0, 255), torch.int8: (-128, 127)}
+OUT_DTYPES = [torch.uint8, torch.int8, torch.int32, torch.float32]
+REQUANT = ["float", "fixed"]
+
+
+def _cpu(name: str, t: torch.Tensor) -> None:
+    if t.device.type not in ("cpu", "meta"):
+        raise ValueError(f"{name} must be on the CPU (device 'cpu'), got device '{t.device}'")
+
+
+def _activation(name: str, t) -> None:
+    check_tensor(name, t)
+    _cpu(name, t)
+    if t.dtype not in QRANGE:
+        raise TypeError(f"{name} must have dtype torch.uint8 or torch.int8, got {t.dtype}")
+
+
+def _int8(name: str, t) -> None:
+    check_tensor(name, t)
+    _cpu(name, t)
+    if t.dtype != torch.int8:
+        raise TypeError(f"{name} must have dtype torch.int8, got {t.dtype}")
+
+
+# A positive double rounds to a positive finite float32 iff it lies in (2^-150, FLT_MAX + half an ulp).
+_F32_TINY = 2.0**-150
+_F32_HUGE = 3.4028235677973366e38
+
+
+def scale_f32(name: str, s) -> float:
+    """A positive finite Python float that stays positive and finite when rounded to float32."""
+    s = check_positive_scale(name, s)
+    if isinstance(s, torch.Tensor):
+        raise TypeError(f"{name} must be a Python float, got a tensor")
+    if not _F32_TINY < s < _F32_HUGE:
+        raise ValueError(f"{name} must be a positive finite float (representable in float32), got {s}")
+    return s
+
+
+def _output(out_dtype, requant, out_scale, out_zero_point) -> None:
+    check_choice("out_dtype", out_dtype, OUT_DTYPES)
+    check_choice("requant", requant, REQUANT)
+    if out_dtype in QRANGE:
+        scale_f32("out_scale", out_scale)
+        check_zero_point("out_zero_point", out_zero_point, *QRANGE[out_dtype])
+
+
+def _ok_scale(s) -> bool:
+    return type(s) is float and _F32_TINY < s < _F32_HUGE
+
+
+def _ok_zp(z, dtype) -> bool:
+    lo, hi = QRANGE[dtype]
+    return type(z) is int and lo <= z <= hi
+
+
+def _ok_output(out_dtype, requant, out_scale, out_zero_point) -> bool:
+    if requant not in ("float", "fixed"):
+        return False
+    if out_dtype in QRANGE:
+        return _ok_scale(out_scale) and _ok_zp(out_zero_point, out_dtype)
+    return out_dtype is torch.int32 or out_dtype is torch.float32
+
+
+def bmm_args(a, b, a_scale, a_zero_point, b_scale, b_zero_point, out_scale, out_zero_point, out_dtype, transpose_b,
+             requant) -> tuple:
+    """Check ``int8_bmm``'s arguments; return ``(M, N, K)``."""
+    # Fast path: one cheap test of the usual case (these calls sit in inference loops).
+    # Anything unusual goes through the detailed checks below, which say what is wrong.
+    if (
+        isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype in QRANGE and b.dtype is torch.int8
+        and a.is_cpu and b.is_cpu and a.dim() >= 2 and a.dim() == b.dim() and type(transpose_b) is bool
+        and _ok_scale(a_scale) and _ok_scale(b_scale) and _ok_zp(a_zero_point, a.dtype)
+        and _ok_zp(b_zero_point, torch.int8) and _ok_output(out_dtype, requant, out_scale, out_zero_point)
+    ):
+        sa, sb = a.shape, b.shape
+        kb, n = (sb[-1], sb[-2]) if transpose_b else (sb[-2], sb[-1])
+        if kb == sa[-1] and sa[:-2] == sb[:-2]:
+            return sa[-2], n, sa[-1]
+    _activation("a", a)
+    _int8("b", b)
+    if a.dim() < 2:
+        raise ValueError(f"a must have at least 2 dimensions [..., M, K], got shape {tuple(a.shape)}")
+    if b.dim() != a.dim():
+        raise ValueError(f"b must have as many dimensions as a ({a.dim()}), got shape {tuple(b.shape)}")
+    if a.shape[:-2] != b.shape[:-2]:
+        raise ValueError(f"a and b must have the same batch dimensions, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    if not isinstance(transpose_b, bool):
+        raise TypeError(f"transpose_b must be a bool, got {type(transpose_b).__name__}")
+    M, K = a.shape[-2], a.shape[-1]
+    Kb, N = (b.shape[-1], b.shape[-2]) if transpose_b else (b.shape[-2], b.shape[-1])
+    if Kb != K:
+        layout = "[..., N, K]" if transpose_b else "[..., K, N]"
+        raise ValueError(
+            f"b must have shape {layout} with K = a.shape[-1] = {K} (transpose_b={transpose_b}), got shape {tuple(b.shape)}"
+        )
+    scale_f32("a_scale", a_scale)
+    scale_f32("b_scale", b_scale)
+    check_zero_point("a_zero_point", a_zero_point, *QRANGE[a.dtype])
+    check_zero_point("b_zero_point", b_zero_point, -128, 127)
+    _output(out_dtype, requant, out_scale, out_zero_point)
+    return M, N, K
+
+
+def linear_args(x, weight, weight_scale, bias, x_scale, x_zero_point, out_scale, out_zero_point, out_dtype, relu,
+                requant, *, check_values: bool = True) -> tuple:
+    """Check ``int8_linear``'s arguments; return ``(N, K, per_channel)``."""
+    if (  # fast path, as in bmm_args
+        not check_values and isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)
+        and isinstance(weight_scale, torch.Tensor) and x.dtype in QRANGE and weight.dtype is torch.int8
+        and weight_scale.dtype is torch.float32 and x.is_cpu and weight.is_cpu and weight_scale.is_cpu
+        and weight.dim() == 2 and x.dim() >= 1 and weight_scale.dim() <= 1 and type(relu) is bool
+        and _ok_scale(x_scale) and _ok_zp(x_zero_point, x.dtype) and _ok_output(out_dtype, requant, out_scale, out_zero_point)
+        and (bias is None or (isinstance(bias, torch.Tensor) and bias.is_cpu and bias.dim() == 1
+                              and (bias.dtype is torch.int32 or (bias.dtype is torch.float32 and requant == "float"
+                                                                 and out_dtype is not torch.int32))))
+    ):
+        N, K = weight.shape
+        if x.shape[-1] == K and (weight_scale.dim() == 0 or weight_scale.shape[0] == N) and (
+            bias is None or bias.shape[0] == N
+        ):
+            return N, K, weight_scale.dim() == 1
+    _activation("x", x)
+    _int8("weight", weight)
+    if weight.dim() != 2:
+        raise ValueError(f"weight must have shape [out_features, in_features], got shape {tuple(weight.shape)}")
+    N, K = weight.shape
+    if x.dim() < 1 or x.shape[-1] != K:
+        raise ValueError(
+            f"x must have shape [..., in_features] with in_features = weight.shape[1] = {K}, got shape {tuple(x.shape)}"
+        )
+    check_tensor("weight_scale", weight_scale)
+    _cpu("weight_scale", weight_scale)
+    if weight_scale.dtype != torch.float32:
+        raise TypeError(f"weight_scale must have dtype torch.float32, got {weight_scale.dtype}")
+    per_channel = weight_scale.dim() == 1
+    if not (weight_scale.dim() == 0 or (per_channel and weight_scale.shape[0] == N)):
+        raise ValueError(
+            f"weight_scale must be a 0-d tensor (per-tensor) or have shape [out_features] = [{N}] (per-channel), "
+            f"got shape {tuple(weight_scale.shape)}"
+        )
+    if check_values and not bool(((weight_scale > 0) & torch.isfinite(weight_scale)).all()):
+        raise ValueError(f"weight_scale must be positive and finite, got {weight_scale.tolist()}")
+    if not isinstance(relu, bool):
+        raise TypeError(f"relu must be a bool, got {type(relu).__name__}")
+    scale_f32("x_scale", x_scale)
+    check_zero_point("x_zero_point", x_zero_point, *QRANGE[x.dtype])
+    _output(out_dtype, requant, out_scale, out_zero_point)
+    if bias is not None:
+        check_tensor("bias", bias)
+        _cpu("bias", bias)
+        if bias.dim() != 1 or bias.shape[0] != N:
+            raise ValueError(f"bias must have shape [out_features] = [{N}], got shape {tuple(bias.shape)}")
+        if bias.dtype == torch.float32:
+            if out_dtype == torch.int32 or (out_dtype in QRANGE and requant == "fixed"):
+                raise ValueError(
+                    "a torch.float32 bias (PyTorch's convention) needs requant='float' and out_dtype torch.uint8, "
+                    "torch.int8 or torch.float32; use an int32 bias with requant='fixed' or out_dtype=torch.int32"
+                )
+            if check_values and not bool(torch.isfinite(bias).all()):
+                raise ValueError("bias must be finite")
+        elif bias.dtype != torch.int32:
+            raise TypeError(f"bias must have dtype torch.int32 or torch.float32, got {bias.dtype}")
+    return N, K, per_channel

@@ -1,0 +1,272 @@
+"""The int8 kernels in plain PyTorch: the definition the C++ code must match bit for bit.
+
+Taught in ``notebooks/08-vit-attention-int8.ipynb``. Read this file first; the
+C++ in ``qlab/csrc/`` computes exactly these integers, only faster.
+
+An int8 matrix product with real values ``A_real ≈ sa * (A - za)`` and
+``B_real ≈ sb * (B - zb)`` is::
+
+    (1)  acc[m, n] = Σ_k (A[m, k] - za) * (B[k, n] - zb)            int32
+    (2)  A_real @ B_real ≈ sa * sb * acc                            (dequantized, float32)
+    (3)  out[m, n] = clamp(round(acc * sa * sb / so) + zo, qmin, qmax)   (requantized)
+
+Step (1) is exact integer arithmetic (PyTorch's int64 matmul here; int32 in the
+kernels, which wraps modulo 2^32 but cannot overflow below K = 33025).
+Step (3) needs the real number ``M = sa * sb / so`` and comes in two flavours:
+
+* ``requant="float"`` -- PyTorch/fbgemm: ``M`` as a float32, ``round`` half to even::
+
+      multiplier = float32(float32(sa * sb) / so)
+      out = clamp(round_half_even(float32(acc) * multiplier) + zo, qmin, qmax)
+
+  With PyTorch's float bias (``torch.ao.nn.quantized.Linear``), fbgemm adds it
+  *before* the multiply, as ``bias / float32(sa * sb)`` (per-channel weights) or
+  ``bias * float32(1 / (sa * sb))`` (per-tensor weights).
+* ``requant="fixed"`` -- gemmlowp/TFLite: integers only, ``M = qmul * 2^(shift - 31)``
+  with a 31-bit ``qmul``; see :func:`quantize_multiplier` and :func:`requantize_fixed`.
+
+The functions :func:`int8_bmm` and :func:`int8_linear` take the same arguments, in
+the same order, as ``torch.ops.qlab.int8_bmm`` / ``int8_linear``; they also serve
+those ops when the C++ extension cannot be built (``QLAB_NO_EXT=1``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import _validate
+
+__all__ = [
+    "INT32_MIN",
+    "INT32_MAX",
+    "wrap_int32",
+    "quantize_multiplier",
+    "saturating_rounding_doubling_high_mul",
+    "rounding_divide_by_pot",
+    "multiply_by_quantized_multiplier",
+    "requantize_float",
+    "requantize_fixed",
+    "int8_bmm",
+    "int8_linear",
+]
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+_QRANGE = _validate.QRANGE  # {torch.uint8: (0, 255), torch.int8: (-128, 127)}
+
+
+def _f32(x: float) -> torch.Tensor:
+    """A Python float rounded to float32 (as C++ ``static_cast<float>``), as a 0-d tensor."""
+    return torch.tensor(x, dtype=torch.float32)
+
+
+def wrap_int32(x: torch.Tensor) -> torch.Tensor:
+    """int64 -> int32 modulo 2^32, as int32 hardware addition wraps."""
+    return ((x + 2**31) % 2**32 - 2**31).to(torch.int32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fixed-point requantization (gemmlowp / TFLite)
+
+
+def quantize_multiplier(m: float) -> tuple[int, int]:
+    """TFLite's ``QuantizeMultiplier``: ``m ≈ qmul * 2**(shift - 31)`` with ``2**30 <= qmul < 2**31``.
+
+    ``m = q * 2**shift`` with ``q`` in [0.5, 1) (``math.frexp``); ``qmul = round(q * 2**31)``
+    (half away from zero). Multipliers below 2^-32 become ``(0, 0)`` (the product is 0);
+    above 2^30 they saturate.
+    """
+    if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or m < 0:
+        raise ValueError(f"m must be a finite non-negative float, got {m!r}")
+    if m == 0:
+        return 0, 0
+    q, shift = math.frexp(m)
+    qmul = math.floor(q * 2**31 + 0.5)  # exact in double: q has 53 bits
+    if qmul == 2**31:  # q rounded up to 1.0
+        qmul //= 2
+        shift += 1
+    if shift < -31:
+        return 0, 0
+    if shift > 30:
+        return 2**31 - 1, 30
+    return qmul, shift
+
+
+def saturating_rounding_doubling_high_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """gemmlowp's ``SaturatingRoundingDoublingHighMul``: ``round(a * b / 2**31)`` on int32 values held in int64.
+
+    The nudge ``2**30`` (or ``1 - 2**30`` for negative products) followed by a truncating
+    division rounds to nearest; the single overflow, ``a == b == INT32_MIN``, saturates.
+    """
+    ab = a * b
+    nudge = torch.where(ab >= 0, 2**30, 1 - 2**30)
+    high = torch.div(ab + nudge, 2**31, rounding_mode="trunc")
+    return torch.where((a == INT32_MIN) & (b == INT32_MIN), INT32_MAX, high)
+
+
+def rounding_divide_by_pot(x: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
+    """gemmlowp's ``RoundingDivideByPOT``: ``x / 2**exponent`` rounded to nearest, ties away from zero."""
+    mask = (1 << exponent) - 1
+    remainder = x & mask
+    threshold = (mask >> 1) + (x < 0).to(x.dtype)
+    return (x >> exponent) + (remainder > threshold).to(x.dtype)
+
+
+def multiply_by_quantized_multiplier(x: torch.Tensor, qmul: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """TFLite's ``MultiplyByQuantizedMultiplier``: ``x * qmul * 2**(shift - 31)``, rounded, in integers.
+
+    ``x`` holds int32 values (as int64). A positive ``shift`` is a left shift first
+    (saturated to int32 here; TFLite leaves that overflow undefined), a negative one
+    a rounding right shift after the high multiply.
+    """
+    left = shift.clamp(min=0)
+    right = (-shift).clamp(min=0)
+    x = (x << left).clamp(INT32_MIN, INT32_MAX)
+    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x, qmul), right)
+
+
+def requantize_fixed(acc, multiplier, zero_point: int, qmin: int, qmax: int) -> torch.Tensor:
+    """``clamp(multiply_by_quantized_multiplier(acc, M) + zero_point, qmin, qmax)``, integers only.
+
+    ``multiplier``: one float (or one per column, a 1-D float64 tensor / list) = ``sa * sb / so``.
+    Returns int64 codes.
+    """
+    ms = multiplier.tolist() if isinstance(multiplier, torch.Tensor) else multiplier
+    ms = ms if isinstance(ms, list) else [ms]
+    qs = [quantize_multiplier(m) for m in ms]
+    qmul = torch.tensor([q for q, _ in qs], dtype=torch.int64)
+    shift = torch.tensor([s for _, s in qs], dtype=torch.int64)
+    y = multiply_by_quantized_multiplier(acc.to(torch.int64), qmul, shift)
+    return (y + zero_point).clamp(qmin, qmax)
+
+
+# ----------------------------------------------------------------------------------------------
+# Float requantization (PyTorch / fbgemm)
+
+
+def requantize_float(acc, multiplier, zero_point: int, qmin: int, qmax: int, bias_term=None) -> torch.Tensor:
+    """``clamp(round_half_even((float32(acc) [+ bias_term]) * multiplier) + zero_point, qmin, qmax)``.
+
+    ``multiplier`` (and ``bias_term``): float32 tensors broadcasting against ``acc``'s columns.
+    ``acc.to(float32)`` rounds to nearest-even above 2^24, like the x86 instruction ``cvtdq2ps``;
+    every step is one float32 operation, as in fbgemm's requantization. Returns int64 codes.
+    """
+    f = acc.to(torch.float32)
+    if bias_term is not None:
+        f = f + bias_term
+    f = f * multiplier
+    q = torch.round(f) + zero_point  # torch.round: half to even. Beyond 2^24 the clamp decides anyway.
+    return q.clamp(qmin, qmax).to(torch.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# The two ops
+
+
+def _finish(acc, out_dtype, requant, scale_ab, mult_real, out_scale, out_zero_point, relu=False, fbias=None, per_channel=True):
+    """Steps (2)/(3): turn the int32 accumulator into the requested output.
+
+    ``scale_ab``: float32 ``sa * sb`` per column (1-D) or scalar (0-d);
+    ``mult_real``: the real multiplier ``sa * sb / so`` in float64, per column or scalar.
+    """
+    if out_dtype == torch.int32:
+        return acc.clamp(min=0) if relu else acc
+    if out_dtype == torch.float32:
+        f = acc.to(torch.float32) * scale_ab
+        if fbias is not None:
+            f = f + fbias
+        return f.clamp(min=0.0) if relu else f
+    qmin, qmax = _QRANGE[out_dtype]
+    if relu:
+        qmin = max(qmin, out_zero_point)
+    if requant == "float":
+        multiplier = scale_ab / _f32(out_scale)  # float32 / float32
+        if not bool(torch.isfinite(multiplier).all() and (multiplier > 0).all()):
+            raise ValueError(f"the requantization multiplier {multiplier.tolist()} is not a positive finite float32")
+        bias_term = None
+        if fbias is not None:
+            if per_channel:
+                bias_term = fbias / scale_ab
+            else:
+                bias_term = fbias * _f32(1.0 / float(scale_ab))  # fbgemm: reciprocal computed in double
+        q = requantize_float(acc, multiplier, out_zero_point, qmin, qmax, bias_term)
+    else:
+        q = requantize_fixed(acc, mult_real, out_zero_point, qmin, qmax)
+    return q.to(out_dtype)
+
+
+def int8_bmm(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    a_scale: float,
+    a_zero_point: int,
+    b_scale: float,
+    b_zero_point: int,
+    out_scale: float,
+    out_zero_point: int,
+    out_dtype: torch.dtype,
+    transpose_b: bool,
+    requant: str,
+) -> torch.Tensor:
+    """Batched int8 matmul ``A @ B`` (or ``A @ B^T`` with ``transpose_b``), requantized.
+
+    ``a``: ``[..., M, K]`` uint8/int8; ``b``: int8 ``[..., K, N]`` (``[..., N, K]`` with
+    ``transpose_b``), same batch dims. Accumulator (1); output per ``out_dtype``:
+    int32 -> ``acc``; float32 -> ``acc * float32(sa * sb)``; uint8/int8 -> (3) with
+    ``out_scale``/``out_zero_point`` and ``requant`` ("float" or "fixed").
+    """
+    _validate.bmm_args(a, b, a_scale, a_zero_point, b_scale, b_zero_point, out_scale, out_zero_point, out_dtype,
+                       transpose_b, requant)
+    if transpose_b:
+        b = b.transpose(-1, -2)  # a view: B[k, n] = b[n, k]
+
+    # (1) the exact integer accumulator, with the zero points subtracted explicitly
+    acc = torch.matmul(a.to(torch.int64) - a_zero_point, b.to(torch.int64) - b_zero_point)
+    acc = wrap_int32(acc)
+
+    scale_ab = _f32(a_scale) * _f32(b_scale)  # float32, as fbgemm's act_times_w_scale
+    if not bool(torch.isfinite(scale_ab) and scale_ab > 0):
+        raise ValueError(f"a_scale * b_scale = {float(scale_ab)} is not a positive finite float32")
+    mult_real = float(_f32(a_scale)) * float(_f32(b_scale)) / float(_f32(out_scale)) if out_dtype in _QRANGE else 0.0
+    return _finish(acc, out_dtype, requant, scale_ab, mult_real, out_scale, out_zero_point)
+
+
+def int8_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    x_scale: float,
+    x_zero_point: int,
+    out_scale: float,
+    out_zero_point: int,
+    out_dtype: torch.dtype,
+    relu: bool,
+    requant: str,
+) -> torch.Tensor:
+    """int8 ``x @ weight.T + bias``: uint8/int8 activations, symmetric int8 weights (zero point 0).
+
+    ``weight_scale``: float32, 0-d (per-tensor) or ``[out_features]`` (per-channel).
+    ``bias``: ``None``, int32 (added to the accumulator, in units of ``x_scale * weight_scale``)
+    or float32 (PyTorch's convention, real units; needs ``requant="float"``).
+    ``relu`` clamps at the output zero point (at 0 for int32/float32 outputs).
+    """
+    _, _, per_channel = _validate.linear_args(x, weight, weight_scale, bias, x_scale, x_zero_point, out_scale,
+                                              out_zero_point, out_dtype, relu, requant)
+    fbias = bias if bias is not None and bias.dtype == torch.float32 else None
+
+    # (1) with B = weight.T; the weight is symmetric (zero point 0)
+    acc = torch.matmul(x.to(torch.int64) - x_zero_point, weight.to(torch.int64).T)
+    if bias is not None and bias.dtype == torch.int32:
+        acc = acc + bias.to(torch.int64)
+    acc = wrap_int32(acc)
+
+    scale_ab = _f32(x_scale) * weight_scale  # float32 per channel (or 0-d)
+    if not bool((torch.isfinite(scale_ab) & (scale_ab > 0)).all()):
+        raise ValueError(f"x_scale * weight_scale = {scale_ab.tolist()} is not a positive finite float32")
+    mult_real = None
+    if out_dtype in _QRANGE:
+        ws = weight_scale.to(torch.float64).reshape(-1).tolist()
+        mult_real = [float(_f32(x_scale)) * w / float(_f32(out_scale)) for w in ws]
+        mult_real = mult_real if per_channel else mult_real[0]
+    return _finish(acc, out_dtype, requant, scale_ab, mult_real, out_scale, out_zero_point, relu, fbias, per_channel)
