@@ -1,0 +1,424 @@
+"""Timing, benchmark results and their figures: ``notebooks/07-x86-performance.ipynb``
+(and the latency cells of 05 and 06).
+
+**Timing.** A shared 2-core machine is noisy: another process can steal a core for
+a second. :func:`time_interleaved` therefore times the candidates *in turn*
+(round 1: a, b, c; round 2: b, c, a; ...), so a slow spell hits all of them, and
+reports the median of all calls. Only ratios measured in the same run mean
+anything; absolute milliseconds describe one machine at one moment.
+
+**Speedup** of a path is ``t_fp32 / t_path`` (> 1: faster than fp32 eager), and
+the summary over models is the geometric mean::
+
+    geomean(r_1 .. r_n) = exp(mean(log r_i))
+
+the only mean for which "2x faster on one model, 2x slower on another" averages
+to 1x.
+
+**Results** (``benchmarks/results/models.json``, written by
+``benchmarks/bench_models.py``): ``{"machine": {...}, "records": [...], "sweep": [...]}``.
+Each record is one (model, path, batch): ``status`` ("ok", "skipped" or "failed"),
+``ms`` (median), ``fp32_ms`` (fp32 eager, timed interleaved in the same run),
+``speedup`` (= fp32_ms / ms), ``bytes`` and ``fp32_bytes`` (state_dict sizes).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping
+
+import torch
+from matplotlib.figure import Figure
+
+__all__ = [
+    "RESULTS",
+    "Timing",
+    "num_threads",
+    "time_interleaved",
+    "speedups",
+    "geomean",
+    "machine_info",
+    "load_results",
+    "ok_records",
+    "speedup_table",
+    "geomeans",
+    "crossover",
+    "draw_speedups",
+    "draw_geomeans",
+    "draw_sizes",
+    "draw_sweep",
+]
+
+RESULTS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "models.json"
+
+
+# --------------------------------------------------------------------------- timing
+@dataclass
+class Timing:
+    """All per-call wall times (ms) of one candidate; ``median`` is what is reported."""
+
+    name: str
+    samples: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        s = sorted(self.samples)
+        n = len(s)
+        if not n:
+            return math.nan
+        return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+    @property
+    def iqr(self) -> tuple[float, float]:
+        """The 25th and 75th percentiles (ms): how noisy the median is."""
+        s = sorted(self.samples)
+        if not s:
+            return (math.nan, math.nan)
+        return s[int(0.25 * (len(s) - 1))], s[int(math.ceil(0.75 * (len(s) - 1)))]
+
+
+class num_threads:
+    """``with num_threads(1): ...`` -- torch's intra-op thread count inside the block, restored after.
+
+    On a machine whose other cores are busy, a multi-threaded kernel waits at every
+    parallel region for a thread the OS has not scheduled: one-thread timings are
+    slower but far steadier there."""
+
+    def __init__(self, n: int):
+        self.n = _check_positive_int("n", n)
+        self.saved = None
+
+    def __enter__(self):
+        self.saved = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.saved)
+        return False
+
+
+def _check_positive_int(name, v):
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be a positive int, got {v!r}")
+    return v
+
+
+def time_interleaved(
+    fns: Mapping[str, Callable[[], object]],
+    *,
+    rounds: int = 5,
+    number: int | None = None,
+    warmup: int = 2,
+    target_s: float = 0.2,
+    max_number: int = 50,
+) -> dict[str, Timing]:
+    """Time zero-argument callables in turn, under ``torch.no_grad()``.
+
+    Each candidate is first called ``warmup`` times. Then ``rounds`` rounds run
+    every candidate ``number`` times (default: as many calls as fit in about
+    ``target_s`` seconds, 1 to ``max_number``), rotating the order each round.
+    Returns ``{name: Timing}`` with every call's time in milliseconds.
+    """
+    if not isinstance(fns, Mapping) or not fns:
+        raise TypeError("fns must be a non-empty dict of name -> zero-argument callable")
+    for k, f in fns.items():
+        if not callable(f):
+            raise TypeError(f"fns[{k!r}] must be callable, got {type(f).__name__}")
+    _check_positive_int("rounds", rounds)
+    if number is not None:
+        _check_positive_int("number", number)
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
+    _check_positive_int("max_number", max_number)
+    if not (isinstance(target_s, (int, float)) and target_s > 0):
+        raise ValueError(f"target_s must be a positive number of seconds, got {target_s!r}")
+
+    names = list(fns)
+    out = {n: Timing(n) for n in names}
+    counts = {}
+    with torch.no_grad():
+        for n in names:
+            for _ in range(warmup):
+                fns[n]()
+            if number is None:
+                t0 = time.perf_counter()
+                fns[n]()
+                dt = time.perf_counter() - t0
+                counts[n] = max(1, min(max_number, int(target_s / max(dt, 1e-6))))
+            else:
+                counts[n] = number
+        for r in range(rounds):
+            k = r % len(names)
+            for n in names[k:] + names[:k]:
+                f, samples = fns[n], out[n].samples
+                for _ in range(counts[n]):
+                    t0 = time.perf_counter()
+                    f()
+                    samples.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def speedups(timings: Mapping[str, Timing], baseline: str) -> dict[str, float]:
+    """``{name: baseline median / name median}``: > 1 means faster than ``baseline``."""
+    if baseline not in timings:
+        raise ValueError(f"baseline must be one of {sorted(timings)}, got {baseline!r}")
+    b = timings[baseline].median
+    return {n: b / t.median for n, t in timings.items()}
+
+
+def geomean(values: Iterable[float]) -> float:
+    """Geometric mean ``exp(mean(log v))`` of positive numbers."""
+    vals = [float(v) for v in values]
+    if not vals:
+        raise ValueError("values must not be empty")
+    if not all(v > 0 and math.isfinite(v) for v in vals):
+        raise ValueError(f"values must be positive and finite, got {vals}")
+    return math.exp(sum(math.log(v) for v in vals) / len(vals))
+
+
+def machine_info() -> dict:
+    """What a timing depends on: CPU, ISA extensions, torch build and dispatch level, threads."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ._env import cpu_name, isa_summary
+
+    def v(dist):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "missing"
+
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except Exception:
+        capability = "unknown"
+    return {
+        "cpu": cpu_name(),
+        "isa": isa_summary(),
+        "torch_cpu_capability": capability,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torchao": v("torchao"),
+        "timm": v("timm"),
+        "python": platform.python_version(),
+        "quantized_engines": [e for e in torch.backends.quantized.supported_engines if e != "none"],
+    }
+
+
+# --------------------------------------------------------------------------- results
+def load_results(path=None) -> dict:
+    """The benchmark results file (default :data:`RESULTS`) as a dict with ``machine``, ``records``, ``sweep``."""
+    p = pathlib.Path(path) if path is not None else RESULTS
+    if not p.exists():
+        raise FileNotFoundError(f"{p} not found: run `python benchmarks/bench_models.py` (see benchmarks/README.md)")
+    data = json.loads(p.read_text())
+    for key in ("machine", "records"):
+        if key not in data:
+            raise ValueError(f"{p.name} has no {key!r} section: not a bench_models.py results file")
+    data.setdefault("sweep", [])
+    return data
+
+
+def _records(results) -> list[dict]:
+    if isinstance(results, Mapping):
+        return list(results["records"])
+    return list(results)
+
+
+def ok_records(results, batch: int | None = None) -> list[dict]:
+    """The records that ran (``status == "ok"``), optionally of one batch size."""
+    return [r for r in _records(results) if r.get("status") == "ok" and (batch is None or r["batch"] == batch)]
+
+
+def speedup_table(results, batch: int) -> dict[str, dict[str, float]]:
+    """``{path: {model: speedup over fp32 eager}}`` at one batch size."""
+    table: dict[str, dict[str, float]] = {}
+    for r in ok_records(results, batch):
+        table.setdefault(r["path"], {})[r["model"]] = r["speedup"]
+    return table
+
+
+def geomeans(results, batch: int, paths: Iterable[str] | None = None, models: Iterable[str] | None = None) -> dict[str, dict]:
+    """Per path: ``{"geomean", "n", "models"}`` of the speedups at ``batch``.
+
+    ``models`` restricts every path to the same set (comparable geomeans); by
+    default each path uses all the models it ran on.
+    """
+    table = speedup_table(results, batch)
+    keep = None if models is None else set(models)
+    out = {}
+    for path in (list(paths) if paths is not None else sorted(table)):
+        vals = {m: s for m, s in table.get(path, {}).items() if keep is None or m in keep}
+        if vals:
+            out[path] = {"geomean": geomean(vals.values()), "n": len(vals), "models": sorted(vals)}
+    return out
+
+
+def crossover(sizes: Iterable[float], ratios: Iterable[float]) -> float | None:
+    """The smallest size from which every larger size has ``ratio > 1`` (int8 faster).
+
+    ``None`` if int8 never wins at the largest size. Sizes must be increasing.
+    """
+    s, r = list(sizes), list(ratios)
+    if len(s) != len(r) or not s:
+        raise ValueError(f"sizes and ratios must be non-empty and of one length, got {len(s)} and {len(r)}")
+    if any(b <= a for a, b in zip(s, s[1:])):
+        raise ValueError(f"sizes must be strictly increasing, got {s}")
+    found = None
+    for size, ratio in zip(reversed(s), reversed(r)):
+        if ratio > 1:
+            found = size
+        else:
+            break
+    return found
+
+
+# --------------------------------------------------------------------------- figures
+_PATH_COLORS = {
+    "fp32_inductor": "#bdbdbd",
+    "eager_fbgemm": "#fdae6b",
+    "eager_x86": "#e6550d",
+    "fx_fbgemm": "#9ecae1",
+    "fx_x86": "#3182bd",
+    "pt2e_inductor": "#31a354",
+    "pt2e_nofreeze": "#a1d99b",
+    "qlab_vit": "#756bb1",
+}
+
+
+def _color(path: str) -> str:
+    return _PATH_COLORS.get(path, "#636363")
+
+
+def _plain_log(axis, suffix: str = "x") -> None:
+    """Label a log axis 0.5x, 1x, 2x ... instead of 5x10^-1, 10^0, 2x10^0."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}{suffix}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def draw_speedups(fig: Figure, results, batch: int, paths: Iterable[str] | None = None) -> dict:
+    """Grouped bars: speedup over fp32 eager per model (groups) and path (bars), log scale, line at 1x.
+    Returns ``{"speedups": {path: {model: x}}, "slower": [(model, path, x) with x < 1]}``."""
+    if not isinstance(fig, Figure):
+        raise TypeError(f"fig must be a matplotlib.figure.Figure, got {type(fig).__name__}")
+    table = speedup_table(results, batch)
+    paths = [p for p in (list(paths) if paths is not None else sorted(table)) if p in table and p != "fp32"]
+    models = sorted({m for p in paths for m in table[p]})
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / max(len(paths), 1)
+    for j, p in enumerate(paths):
+        xs = [i + (j - (len(paths) - 1) / 2) * width for i, m in enumerate(models) if m in table[p]]
+        ys = [table[p][m] for m in models if m in table[p]]
+        ax.bar(xs, ys, width=width, color=_color(p), label=p, edgecolor="#333333", linewidth=0.3)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_yticks([0.5, 1, 2, 4, 8])
+    _plain_log(ax.yaxis)
+    ax.set_xticks(range(len(models)), models, rotation=20, ha="right", fontsize=7)
+    ax.set_ylabel("speedup over fp32 eager (log)")
+    ax.set_title(f"batch {batch}", fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    slower = sorted((m, p, table[p][m]) for p in paths for m in table[p] if table[p][m] < 1)
+    return {"speedups": {p: dict(table[p]) for p in paths}, "slower": slower}
+
+
+def draw_geomeans(fig: Figure, results, batches: Iterable[int], paths: Iterable[str] | None = None,
+                  models: Iterable[str] | None = None) -> dict:
+    """Geomean speedup per path (bars) for each batch size (panels). Returns ``{batch: geomeans(...)}``."""
+    if not isinstance(fig, Figure):
+        raise TypeError(f"fig must be a matplotlib.figure.Figure, got {type(fig).__name__}")
+    batches = list(batches)
+    axes = fig.subplots(1, len(batches), squeeze=False, sharey=True)[0]
+    out = {}
+    for ax, b in zip(axes, batches):
+        g = geomeans(results, b, paths, models)
+        g.pop("fp32", None)
+        out[b] = g
+        names = list(g)
+        vals = [g[n]["geomean"] for n in names]
+        ax.barh(range(len(names)), vals, color=[_color(n) for n in names], edgecolor="#333333", linewidth=0.3)
+        for i, (n, v) in enumerate(zip(names, vals)):
+            ax.text(v, i, f" {v:.2f}x (n={g[n]['n']})", va="center", fontsize=6)
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlim(min(vals + [1.0]) / 1.2, max(vals + [1.0]) * 1.8)
+        ax.set_xticks([1, 2, 4])
+        _plain_log(ax.xaxis)
+        ax.set_title(f"geomean speedup, batch {b}", fontsize=9)
+    return out
+
+
+def draw_sizes(fig: Figure, results) -> dict:
+    """fp32 vs int8 ``state_dict`` bytes per model (the FX x86 model, else any int8 path).
+    Returns ``{model: {"fp32": bytes, "int8": bytes, "ratio": fp32 / int8}}``."""
+    if not isinstance(fig, Figure):
+        raise TypeError(f"fig must be a matplotlib.figure.Figure, got {type(fig).__name__}")
+    sizes: dict[str, dict] = {}
+    for r in sorted(ok_records(results), key=lambda r: (r["path"] != "fx_x86", r["path"])):
+        if r["path"] == "fp32" or not r.get("bytes") or not r.get("fp32_bytes"):
+            continue
+        sizes.setdefault(r["model"], {"fp32": r["fp32_bytes"], "int8": r["bytes"], "path": r["path"]})
+    for s in sizes.values():
+        s["ratio"] = s["fp32"] / s["int8"]
+    models = sorted(sizes)
+    ax = fig.add_subplot(1, 1, 1)
+    xs = range(len(models))
+    ax.bar([x - 0.2 for x in xs], [sizes[m]["fp32"] / 2**20 for m in models], 0.4, label="fp32", color="#bdbdbd")
+    ax.bar([x + 0.2 for x in xs], [sizes[m]["int8"] / 2**20 for m in models], 0.4, label="int8", color="#3182bd")
+    for x, m in zip(xs, models):
+        ax.text(x + 0.2, sizes[m]["int8"] / 2**20, f"{sizes[m]['ratio']:.1f}x", ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(list(xs), models, rotation=20, ha="right", fontsize=7)
+    ax.set_ylabel("state_dict size (MiB)")
+    ax.legend(fontsize=7)
+    return sizes
+
+
+def draw_sweep(fig: Figure, sweep: list[dict]) -> dict:
+    """Speedup of int8 over fp32 against size, one panel per layer kind in ``sweep``.
+
+    Each sweep row: ``{"layer", "x", "xlabel", "fp32_ms", "int8_ms", "int8_op_ms"}``. Two curves:
+    the whole quantized layer called on float input (quantize + int8 kernel + dequantize) and
+    the int8 kernel alone on already-quantized input. Returns ``{layer: {"x", "speedup",
+    "kernel_speedup", "crossover", "kernel_crossover"}}``.
+    """
+    if not isinstance(fig, Figure):
+        raise TypeError(f"fig must be a matplotlib.figure.Figure, got {type(fig).__name__}")
+    layers: dict[str, list[dict]] = {}
+    for row in sweep:
+        layers.setdefault(row["layer"], []).append(row)
+    if not layers:
+        raise ValueError("sweep is empty: run benchmarks/bench_models.py (it writes the sweep too)")
+    axes = fig.subplots(1, len(layers), squeeze=False)[0]
+    out = {}
+    for ax, (layer, rows) in zip(axes, layers.items()):
+        rows = sorted(rows, key=lambda r: r["x"])
+        x = [r["x"] for r in rows]
+        s = [r["fp32_ms"] / r["int8_ms"] for r in rows]
+        k = [r["fp32_ms"] / r["int8_op_ms"] for r in rows]
+        ax.plot(x, s, "o-", color="#3182bd", label="float in/out (q + int8 + dq)")
+        ax.plot(x, k, "s--", color="#31a354", label="int8 kernel alone")
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xscale("log", base=2)
+        _plain_log(ax.xaxis, "")
+        ax.set_yscale("log")
+        ax.set_yticks([0.25, 0.5, 1, 2, 4])
+        _plain_log(ax.yaxis)
+        ax.set_xlabel(rows[0].get("xlabel", "size"), fontsize=8)
+        ax.set_ylabel("speedup over fp32", fontsize=8)
+        ax.set_title(rows[0].get("title", layer), fontsize=8)
+        c, ck = crossover(x, s), crossover(x, k)
+        if c is not None:
+            ax.axvline(c, color="#3182bd", linestyle=":", linewidth=0.8)
+        ax.legend(fontsize=6)
+        out[layer] = {"x": x, "speedup": s, "kernel_speedup": k, "crossover": c, "kernel_crossover": ck}
+    return out

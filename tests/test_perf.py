@@ -1,0 +1,142 @@
+"""qlab.perf: timing helpers, results loading, geomeans, crossover and the figures of notebook 07."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from matplotlib.figure import Figure
+
+from qlab import perf
+
+
+def _results():
+    recs = []
+    for model, sp in (("a", {"fx_x86": 2.0, "fx_fbgemm": 1.0, "pt2e_inductor": 4.0}),
+                      ("b", {"fx_x86": 0.5, "fx_fbgemm": 0.25}),
+                      ("c", {"fx_x86": 2.0, "fx_fbgemm": 1.0, "pt2e_inductor": 1.0})):
+        recs.append({"model": model, "path": "fp32", "batch": 1, "status": "ok", "ms": 10.0, "fp32_ms": 10.0,
+                     "speedup": 1.0, "bytes": 400, "fp32_bytes": 400})
+        for path, s in sp.items():
+            recs.append({"model": model, "path": path, "batch": 1, "status": "ok", "ms": 10.0 / s, "fp32_ms": 10.0,
+                         "speedup": s, "bytes": 100 if path == "fx_x86" else 120, "fp32_bytes": 400})
+    recs.append({"model": "a", "path": "eager_x86", "batch": 1, "status": "skipped", "reason": "no stubs"})
+    recs.append({"model": "a", "path": "fx_x86", "batch": 8, "status": "ok", "ms": 1.0, "fp32_ms": 3.0,
+                 "speedup": 3.0, "bytes": 100, "fp32_bytes": 400})
+    sweep = [{"layer": "linear", "x": x, "fp32_ms": 1.0, "int8_ms": 1.0 / s, "int8_op_ms": 0.5 / s, "xlabel": "rows"}
+             for x, s in ((1, 0.5), (4, 0.9), (16, 1.2), (64, 2.0))]
+    return {"machine": {"cpu": "test"}, "records": recs, "sweep": sweep}
+
+
+def test_geomean():
+    assert perf.geomean([2.0, 0.5]) == pytest.approx(1.0)
+    assert perf.geomean([1, 10, 100]) == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="values must not be empty"):
+        perf.geomean([])
+    with pytest.raises(ValueError, match="positive and finite"):
+        perf.geomean([1.0, 0.0])
+
+
+def test_timing_median_and_iqr():
+    t = perf.Timing("x", [5.0, 1.0, 3.0, 2.0, 4.0])
+    assert t.median == 3.0
+    assert t.iqr == (2.0, 4.0)
+    assert perf.Timing("y", [1.0, 2.0]).median == 1.5
+    assert math.isnan(perf.Timing("z").median)
+
+
+def test_time_interleaved_rotates_and_counts():
+    calls = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b"), "c": lambda: calls.append("c")}
+    out = perf.time_interleaved(fns, rounds=3, number=2, warmup=1)
+    assert {n: len(t.samples) for n, t in out.items()} == {"a": 6, "b": 6, "c": 6}
+    timed = calls[3:]  # after one warm-up call each
+    assert timed == list("aabbcc") + list("bbccaa") + list("ccaabb")
+    s = perf.speedups(out, "a")
+    assert s["a"] == 1.0 and all(v > 0 for v in s.values())
+
+
+def test_time_interleaved_validates():
+    with pytest.raises(TypeError, match="fns must be"):
+        perf.time_interleaved({})
+    with pytest.raises(TypeError, match=r"fns\['a'\] must be callable"):
+        perf.time_interleaved({"a": 1})
+    with pytest.raises(ValueError, match="rounds must be"):
+        perf.time_interleaved({"a": lambda: None}, rounds=0)
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        perf.speedups({"a": perf.Timing("a", [1.0])}, "b")
+
+
+def test_geomeans_per_path_and_common_subset():
+    r = _results()
+    g = perf.geomeans(r, batch=1)
+    assert g["fx_x86"]["geomean"] == pytest.approx((2 * 0.5 * 2) ** (1 / 3))
+    assert g["fx_x86"]["n"] == 3
+    assert g["pt2e_inductor"]["n"] == 2 and g["pt2e_inductor"]["geomean"] == pytest.approx(2.0)
+    common = perf.geomeans(r, batch=1, paths=["fx_x86", "pt2e_inductor"], models=["a", "c"])
+    assert common["fx_x86"]["geomean"] == pytest.approx(2.0) and common["fx_x86"]["models"] == ["a", "c"]
+    g8 = perf.geomeans(r, batch=8)
+    assert list(g8) == ["fx_x86"] and g8["fx_x86"]["geomean"] == pytest.approx(3.0) and g8["fx_x86"]["n"] == 1
+
+
+def test_ok_records_and_speedup_table_ignore_skipped():
+    r = _results()
+    assert all(x["status"] == "ok" for x in perf.ok_records(r))
+    assert "eager_x86" not in perf.speedup_table(r, 1)
+    assert perf.speedup_table(r, 1)["fx_fbgemm"] == {"a": 1.0, "b": 0.25, "c": 1.0}
+
+
+def test_crossover():
+    assert perf.crossover([1, 4, 16, 64], [0.5, 0.9, 1.2, 2.0]) == 16
+    assert perf.crossover([1, 4, 16], [1.5, 0.9, 1.2]) == 16  # must hold for every larger size
+    assert perf.crossover([1, 4], [0.5, 0.9]) is None
+    assert perf.crossover([1, 4], [2.0, 3.0]) == 1
+    with pytest.raises(ValueError, match="strictly increasing"):
+        perf.crossover([4, 1], [1, 1])
+    with pytest.raises(ValueError, match="one length"):
+        perf.crossover([1, 2], [1])
+
+
+def test_load_results(tmp_path):
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps({"machine": {}, "records": []}))
+    assert perf.load_results(p)["sweep"] == []
+    with pytest.raises(FileNotFoundError, match="bench_models.py"):
+        perf.load_results(tmp_path / "missing.json")
+    p.write_text(json.dumps({"records": []}))
+    with pytest.raises(ValueError, match="machine"):
+        perf.load_results(p)
+
+
+def test_draw_functions_return_what_they_show():
+    r = _results()
+    out = perf.draw_speedups(Figure(), r, batch=1)
+    assert out["speedups"]["fx_x86"] == {"a": 2.0, "b": 0.5, "c": 2.0}
+    assert ("b", "fx_x86", 0.5) in out["slower"] and ("b", "fx_fbgemm", 0.25) in out["slower"]
+    g = perf.draw_geomeans(Figure(), r, batches=[1, 8])
+    assert g[8]["fx_x86"]["geomean"] == pytest.approx(3.0) and "fp32" not in g[1]
+    sizes = perf.draw_sizes(Figure(), r)
+    assert sizes["a"] == {"fp32": 400, "int8": 100, "path": "fx_x86", "ratio": 4.0}
+    sw = perf.draw_sweep(Figure(), r["sweep"])
+    assert sw["linear"]["crossover"] == 16 and sw["linear"]["kernel_crossover"] == 4
+    with pytest.raises(ValueError, match="sweep is empty"):
+        perf.draw_sweep(Figure(), [])
+    with pytest.raises(TypeError, match="fig must be"):
+        perf.draw_speedups(None, r, 1)
+
+
+def test_machine_info_fields():
+    m = perf.machine_info()
+    for k in ("cpu", "isa", "torch", "threads", "torch_cpu_capability", "quantized_engines"):
+        assert k in m
+
+
+def test_num_threads_restores():
+    import torch
+
+    before = torch.get_num_threads()
+    with perf.num_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        perf.num_threads(0)
