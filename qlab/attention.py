@@ -1,0 +1,435 @@
+"""timm's ViT ``Attention`` in int8: the user's module that fails, and three eager modules that work.
+Taught in ``notebooks/08-vit-attention-int8.ipynb``.
+
+timm's ``Attention`` (non-fused path) computes, per head, with ``s = head_dim ** -0.5``::
+
+    q, k, v = split(x @ W_qkv.T + b_qkv)                   (1)  one linear, three outputs
+    P       = softmax((s * q) @ k.T)                        (2)  q·kᵀ: a batched matmul
+    ctx     = P @ v                                         (3)  P·v: a batched matmul
+    out     = ctx @ W_proj.T + b_proj                       (4)
+
+Eager ``torch.ao.quantization`` turns (1) and (4) into quantized ``Linear`` s, but
+(2)'s scalar multiply and both matmuls have no ``QuantizedCPU`` kernel
+(:mod:`qlab.support_matrix`). The modules here:
+
+* :class:`QuantAttention` -- the user report's module (stubs around timm's
+  ``Attention``); it fails after ``convert``, on purpose.
+* :class:`DequantAttention` -- fix 1: quantized linears, and dequantize -> float32
+  (2)-(3) -> quantize between them. ``s`` is folded into the q rows of ``W_qkv``
+  (``s * (x W_q.T + b_q) = x (s W_q).T + s b_q``; exact when ``s`` is a power of
+  two, as for head_dim 16 or 64) or, with ``qk_norm``, multiplied in float.
+* :class:`FunctionalAttention` -- fix 2: ``FloatFunctional.mul_scalar`` / ``.matmul``,
+  which ``convert`` turns into ``quantized::mul_scalar`` / ``quantized::matmul``.
+  They accept quantized tensors, but ``quantized::matmul`` dequantizes, multiplies
+  in float32 and requantizes (bit-exact with doing so by hand).
+* :class:`QuantizedAttention` and :class:`QuantizedLinear` -- fix 4's eager half:
+  (1)-(4) on ``qlab.kernels``: ``int8_linear`` for the projections and
+  ``int8_bmm`` for both matmuls, with the scale folded into ``W_q``. Softmax,
+  LayerNorm and GELU stay float32; ``P`` is quantized to uint8 with scale 1/255.
+  Built from an :class:`ObservedAttention` / :class:`ObservedLinear` that recorded
+  the activation ranges during calibration (min/max; ``qlab.choose_qparams``).
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+from torch.ao.quantization import DeQuantStub, QuantStub
+from torch.ao.nn.quantized import FloatFunctional
+
+from timm.layers import Attention
+
+from .primitives import PerChannel, choose_qparams, quantize
+
+__all__ = [
+    "Attention",
+    "QuantAttention",
+    "DequantAttention",
+    "FunctionalAttention",
+    "MinMax",
+    "ObservedLinear",
+    "ObservedAttention",
+    "QuantizedLinear",
+    "QuantizedAttention",
+    "quantize_activation",
+    "quantize_activation_reference",
+    "quantize_weight",
+    "PROB_SCALE",
+]
+
+#: Scale of the quantized attention probabilities: uint8 codes 0..255 cover [0, 1], 0 and 1 exact.
+PROB_SCALE = 1.0 / 255.0
+
+
+def _check_plain(name: str, attn) -> None:
+    if getattr(attn, "gate", None) is not None:
+        raise TypeError(f"{name}: gated timm Attention (gated=True) is not supported; use gated=False")
+
+
+def _check_call(attn_mask, is_causal) -> None:
+    if attn_mask is not None or is_causal:
+        raise ValueError("attn_mask and is_causal are not supported by the int8 attention modules (ViT encoders use neither)")
+
+
+def _split_heads(t: torch.Tensor, B: int, N: int, H: int, D: int) -> torch.Tensor:
+    """``[B, N, H*D]`` -> ``[B, H, N, D]`` (a view)."""
+    return t.view(B, N, H, D).permute(0, 2, 1, 3)
+
+
+def _folded_qkv(attn) -> nn.Linear:
+    """A copy of ``attn.qkv`` with the softmax scale folded into its q rows (weight and bias)."""
+    qkv = copy.deepcopy(attn.qkv)
+    d = attn.attn_dim if hasattr(attn, "attn_dim") else attn.num_heads * attn.head_dim
+    with torch.no_grad():
+        qkv.weight[:d] *= attn.scale
+        if qkv.bias is not None:
+            qkv.bias[:d] *= attn.scale
+    return qkv
+
+
+# ----------------------------------------------------------------------------------------------
+# The user's module
+
+
+class QuantAttention(Attention):
+    """The user report's module: timm's ``Attention`` with a QuantStub and a DeQuantStub.
+    Same constructor as ``timm.layers.Attention``; the forward is the report's, unchanged."""
+
+    def __init__(self, dim, num_heads=8, **kwargs):
+        super().__init__(dim, num_heads=num_heads, **kwargs)
+        # quantization stubs
+        self.quant = QuantStub()
+        self.dequant = DeQuantStub()
+
+    def forward(self, x):
+        B, N, C = x.shape
+        x = self.quant(x)
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        q = q * self.scale
+
+        attn = q @ k.transpose(-2, -1)
+        attn = attn.softmax(dim=-1)
+        attn = self.attn_drop(attn)
+        x = attn @ v
+
+        x = x.transpose(1, 2).reshape(B, N, C)
+        x = self.proj(x)
+        x = self.dequant(x)
+        x = self.proj_drop(x)
+        return x
+
+
+# ----------------------------------------------------------------------------------------------
+# Fix 1 and fix 2: eager torch.ao.quantization modules
+
+
+class DequantAttention(nn.Module):
+    """Fix 1: quantized qkv and proj linears; dequantize -> float32 attention -> quantize between them.
+
+    Built from a float timm ``Attention`` (:meth:`from_timm`); prepare/convert it with
+    ``torch.ao.quantization`` (``qlab.vit.eager_quantize_vit`` does). The norms and the
+    dropouts carry ``qconfig = None``: they stay float.
+    """
+
+    def __init__(self, attn):
+        super().__init__()
+        _check_plain("attn", attn)
+        self.num_heads, self.head_dim = attn.num_heads, attn.head_dim
+        self.attn_dim = self.num_heads * self.head_dim
+        self.scale = attn.scale
+        self.fold = isinstance(attn.q_norm, nn.Identity)  # with qk_norm the scale comes after the norm
+        self.quant = QuantStub()
+        self.qkv = _folded_qkv(attn) if self.fold else copy.deepcopy(attn.qkv)
+        self.dequant = DeQuantStub()
+        self.q_norm, self.k_norm = copy.deepcopy(attn.q_norm), copy.deepcopy(attn.k_norm)
+        self.attn_drop = copy.deepcopy(attn.attn_drop)
+        self.norm = copy.deepcopy(attn.norm)
+        self.quant_ctx = QuantStub()
+        self.proj = copy.deepcopy(attn.proj)
+        self.dequant_out = DeQuantStub()
+        self.proj_drop = copy.deepcopy(attn.proj_drop)
+        for m in (self.q_norm, self.k_norm, self.attn_drop, self.norm, self.proj_drop):
+            m.qconfig = None
+
+    def forward(self, x, attn_mask=None, is_causal=False):
+        _check_call(attn_mask, is_causal)
+        B, N, _ = x.shape
+        qkv = self.dequant(self.qkv(self.quant(x)))  # int8 linear, then back to float32
+        q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if not self.fold:
+            q = q * self.scale
+        attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)  # float32
+        attn = self.attn_drop(attn)
+        x = (attn @ v).transpose(1, 2).reshape(B, N, self.attn_dim)  # float32
+        x = self.norm(x)
+        x = self.dequant_out(self.proj(self.quant_ctx(x)))
+        return self.proj_drop(x)
+
+
+class FunctionalAttention(nn.Module):
+    """Fix 2: everything on quantized tensors, with ``FloatFunctional`` for the scalar multiply
+    and the two matmuls and ``nn.Softmax`` for the softmax (converted to ``quantized::mul_scalar``,
+    ``quantized::matmul`` and ``torch.ao.nn.quantized.Softmax``)."""
+
+    def __init__(self, attn):
+        super().__init__()
+        _check_plain("attn", attn)
+        self.num_heads, self.head_dim = attn.num_heads, attn.head_dim
+        self.attn_dim = self.num_heads * self.head_dim
+        self.scale = attn.scale
+        self.quant = QuantStub()
+        self.qkv = copy.deepcopy(attn.qkv)
+        self.q_norm, self.k_norm = copy.deepcopy(attn.q_norm), copy.deepcopy(attn.k_norm)
+        self.mul_scale = FloatFunctional()  # q * scale
+        self.qk = FloatFunctional()  # q @ k.T
+        self.softmax = nn.Softmax(dim=-1)
+        self.attn_drop = copy.deepcopy(attn.attn_drop)
+        self.av = FloatFunctional()  # attn @ v
+        self.norm = copy.deepcopy(attn.norm)
+        self.proj = copy.deepcopy(attn.proj)
+        self.dequant = DeQuantStub()
+        self.proj_drop = copy.deepcopy(attn.proj_drop)
+
+    def forward(self, x, attn_mask=None, is_causal=False):
+        _check_call(attn_mask, is_causal)
+        B, N, _ = x.shape
+        qkv = self.qkv(self.quant(x))
+        q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        q = self.mul_scale.mul_scalar(q, self.scale)
+        # mul_scalar observes nothing (quantized::mul_scalar just rescales); observing its output
+        # keeps convert from warning about an observer that never ran. After convert: an Identity.
+        q = self.mul_scale.activation_post_process(q)
+        attn = self.softmax(self.qk.matmul(q, k.transpose(-2, -1)))
+        attn = self.attn_drop(attn)
+        x = self.av.matmul(attn, v).transpose(1, 2).reshape(B, N, self.attn_dim)
+        x = self.norm(x)
+        return self.proj_drop(self.dequant(self.proj(x)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Fix 4, eager: qlab's int8 kernels
+
+
+class MinMax:
+    """Running min and max of everything seen (the MinMaxObserver statistic)."""
+
+    def __init__(self):
+        self.lo = math.inf
+        self.hi = -math.inf
+
+    def update(self, t: torch.Tensor) -> torch.Tensor:
+        if t.numel():
+            self.lo = min(self.lo, float(t.min()))
+            self.hi = max(self.hi, float(t.max()))
+        return t
+
+    def qparams(self, dtype=torch.quint8) -> tuple[float, int]:
+        """Affine ``(scale, zero_point)`` for the range, as ``MinMaxObserver`` computes them."""
+        if not math.isfinite(self.lo):
+            raise RuntimeError("no data observed: run the calibration batches through the model first")
+        s, z = choose_qparams(torch.tensor(self.lo), torch.tensor(self.hi), dtype=dtype)
+        return float(s), int(z)
+
+
+def quantize_activation(x: torch.Tensor, scale: float, zero_point: int, dtype=torch.uint8) -> torch.Tensor:
+    """``clamp(round(x * float32(1/scale)) + zero_point, qmin, qmax)`` as plain uint8/int8 codes.
+
+    PyTorch's own vectorized ``quantize_per_tensor`` kernel computes the codes (so they are
+    bit-exact with it and with ``qlab.quantize``); the quantized tensor's bytes are then read
+    as a uint8/int8 tensor *without a copy* (``int_repr()`` would copy). One pass instead of
+    the five of :func:`quantize_activation_reference`; it matters between every two int8 ops."""
+    qdtype, plain = (torch.quint8, torch.uint8) if dtype == torch.uint8 else (torch.qint8, torch.int8)
+    q = torch.quantize_per_tensor(x, scale, zero_point, qdtype)
+    return torch.empty(0, dtype=plain).set_(q.untyped_storage(), q.storage_offset(), q.shape, q.stride())
+
+
+def quantize_activation_reference(x: torch.Tensor, scale: float, zero_point: int, dtype=torch.uint8) -> torch.Tensor:
+    """The same codes, spelled out in float32 ops: multiply by the float32 reciprocal, round half to
+    even, add the zero point, clamp, convert."""
+    inv = float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(scale, dtype=torch.float32))
+    lo, hi = (0, 255) if dtype == torch.uint8 else (-128, 127)
+    y = torch.mul(x, inv)
+    y.round_().add_(zero_point).clamp_(lo, hi)
+    return y.to(dtype)
+
+
+def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel symmetric int8 weights (the x86 qconfig's weight observer): ``(codes, scales)``."""
+    s, z = choose_qparams(w.amin(1), w.amax(1), dtype=torch.qint8, symmetric=True)
+    return quantize(w, s, z, torch.qint8, PerChannel(0)), s.to(torch.float32)
+
+
+def _kernels():
+    import qlab.kernels  # loads (or builds) the C++ extension and registers torch.ops.qlab.*
+
+    return torch.ops.qlab
+
+
+class ObservedLinear(nn.Module):
+    """A float ``nn.Linear`` that records the range of its input (calibration)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.linear = linear
+        self.x = MinMax()
+
+    def forward(self, x):
+        return self.linear(self.x.update(x))
+
+
+class QuantizedLinear(nn.Module):
+    """``x @ W.T + b`` with ``qlab.kernels.int8_linear``: x quantized to uint8 (calibrated, per tensor),
+    W int8 per channel (symmetric), float bias added as fbgemm does; float32 out."""
+
+    def __init__(self, linear: nn.Linear, x_scale: float, x_zero_point: int, requant: str = "float"):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        w, ws = quantize_weight(linear.weight.detach().float())
+        self.register_buffer("weight", w)
+        self.register_buffer("weight_scale", ws)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
+        self.x_scale, self.x_zero_point, self.requant = x_scale, x_zero_point, requant
+
+    @classmethod
+    def from_observed(cls, obs: ObservedLinear, requant: str = "float") -> "QuantizedLinear":
+        return cls(obs.linear, *obs.x.qparams(), requant=requant)
+
+    def forward(self, x):
+        xq = quantize_activation(x, self.x_scale, self.x_zero_point)
+        return _kernels().int8_linear(xq, self.weight, self.weight_scale, self.bias, self.x_scale, self.x_zero_point,
+                                      1.0, 0, torch.float32, False, self.requant)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, x: uint8 (scale={self.x_scale:.4g}, zp={self.x_zero_point})"
+
+
+class ObservedAttention(nn.Module):
+    """timm's ``Attention`` in float32, recording the ranges :class:`QuantizedAttention` needs:
+    its input ``x``, ``q`` (scaled), ``k``, ``v`` and the projection's input ``ctx``."""
+
+    def __init__(self, attn):
+        super().__init__()
+        _check_plain("attn", attn)
+        self.attn = attn
+        self.ranges = {n: MinMax() for n in ("x", "q", "k", "v", "ctx")}
+
+    def forward(self, x, attn_mask=None, is_causal=False):
+        _check_call(attn_mask, is_causal)
+        a, r = self.attn, self.ranges
+        B, N, _ = x.shape
+        qkv = a.qkv(r["x"].update(x))
+        q, k, v = qkv.reshape(B, N, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = a.q_norm(q), a.k_norm(k)
+        q = r["q"].update(q * a.scale)
+        r["k"].update(k)
+        r["v"].update(v)
+        attn = a.attn_drop((q @ k.transpose(-2, -1)).softmax(dim=-1))
+        ctx = a.norm((attn @ v).transpose(1, 2).reshape(B, N, a.num_heads * a.head_dim))
+        return a.proj_drop(a.proj(r["ctx"].update(ctx)))
+
+
+class QuantizedAttention(nn.Module):
+    """timm's ``Attention`` with both matmuls and all three projections in int8 (qlab.kernels).
+
+    ::
+
+        xq        = quantize(x)                                   uint8
+        q         = int8_linear(xq, s·W_q, s·b_q) -> uint8        (k, v -> int8; s folded)
+        logits    = int8_bmm(q, k, transpose_b=True) -> float32   acc · s_q · s_k
+        P         = softmax(logits) -> uint8, scale 1/255
+        ctx       = int8_bmm(P, v) -> uint8                       requantized in the kernel
+        out       = int8_linear(ctx, W_proj, b_proj) -> float32
+
+    With ``qk_norm`` q and k leave their linears in float32, pass the norms (and ``q`` the
+    scale) and are quantized after; with ``scale_norm`` ctx leaves the second matmul in
+    float32 for the norm. Build it with :meth:`from_observed` after calibration.
+    """
+
+    def __init__(self, attn, qparams: dict[str, tuple[float, int]], requant: str = "float"):
+        super().__init__()
+        _check_plain("attn", attn)
+        H, D = attn.num_heads, attn.head_dim
+        C = H * D
+        self.num_heads, self.head_dim, self.attn_dim = H, D, C
+        self.scale = attn.scale
+        self.qk_norm = not isinstance(attn.q_norm, nn.Identity)
+        self.scale_norm = not isinstance(attn.norm, nn.Identity)
+        self.requant = requant
+        self.qp = dict(qparams)  # name -> (scale, zero_point); k, v: int8 zero points
+        w = attn.qkv.weight.detach().float()
+        b = None if attn.qkv.bias is None else attn.qkv.bias.detach().float()
+        wq, wk, wv = w[:C].clone(), w[C:2 * C], w[2 * C:]
+        bq, bk, bv = (None, None, None) if b is None else (b[:C].clone(), b[C:2 * C], b[2 * C:])
+        if not self.qk_norm:  # fold the softmax scale into the q projection
+            wq *= self.scale
+            if bq is not None:
+                bq *= self.scale
+        for name, (wt, bt) in {"q": (wq, bq), "k": (wk, bk), "v": (wv, bv)}.items():
+            codes, scales = quantize_weight(wt)
+            self.register_buffer(f"w_{name}", codes)
+            self.register_buffer(f"ws_{name}", scales)
+            self.register_buffer(f"b_{name}", None if bt is None else bt.contiguous())
+        codes, scales = quantize_weight(attn.proj.weight.detach().float())
+        self.register_buffer("w_proj", codes)
+        self.register_buffer("ws_proj", scales)
+        self.register_buffer("b_proj", None if attn.proj.bias is None else attn.proj.bias.detach().float().clone())
+        self.q_norm, self.k_norm = attn.q_norm, attn.k_norm
+        self.attn_drop, self.norm, self.proj_drop = attn.attn_drop, attn.norm, attn.proj_drop
+
+    @classmethod
+    def from_observed(cls, obs: ObservedAttention, requant: str = "float") -> "QuantizedAttention":
+        r = obs.ranges
+        qparams = {
+            "x": r["x"].qparams(torch.quint8),
+            "q": r["q"].qparams(torch.quint8),
+            "k": r["k"].qparams(torch.qint8),
+            "v": r["v"].qparams(torch.qint8),
+            "ctx": r["ctx"].qparams(torch.quint8),
+        }
+        return cls(obs.attn, qparams, requant)
+
+    def _linear(self, x, name, sx, zx, out_dtype=torch.float32, out=(1.0, 0)):
+        return _kernels().int8_linear(x, getattr(self, f"w_{name}"), getattr(self, f"ws_{name}"),
+                                      getattr(self, f"b_{name}"), sx, zx, out[0], out[1], out_dtype, False, self.requant)
+
+    def forward(self, x, attn_mask=None, is_causal=False):
+        _check_call(attn_mask, is_causal)
+        ops = _kernels()
+        B, N, _ = x.shape
+        H, D, C = self.num_heads, self.head_dim, self.attn_dim
+        qp = self.qp
+        sx, zx = qp["x"]
+        (sq, zq), (sk, zk), (sv, zv), (sc, zc) = qp["q"], qp["k"], qp["v"], qp["ctx"]
+        xq = quantize_activation(x, sx, zx)
+        if self.qk_norm:
+            q = self.q_norm(_split_heads(self._linear(xq, "q", sx, zx), B, N, H, D)) * self.scale
+            k = self.k_norm(_split_heads(self._linear(xq, "k", sx, zx), B, N, H, D))
+            q = quantize_activation(q, sq, zq, torch.uint8)
+            k = quantize_activation(k, sk, zk, torch.int8)
+        else:
+            q = _split_heads(self._linear(xq, "q", sx, zx, torch.uint8, (sq, zq)), B, N, H, D)
+            k = _split_heads(self._linear(xq, "k", sx, zx, torch.int8, (sk, zk)), B, N, H, D)
+        v = _split_heads(self._linear(xq, "v", sx, zx, torch.int8, (sv, zv)), B, N, H, D)
+        logits = ops.int8_bmm(q, k, sq, zq, sk, zk, 1.0, 0, torch.float32, True, self.requant)  # [B, H, N, N]
+        p = self.attn_drop(logits.softmax(dim=-1))
+        p = quantize_activation(p, PROB_SCALE, 0)
+        if self.scale_norm:
+            ctx = ops.int8_bmm(p, v, PROB_SCALE, 0, sv, zv, 1.0, 0, torch.float32, False, self.requant)
+            ctx = self.norm(ctx.transpose(1, 2).reshape(B, N, C))
+            ctx = quantize_activation(ctx, sc, zc)
+        else:
+            ctx = ops.int8_bmm(p, v, PROB_SCALE, 0, sv, zv, sc, zc, torch.uint8, False, self.requant)
+            ctx = ctx.transpose(1, 2).reshape(B, N, C)
+        out = ops.int8_linear(ctx, self.w_proj, self.ws_proj, self.b_proj, sc, zc, 1.0, 0, torch.float32, False,
+                              self.requant)
+        return self.proj_drop(out)
+
+    def extra_repr(self):
+        norms = ", qk_norm" * self.qk_norm + ", scale_norm" * self.scale_norm
+        return f"heads={self.num_heads}, head_dim={self.head_dim}{norms}, int8: q/k/v/proj linears, q·kᵀ, P·v"

@@ -1,0 +1,334 @@
+"""qlab.vit and qlab.attention: the digits ViT, the eager int8 fixes, the converter on other timm ViTs."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import ipywidgets as W
+import pytest
+import timm
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from matplotlib.figure import Figure
+from torch import nn
+
+import qlab
+from qlab import attention as qa
+from qlab import data, vit
+from qlab.widgets import LiveFigure
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*quantized tensor creation functions.*deprecated:UserWarning")
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    return vit.load_pretrained()
+
+
+@pytest.fixture(scope="module")
+def test_set():
+    return data.digits("test", 32).tensors
+
+
+@pytest.fixture(scope="module")
+def calib():
+    return data.calibration_batches(64, 32, 32)
+
+
+# ----------------------------------------------------------------------------------------------
+# the checkpoint
+
+
+def test_checkpoint_is_small_and_reproduces_its_recorded_accuracy(digits_model, test_set):
+    info = vit.model_info()
+    assert (vit.DATA_DIR / info["file"]).stat().st_size < 2_000_000
+    assert info["kwargs"] == vit.DIGITS_VIT and info["input_size"] == 32
+    x, y = test_set
+    correct = int((vit.predict(digits_model, x).argmax(1) == y).sum())
+    assert correct == info["test_correct"] and info["test_total"] == len(y) == 364
+    assert all(not m.fused_attn for m in digits_model.modules() if isinstance(m, qa.Attention))
+
+
+def test_load_checks_the_sha256(tmp_path):
+    info = vit.model_info()
+    shutil.copy(vit.DATA_DIR / vit.REGISTRY, tmp_path / vit.REGISTRY)
+    blob = bytearray((vit.DATA_DIR / info["file"]).read_bytes())
+    blob[-1] ^= 1
+    (tmp_path / info["file"]).write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="SHA-256"):
+        vit.load_pretrained(data_dir=tmp_path)
+    with pytest.raises(ValueError, match="name must be one of"):
+        vit.model_info("nope")
+    reg = json.loads((tmp_path / vit.REGISTRY).read_text())
+    assert vit.available(tmp_path) == sorted(reg)
+
+
+# ----------------------------------------------------------------------------------------------
+# the user's module fails exactly as reported
+
+
+def test_quant_attention_reproduces_both_failures():
+    import torch.ao.quantization as tq
+
+    torch.manual_seed(0)
+    m = qa.QuantAttention(128, num_heads=8).eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    m = tq.prepare(m)
+    for _ in range(3):
+        m(torch.randn(1, 16, 128))
+    m = tq.convert(m)
+    with pytest.raises(RuntimeError, match="promoteTypes with quantized numbers"):
+        m(torch.randn(1, 16, 128))
+    q = m.quant(torch.randn(1, 16, 128))
+    q, k, v = m.qkv(q).reshape(1, 16, 3, 8, 16).permute(2, 0, 3, 1, 4).unbind(0)
+    with pytest.raises(NotImplementedError, match=r"Could not run 'aten::bmm.out' with arguments from the 'QuantizedCPU'"):
+        q @ k.transpose(-2, -1)
+
+
+# ----------------------------------------------------------------------------------------------
+# building blocks
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.floats(1e-4, 10.0),
+    st.integers(0, 255),
+    st.integers(1, 300),
+    st.floats(0.1, 1000.0),
+    st.integers(0, 2**31 - 1),
+)
+def test_quantize_activation_is_bit_exact_with_torch(scale, zp, n, spread, seed):
+    x = torch.randn(n, generator=torch.Generator().manual_seed(seed)) * spread
+    got = qa.quantize_activation(x, scale, zp)
+    assert torch.equal(got, torch.quantize_per_tensor(x, scale, zp, torch.quint8).int_repr())
+    assert torch.equal(got, qlab.quantize(x, scale, zp, torch.quint8))
+    assert torch.equal(got, qa.quantize_activation_reference(x, scale, zp))
+    assert got.dtype == torch.uint8 and not got.is_quantized
+    zs = zp - 128
+    got8 = qa.quantize_activation(x, scale, zs, torch.int8)
+    assert torch.equal(got8, torch.quantize_per_tensor(x, scale, zs, torch.qint8).int_repr())
+    assert torch.equal(got8, qa.quantize_activation_reference(x, scale, zs, torch.int8))
+    # strided inputs (attention's permuted views) too
+    xt = x[: n - n % 2].reshape(2, -1).t() if n > 1 else x
+    assert torch.equal(qa.quantize_activation(xt, scale, zp), qa.quantize_activation_reference(xt, scale, zp))
+
+
+def test_fix_modules_in_float_match_timm_attention():
+    torch.manual_seed(0)
+    attn = qa.Attention(64, num_heads=4, qkv_bias=True).eval()
+    attn.fused_attn = False
+    x = torch.randn(2, 9, 64)
+    ref = attn(x)
+    for cls in (qa.DequantAttention, qa.FunctionalAttention):
+        torch.testing.assert_close(cls(attn).eval()(x), ref, rtol=1e-5, atol=1e-6)  # before convert: float32
+
+
+def test_minmax_qparams_match_pytorchs_observer():
+    from torch.ao.quantization import MinMaxObserver
+
+    x = torch.randn(1000) * 3 + 1
+    mm = qa.MinMax()
+    mm.update(x[:500])
+    mm.update(x[500:])
+    obs = MinMaxObserver()
+    obs(x)
+    s, z = obs.calculate_qparams()
+    assert mm.qparams() == (float(s), int(z))
+    with pytest.raises(RuntimeError, match="no data observed"):
+        qa.MinMax().qparams()
+
+
+# ----------------------------------------------------------------------------------------------
+# the four fixes on the digits ViT
+
+
+def test_fix4_eager_is_int8_exact_and_accurate(digits_model, test_set, calib):
+    x, y = test_set
+    q = vit.quantize_vit(digits_model, calib)
+    kinds = [type(m) for m in q.modules()]
+    assert kinds.count(qa.QuantizedAttention) == 4 and nn.Linear not in kinds
+    assert kinds.count(qa.QuantizedLinear) == 4 * 2 + 1  # fc1, fc2 per block, head
+    ref = vit.predict(digits_model, x)
+    got = vit.compare(vit.predict(q, x), ref, y)
+    fp32 = vit.compare(ref, ref, y)
+    assert got["accuracy"] >= fp32["accuracy"] - 0.01 and got["cosine"] > 0.99
+    calls = vit.check_int8_calls(q, x[:4])
+    assert calls == {"int8_bmm": 8, "int8_linear": 4 * 6 + 1, "all_equal": True}  # q, k, v, proj, fc1, fc2; head
+
+
+@pytest.mark.parametrize("attention", ["dequant", "functional"])
+def test_eager_fixes(digits_model, test_set, calib, attention):
+    x, y = test_set
+    q = vit.eager_quantize_vit(digits_model, calib, attention)
+    cls = qa.DequantAttention if attention == "dequant" else qa.FunctionalAttention
+    assert sum(isinstance(m, cls) for m in q.modules()) == 4
+    assert any(isinstance(m, torch.ao.nn.quantized.Linear) for m in q.modules())
+    ref = vit.predict(digits_model, x[:64])
+    got = vit.compare(vit.predict(q, x[:64]), ref, y[:64])
+    assert got["cosine"] > 0.99 and got["agreement"] > 0.95
+
+
+def test_floatfunctional_matmul_runs_in_float_inside(digits_model, calib):
+    q = vit.eager_quantize_vit(digits_model, calib, "functional")
+    qk = q.blocks[0].attn.qk
+    with vit.spy(qk, "matmul") as calls:
+        q(calib[0][:2])
+    assert "matmul" not in vars(qk) and len(calls) == 1  # the spy is gone again
+    (a, b), out = calls[0]
+    assert isinstance(qk, torch.ao.nn.quantized.QFunctional) and a.is_quantized
+    want = torch.quantize_per_tensor(a.dequantize() @ b.dequantize(), out.q_scale(), out.q_zero_point(), torch.quint8)
+    assert torch.equal(out.int_repr(), want.int_repr())
+
+
+def test_spy_and_time_interleaved():
+    class Box:
+        def twice(self, v):
+            return 2 * v
+
+    box = Box()
+    with vit.spy(box, "twice") as calls:
+        assert box.twice(3) == 6
+    assert calls == [((3,), 6)] and "twice" not in vars(box)
+    with pytest.raises(TypeError, match="method must name a callable"):
+        with vit.spy(box, "__doc__"):
+            pass
+    t = vit.time_interleaved({"a": lambda: sum(range(100)), "b": lambda: sum(range(10))}, repeats=3)
+    assert set(t) == {"a", "b"} and t["a"]["ratio"] == 1.0 and t["b"]["median_ms"] > 0
+    with pytest.raises(ValueError, match="repeats must be a positive int"):
+        vit.time_interleaved({"a": int}, repeats=0)
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        vit.time_interleaved({"a": int}, baseline="b")
+
+
+# ----------------------------------------------------------------------------------------------
+# the converter on other timm ViTs
+
+
+def _small(**kw):
+    base = dict(img_size=32, patch_size=8, in_chans=3, num_classes=5, embed_dim=48, depth=2, num_heads=3)
+    return vit.build(**(base | kw)).eval()
+
+
+VARIANTS = {
+    "no qkv_bias": lambda: _small(qkv_bias=False),
+    "qk_norm, head_dim 32": lambda: _small(embed_dim=64, num_heads=2, qk_norm=True),
+    "scale_attn_norm": lambda: _small(scale_attn_norm=True),
+    "depth 3, 6 heads, layer scale": lambda: _small(embed_dim=96, num_heads=6, depth=3, init_values=1e-2),
+    "registers, avg pool": lambda: _small(reg_tokens=2, class_token=False, global_pool="avg"),
+    "deit_tiny_distilled": lambda: timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False,
+                                                     img_size=32, patch_size=8, depth=2).eval(),
+    "vit_tiny": lambda: timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
+                                          depth=2).eval(),
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_quantize_vit_on_other_timm_vits(name):
+    torch.manual_seed(0)
+    model = VARIANTS[name]()
+    g = torch.Generator().manual_seed(1)
+    cal = [torch.randn(8, 3, 32, 32, generator=g) for _ in range(2)]
+    x = torch.randn(6, 3, 32, 32, generator=g)
+    q = vit.quantize_vit(model, cal)
+    depth = len(model.blocks)
+    assert sum(isinstance(m, qa.QuantizedAttention) for m in q.modules()) == depth
+    assert not any(type(m) is nn.Linear for m in q.modules())
+    ref, got = model(x), q(x)
+    ref, got = (ref[0], got[0]) if isinstance(ref, tuple) else (ref, got)
+    cos = torch.nn.functional.cosine_similarity(got.flatten(), ref.flatten(), dim=0)
+    assert cos > 0.98, (name, float(cos))
+    calls = vit.check_int8_calls(q, x[:2])
+    assert calls["int8_bmm"] == 2 * depth and calls["all_equal"]
+    # the maps the widget draws exist for every block
+    maps = vit.capture_attention(q, x[:1])
+    assert len(maps) == depth and maps[0].shape[1] == model.blocks[0].attn.num_heads
+
+
+def _gated():
+    m = _small()
+    m.blocks[1].attn = qa.Attention(48, num_heads=3, gated=True)
+    return m
+
+
+@pytest.mark.parametrize(
+    "make, where, what",
+    [
+        (_gated, "model.blocks.1.attn", "gated attention"),
+        (lambda: _small(global_pool="map"), "model.attn_pool", "AttentionPoolLatent"),
+        (lambda: nn.Sequential(nn.MultiheadAttention(8, 2)), "model.0", "MultiheadAttention"),
+        (lambda: nn.Sequential(qa.QuantAttention(8, 2)), "model.0", "a subclass of timm.layers.Attention"),
+        (lambda: nn.Sequential(nn.Linear(3, 3)), "model must contain timm.layers.Attention", ""),
+    ],
+)
+def test_unsupported_modules_are_named(make, where, what):
+    with pytest.raises(TypeError, match="cannot be converted|must contain") as exc:
+        vit.quantize_vit(make(), [torch.randn(1, 3, 32, 32)])
+    assert where in str(exc.value) and what in str(exc.value)
+
+
+def test_bad_arguments(digits_model):
+    with pytest.raises(TypeError, match="calibration_batches must be a non-empty"):
+        vit.quantize_vit(digits_model, [])
+    with pytest.raises(ValueError, match="requant must be one of"):
+        vit.quantize_vit(digits_model, [torch.zeros(1, 1, 32, 32)], requant="double")
+    with pytest.raises(ValueError, match="attention must be one of"):
+        vit.eager_quantize_vit(digits_model, [torch.zeros(1, 1, 32, 32)], attention="sdpa")
+    with pytest.raises(ValueError, match="logits must have the shape"):
+        vit.compare(torch.zeros(2, 3), torch.zeros(3, 3))
+
+
+def test_int8_attention_refuses_masks(digits_model, calib):
+    q = vit.quantize_vit(digits_model, calib[:1])
+    with pytest.raises(ValueError, match="attn_mask and is_causal are not supported"):
+        q.blocks[0].attn(torch.randn(1, 65, 64), is_causal=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# attention maps and their figure
+
+
+def test_capture_attention_eager_and_graph(digits_model, calib):
+    x = calib[0][:2]
+    maps = vit.capture_attention(digits_model, x)
+    assert len(maps) == 4 and maps[0].shape == (2, 4, 65, 65)
+    torch.testing.assert_close(maps[2].sum(-1), torch.ones(2, 4, 65))
+    # fused attention is switched off for the capture, then restored
+    fused = vit.set_fused_attn(vit.build(**vit.DIGITS_VIT).eval(), True)
+    assert len(vit.capture_attention(fused, x)) == 4
+    assert all(m.fused_attn for m in fused.modules() if isinstance(m, qa.Attention))
+    g = torch.export.export(digits_model, (x,)).module()
+    gmaps = vit.capture_attention(g, x)
+    assert len(gmaps) == 4
+    torch.testing.assert_close(gmaps[1], maps[1])
+
+
+def test_draw_attention_returns_what_it_shows(digits_model, calib):
+    x = calib[0][:1]
+    ref = vit.capture_attention(digits_model, x)
+    noisy = [m + 0.01 * (i + 1) for i, m in enumerate(ref)]
+    res = vit.draw_attention(Figure(), x[0], {"fp32": ref, "other": noisy}, layer=1, head=2)
+    assert res["head_error"]["fp32"] == [0.0] * 4
+    assert res["head_error"]["other"] == pytest.approx([0.02] * 4, abs=1e-6)
+    assert len(res["cls_attention"]["fp32"]) == 64 and res["worst"][0] == "other"
+    with pytest.raises(ValueError, match="layer must be an int in"):
+        vit.draw_attention(Figure(), x[0], {"fp32": ref}, layer=4)
+    with pytest.raises(ValueError, match="head must be an int in"):
+        vit.draw_attention(Figure(), x[0], {"fp32": ref}, head=-1)
+    with pytest.raises(ValueError, match="reference must be one of"):
+        vit.draw_attention(Figure(), x[0], {"a": ref})
+
+
+def test_attention_explorer_in_a_live_figure(digits_model, calib):
+    q = vit.quantize_vit(digits_model, calib[:1])
+    images = calib[0][:3]
+    ex = vit.AttentionExplorer({"fp32": digits_model, "int8": q}, images)
+    lf = LiveFigure(ex.draw, {"image": W.IntSlider(0, 0, 2), "layer": W.IntSlider(0, 0, 3), "head": W.IntSlider(0, 0, 3)})
+    first = lf.result
+    assert first["head_error"]["fp32"] == [0.0] * 4 and max(first["head_error"]["int8"]) > 0
+    lf.controls["image"].value = 2
+    assert set(ex._cache) == {0, 2} and lf.result["cls_attention"] != first["cls_attention"]
+    lf.controls["image"].value = 0
+    assert lf.result == first  # cached maps, same figure data
+    with pytest.raises(ValueError, match="image must be an int in"):
+        ex.maps(3)
