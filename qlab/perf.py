@@ -38,7 +38,6 @@ from matplotlib.figure import Figure
 __all__ = [
     "RESULTS",
     "Timing",
-    "num_threads",
     "time_interleaved",
     "speedups",
     "geomean",
@@ -80,27 +79,6 @@ class Timing:
         if not s:
             return (math.nan, math.nan)
         return s[int(0.25 * (len(s) - 1))], s[int(math.ceil(0.75 * (len(s) - 1)))]
-
-
-class num_threads:
-    """``with num_threads(1): ...`` -- torch's intra-op thread count inside the block, restored after.
-
-    On a machine whose other cores are busy, a multi-threaded kernel waits at every
-    parallel region for a thread the OS has not scheduled: one-thread timings are
-    slower but far steadier there."""
-
-    def __init__(self, n: int):
-        self.n = _check_positive_int("n", n)
-        self.saved = None
-
-    def __enter__(self):
-        self.saved = torch.get_num_threads()
-        torch.set_num_threads(self.n)
-        return self
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.saved)
-        return False
 
 
 def _check_positive_int(name, v):

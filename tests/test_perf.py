@@ -130,13 +130,3 @@ def test_machine_info_fields():
     for k in ("cpu", "isa", "torch", "threads", "torch_cpu_capability", "quantized_engines"):
         assert k in m
 
-
-def test_num_threads_restores():
-    import torch
-
-    before = torch.get_num_threads()
-    with perf.num_threads(1):
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
-    with pytest.raises(ValueError, match="n must be a positive int"):
-        perf.num_threads(0)
