@@ -505,8 +505,8 @@ def draw_attention(fig, image: torch.Tensor, maps: Mapping[str, list[torch.Tenso
     bars.set_xticks([h + width * (len(others) - 1) / 2 for h in range(heads)], [f"head {h}" for h in range(heads)],
                     fontsize=7)
     bars.set_ylabel(f"max |P - P_{reference}|", fontsize=7)
-    bars.set_title(f"layer {layer}: attention error per head (chosen head {head})", fontsize=8)
-    bars.legend(fontsize=6, ncols=min(len(others), 5))
+    bars.set_title(f"block {layer}: attention error per head (chosen head {head})", fontsize=8)
+    bars.legend(fontsize=6, ncols=min(len(others), 5), loc="upper left")
     bars.tick_params(labelsize=7)
     worst = max(((n, h) for n in others for h in range(heads)), key=lambda nh: errors[nh[0]][nh[1]], default=None)
     return {
