@@ -261,7 +261,9 @@ def dequantize(
     s, z, s64 = _qparams(q, scale, zero_point, granularity, *storage[q.dtype])
     if s64 is None:
         return (q.to(torch.int64) - z).to(torch.float32) * s
-    return ((q.to(torch.int64) - z).to(torch.float64) * s64).to(torch.float32)
+    # ATen's per-channel kernel: (float(q) - zero_point) in float32, times the float64 scale.
+    # Exact for 8-bit codes; for int32 codes the float32 subtraction rounds, as PyTorch's does.
+    return ((q.to(torch.float32) - z.to(torch.float32)).to(torch.float64) * s64).to(torch.float32)
 
 
 class _FakeQuantize(torch.autograd.Function):

@@ -102,6 +102,17 @@ def test_quantize_dequantize_per_channel_match_torch(data, dtype):
     assert torch.equal(qlab.dequantize(q, scale, zp, PerChannel(axis)), ref.dequantize())
 
 
+
+def test_dequantize_per_channel_int32_rounds_like_torch():
+    """Found by hypothesis: PyTorch subtracts the zero point from an int32 code in float32.
+    (40000000 - 2) * 1e-7 is 3.9999998 exactly, but float32(40000000) - 2 = 4e7, so PyTorch gives 4.0."""
+    q = torch.tensor([[2, 2, 40_000_000], [0, 0, 0]], dtype=torch.int32)
+    scale = torch.tensor([1e-7, 1.0], dtype=torch.float64)
+    zp = torch.tensor([2, 0])
+    ref = torch._make_per_channel_quantized_tensor(q, scale, zp, 0).dequantize()
+    assert ref[0, 2].item() == 4.0
+    assert torch.equal(qlab.dequantize(q, scale, zp, PerChannel(0)), ref)
+
 @st.composite
 def qranges(draw):
     bits = draw(st.integers(2, 16))
