@@ -33,7 +33,10 @@
 #include "requant.h"
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #define QLAB_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 #define QLAB_VNNI_INLINE __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"), always_inline)) inline
@@ -459,12 +462,216 @@ void gemm_avx512_vnni(const Task& t, const Epilogue& e) {
   }
 }
 
+// =============================================================================================
+// The AMX path (Sapphire Rapids and newer): tdpbusd multiplies a 16 x 64 uint8 tile of A by a
+// 64 x 16 int8 tile of B into a 16 x 16 int32 tile of C, 16384 multiply-adds per instruction,
+// in full int32 precision like vpdpbusd. B's tile layout is the VNNI panel layout above
+// ([k/4][columns][4], rows of 16 columns x 4 bytes), so pack_b serves both paths; K is padded
+// with zeros to a multiple of 64 (one tile row of A). The corrections and the finishers are the
+// VNNI path's: C goes through a small int32 buffer, then every 16-lane vector gets
+// column offset + row offset and is finished as on the VNNI path.
+//
+// Block: 16 rows x 48 columns, C in tmm0-2, A in tmm3, B in tmm4-6.
+
+namespace {
+
+constexpr int AMX_MR = 16;
+
+struct alignas(64) TileConfig {
+  uint8_t palette_id;
+  uint8_t start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+#define QLAB_AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,amx-tile,amx-int8")))
+
+QLAB_AMX void amx_config() {
+  TileConfig cfg{};
+  cfg.palette_id = 1;
+  for (int i = 0; i < 7; ++i) {  // every tile used is 16 rows x 64 bytes
+    cfg.rows[i] = 16;
+    cfg.colsb[i] = 64;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+// One 16-row block of A (in tile layout, row stride lda, kp bytes per row, kp % 64 == 0) times the
+// packed panel bp (nt = 1..3 tiles of 16 columns); the finished rows go to out.
+template <class Finish>
+QLAB_AMX void amx_block(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t kp, int nt, int64_t rows, int64_t w,
+                        const int32_t* col_off, const int32_t* row_off, const Fin& fin, void* out, int64_t ldc,
+                        int64_t m, int64_t n) {
+  const int64_t bstride = 4 * NR;  // bytes between two k-quads of one column in the panel
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  for (int64_t k = 0; k < kp; k += 64) {
+    _tile_loadd(3, a + k, lda);
+    const int8_t* b = bp + (k / 4) * bstride;
+    _tile_loadd(4, b, bstride);
+    _tile_dpbusd(0, 3, 4);
+    if (nt > 1) {
+      _tile_loadd(5, b + 64, bstride);
+      _tile_dpbusd(1, 3, 5);
+    }
+    if (nt > 2) {
+      _tile_loadd(6, b + 128, bstride);
+      _tile_dpbusd(2, 3, 6);
+    }
+  }
+  alignas(64) int32_t c[AMX_MR * NR];
+  _tile_stored(0, c, 4 * NR);
+  if (nt > 1) _tile_stored(1, c + 16, 4 * NR);
+  if (nt > 2) _tile_stored(2, c + 32, 4 * NR);
+
+  const Fin f = fin;
+  __m512i coff[NV_MAX];
+  __mmask16 mk[NV_MAX];
+  for (int v = 0; v < nt; ++v) {
+    coff[v] = _mm512_loadu_si512(col_off + 16 * v);
+    const int64_t cnt = std::min<int64_t>(16, w - 16 * v);
+    mk[v] = cnt >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cnt) - 1);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const __m512i roff = _mm512_set1_epi32(row_off ? row_off[r] : 0);
+    const int64_t idx = (m + r) * ldc + n;
+    for (int v = 0; v < nt; ++v) {
+      const __m512i x = _mm512_add_epi32(_mm512_add_epi32(_mm512_load_si512(c + r * NR + 16 * v), coff[v]), roff);
+      Finish::run(x, n + 16 * v, mk[v], f, out, idx + 16 * v);
+    }
+  }
+}
+
+using AmxBlockFn = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, int, int64_t, int64_t, const int32_t*,
+                            const int32_t*, const Fin&, void*, int64_t, int64_t, int64_t);
+
+constexpr AmxBlockFn kAmxBlocks[] = {
+    amx_block<FinInt32>,
+    amx_block<FinFloat32>,
+    amx_block<FinQ8Float>,
+    amx_block<FinQ8Fixed>,
+    amx_block<FinQ8FloatNoOverflow<false, false>>,
+    amx_block<FinQ8FloatNoOverflow<true, false>>,
+    amx_block<FinQ8FloatNoOverflow<false, true>>,
+    amx_block<FinQ8FloatNoOverflow<true, true>>,
+};
+
+}  // namespace
+
+bool amx_usable() {
+  // CPUID.(EAX=7, ECX=0):EDX bit 24 AMX-TILE, bit 25 AMX-INT8; then Linux must grant this
+  // process the 8 KB of tile state (arch_prctl ARCH_REQ_XCOMP_PERM, feature 18 XTILEDATA).
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+  if (!((edx >> 24) & 1) || !((edx >> 25) & 1)) return false;
+#if defined(__linux__) && defined(SYS_arch_prctl)
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+
+QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
+  const int64_t M = t.m1 - t.m0, K = t.K;
+  const int64_t kp = round_up(std::max<int64_t>(K, 1), 64);
+  const int32_t za = t.a.zp + (t.a.is_signed ? 128 : 0);
+  const int32_t zb = t.b.zp;
+
+  std::vector<uint8_t> apack;
+  const uint8_t* a = t.a.data + t.m0 * t.a.rs;
+  int64_t lda = t.a.rs;
+  if (t.a.is_signed || t.a.cs != 1 || K != kp) {
+    apack.assign(static_cast<size_t>(M * kp + 1), 0);
+    pack_a(t.a, t.m0, M, K, kp, apack.data());
+    a = apack.data();
+    lda = kp;
+  }
+  const int64_t full_rows = M / AMX_MR * AMX_MR;
+  std::vector<uint8_t> edge;
+  if (full_rows < M) {
+    edge.assign(static_cast<size_t>(AMX_MR * kp), 0);
+    for (int64_t r = 0; r < M - full_rows; ++r) std::memcpy(edge.data() + r * kp, a + (full_rows + r) * lda, K);
+  }
+  std::vector<int32_t> row_off(static_cast<size_t>(M + AMX_MR), 0);
+  if (zb != 0) {
+    row_sums(a, lda, M, K, row_off.data());
+    for (int64_t r = 0; r < M; ++r) row_off[r] = wrap_mul(-zb, row_off[r]);
+  }
+  const int32_t kzz = static_cast<int32_t>(static_cast<int64_t>(K) * za * zb);
+
+  std::vector<float> zeros;
+  Fin fin{};
+  fin.scale = e.scale;
+  fin.fbias = e.fbias;
+  if (!fin.fbias) {
+    zeros.assign(static_cast<size_t>(t.n1 + NR), 0.0f);
+    fin.fbias = zeros.data();
+  }
+  fin.qmul = e.qmul;
+  fin.lshift = e.lshift;
+  fin.rshift = e.rshift;
+  fin.any_lshift = e.any_lshift;
+  fin.zo = e.zo;
+  fin.lo = e.lo;
+  fin.hi = e.hi;
+  fin.relu_f = e.relu ? 0.0f : -std::numeric_limits<float>::infinity();
+  fin.relu_i = e.relu ? 0 : INT32_MIN;
+  fin.flip = e.kind == OutKind::UInt8 ? static_cast<int8_t>(-128) : 0;
+  const AmxBlockFn block = kAmxBlocks[finisher_index(e)];
+
+  const int64_t npanels = (t.n1 - t.n0 + NR - 1) / NR;
+  const int64_t panel_bytes = kp * NR;
+  auto pack_panel = [&](int64_t p, int8_t* dst, int32_t* coff) {
+    const int64_t n = t.n0 + p * NR;
+    const int64_t w = std::min<int64_t>(NR, t.n1 - n);
+    alignas(64) int32_t colsum[NR];
+    // all three column groups are written (zeros past w), so a tile may read the whole panel row
+    pack_b(t.b, n, w, K, kp, NV_MAX, dst, colsum);
+    for (int64_t j = 0; j < NR; ++j) {
+      int32_t off = wrap_add(wrap_mul(-za, colsum[j]), kzz);
+      if (e.bias) off = wrap_add(off, e.bias[n + j]);
+      coff[j] = off;
+    }
+  };
+  auto run_block = [&](int64_t p, int64_t mt, const int8_t* bp, const int32_t* coff) {
+    const int64_t n = t.n0 + p * NR;
+    const int64_t w = std::min<int64_t>(NR, t.n1 - n);
+    const bool full = mt < full_rows;
+    block(full ? a + mt * lda : edge.data(), full ? lda : kp, bp, kp, static_cast<int>((w + 15) / 16),
+          std::min<int64_t>(AMX_MR, M - mt), w, coff, zb != 0 ? row_off.data() + mt : nullptr, fin, t.out, t.ldc,
+          t.m0 + mt, n);
+  };
+
+  amx_config();
+  if (npanels * panel_bytes <= 256 * 1024) {
+    std::vector<int8_t> bpack(static_cast<size_t>(npanels * panel_bytes + 64));
+    std::vector<int32_t> col_off(static_cast<size_t>(npanels * NR));
+    for (int64_t p = 0; p < npanels; ++p) pack_panel(p, bpack.data() + p * panel_bytes, col_off.data() + p * NR);
+    for (int64_t mt = 0; mt < M; mt += AMX_MR) {
+      for (int64_t p = 0; p < npanels; ++p) run_block(p, mt, bpack.data() + p * panel_bytes, col_off.data() + p * NR);
+    }
+  } else {
+    std::vector<int8_t> bpack(static_cast<size_t>(panel_bytes + 64));
+    alignas(64) int32_t col_off[NR];
+    for (int64_t p = 0; p < npanels; ++p) {
+      pack_panel(p, bpack.data(), col_off);
+      for (int64_t mt = 0; mt < M; mt += AMX_MR) run_block(p, mt, bpack.data(), col_off);
+    }
+  }
+  _tile_release();
+}
+
 }  // namespace qlab
 
 #else  // not x86: never selected
 
 namespace qlab {
 void gemm_avx512_vnni(const Task& t, const Epilogue& e) { gemm_scalar(t, e); }
+void gemm_amx(const Task& t, const Epilogue& e) { gemm_scalar(t, e); }
+bool amx_usable() { return false; }
 }  // namespace qlab
 
 #endif

@@ -29,7 +29,8 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 // CPU path selection
 
-const char* const kIsaNames[] = {"scalar", "avx2", "avx512_vnni"};
+const char* const kIsaNames[] = {"scalar", "avx2", "avx512_vnni", "amx"};
+constexpr int kNumIsas = 4;
 
 bool cpu_supports(Isa isa) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -45,6 +46,11 @@ bool cpu_supports(Isa isa) {
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
              __builtin_cpu_supports("avx512vnni");
+    case Isa::Amx: {
+      // the AMX path also runs AVX-512 VNNI code (packing, finishing); the OS grant is asked once
+      static const bool usable = cpu_supports(Isa::Avx512Vnni) && amx_usable();
+      return usable;
+    }
   }
   return false;
 #else
@@ -53,6 +59,7 @@ bool cpu_supports(Isa isa) {
 }
 
 Isa best_isa() {
+  if (cpu_supports(Isa::Amx)) return Isa::Amx;
   if (cpu_supports(Isa::Avx512Vnni)) return Isa::Avx512Vnni;
   if (cpu_supports(Isa::Avx2)) return Isa::Avx2;
   return Isa::Scalar;
@@ -71,7 +78,7 @@ Isa active_isa() {
 
 std::vector<std::string> supported_isas() {
   std::vector<std::string> out;
-  for (int i = 0; i < 3; ++i) {
+  for (int i = 0; i < kNumIsas; ++i) {
     if (cpu_supports(static_cast<Isa>(i))) out.emplace_back(kIsaNames[i]);
   }
   return out;
@@ -88,7 +95,7 @@ void set_isa_op(std::string name) {
     g_isa.store(static_cast<int>(best_isa()));
     return;
   }
-  for (int i = 0; i < 3; ++i) {
+  for (int i = 0; i < kNumIsas; ++i) {
     if (name == kIsaNames[i]) {
       TORCH_CHECK_VALUE(cpu_supports(static_cast<Isa>(i)), "isa '", name,
                         "' is not supported by this CPU; supported: ", join(supported_isas()), " or 'auto'");
@@ -96,7 +103,7 @@ void set_isa_op(std::string name) {
       return;
     }
   }
-  TORCH_CHECK_VALUE(false, "isa must be one of ['auto', 'scalar', 'avx2', 'avx512_vnni'], got '", name, "'");
+  TORCH_CHECK_VALUE(false, "isa must be one of ['auto', 'scalar', 'avx2', 'avx512_vnni', 'amx'], got '", name, "'");
 }
 
 std::string get_isa_op() { return kIsaNames[static_cast<int>(active_isa())]; }
@@ -304,11 +311,14 @@ void run(int64_t batch, const std::vector<int64_t>& a_off, const std::vector<int
   if (batch == 0 || M == 0 || N == 0) return;
   const Isa isa = active_isa();
   void (*gemm)(const Task&, const Epilogue&) =
-      isa == Isa::Avx512Vnni ? gemm_avx512_vnni : (isa == Isa::Avx2 ? gemm_avx2 : gemm_scalar);
-  const int64_t panel = isa == Isa::Avx512Vnni ? kPanelVnni : (isa == Isa::Avx2 ? kPanelAvx2 : kPanelScalar);
+      isa == Isa::Amx ? gemm_amx
+                      : (isa == Isa::Avx512Vnni ? gemm_avx512_vnni : (isa == Isa::Avx2 ? gemm_avx2 : gemm_scalar));
+  const int64_t panel = isa == Isa::Amx ? kPanelAmx
+                                        : (isa == Isa::Avx512Vnni ? kPanelVnni
+                                                                  : (isa == Isa::Avx2 ? kPanelAvx2 : kPanelScalar));
 
-  // Rows per task: about 512 KB of A, a multiple of 24 (both micro-tile heights divide it).
-  const int64_t mc = std::max<int64_t>(96, std::min<int64_t>(4096, (512 * 1024) / std::max<int64_t>(K, 1)) / 24 * 24);
+  // Rows per task: about 512 KB of A, a multiple of 48 (every path's block height divides it).
+  const int64_t mc = std::max<int64_t>(96, std::min<int64_t>(4096, (512 * 1024) / std::max<int64_t>(K, 1)) / 48 * 48);
   const int64_t m_blocks = (M + mc - 1) / mc;
   const int64_t n_panels = (N + panel - 1) / panel;
   const int64_t threads = at::get_num_threads();

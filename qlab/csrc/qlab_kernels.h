@@ -23,7 +23,7 @@
 namespace qlab {
 
 // Which code path runs the matrix product. Values are stable (used as array indices).
-enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512Vnni = 2 };
+enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512Vnni = 2, Amx = 3 };
 
 enum class OutKind : int { UInt8 = 0, Int8 = 1, Int32 = 2, Float32 = 3 };
 enum class Requant : int { Float = 0, Fixed = 1 };
@@ -88,14 +88,19 @@ struct Task {
   int64_t ldc;
 };
 
-// The three paths. Each computes out[m0:m1, n0:n1] for one task.
+// The paths. Each computes out[m0:m1, n0:n1] for one task.
 void gemm_scalar(const Task& t, const Epilogue& e);
 void gemm_avx2(const Task& t, const Epilogue& e);
 void gemm_avx512_vnni(const Task& t, const Epilogue& e);
+void gemm_amx(const Task& t, const Epilogue& e);  // in gemm_avx512_vnni.cpp, shares its packing
+
+// AMX-INT8 reported by CPUID and tile state granted by the OS (asks Linux for it; call once).
+bool amx_usable();
 
 // Column-block width each path prefers (tasks split N at multiples of it).
 constexpr int64_t kPanelScalar = 16;
 constexpr int64_t kPanelAvx2 = 16;
 constexpr int64_t kPanelVnni = 48;
+constexpr int64_t kPanelAmx = 48;
 
 }  // namespace qlab

@@ -22,12 +22,13 @@ ops with fake kernels: they work in eager mode, ``torch.compile`` and
 Backends. Importing this module loads the C++ extension (``qlab/csrc/``), compiling
 it on first use (about a minute; ``python -m qlab.kernels`` does it ahead of time)
 and caching it under ``~/.cache/qlab``. It picks a code path from CPUID at run time:
-``avx512_vnni`` (``vpdpbusd``), ``avx2`` (``vpmaddwd`` on int16, never saturates) or
-``scalar``; all give identical results. Without a compiler, the same ops are served
+``amx`` (AMX-INT8 ``tdpbusd`` tiles, Sapphire Rapids and newer), ``avx512_vnni``
+(``vpdpbusd``), ``avx2`` (``vpmaddwd`` on int16, never saturates) or ``scalar``; all
+give identical results. Without a compiler, the same ops are served
 by the pure-PyTorch reference, after one warning.
 
 Environment variables: ``QLAB_NO_EXT=1`` (use the reference, do not build),
-``QLAB_ISA=scalar|avx2|avx512_vnni|auto`` (force a path), ``QLAB_CACHE_DIR``
+``QLAB_ISA=scalar|avx2|avx512_vnni|amx|auto`` (force a path), ``QLAB_CACHE_DIR``
 (where builds are cached), ``QLAB_BUILD_VERBOSE=1`` (show the compiler output).
 """
 from __future__ import annotations
@@ -59,7 +60,7 @@ __all__ = [
     "reference",
 ]
 
-ISAS = ("scalar", "avx2", "avx512_vnni")
+ISAS = ("scalar", "avx2", "avx512_vnni", "amx")
 
 
 def _init() -> None:
@@ -115,7 +116,7 @@ def backend() -> str:
 
 
 def isa() -> str:
-    """The code path the ops use now: ``"avx512_vnni"``, ``"avx2"``, ``"scalar"``, or ``"reference"``."""
+    """The code path the ops use now: ``"amx"``, ``"avx512_vnni"``, ``"avx2"``, ``"scalar"``, or ``"reference"``."""
     if backend() != "native":
         return "reference"
     return torch.ops.qlab._get_isa()
