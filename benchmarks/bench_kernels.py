@@ -17,11 +17,12 @@ float bias) and qlab.kernels.int8_linear on the same codes (asserted bit-exact).
 
 Timings depend on the machine and its load (the JSON records the load average before and after);
 only ratios measured in one run are meaningful. Reported: median time over repeats (methods interleaved, so a busy machine slows all alike),
-GOP/s (2 ops per multiply-add), speed-up over fp32, and percent of the int8 peak:
-  peak = 2 * MACs/cycle * measured clock * threads, with MACs/cycle per core assumed from the ISA path:
-  avx512_vnni 64 (one 512-bit vpdpbusd per cycle: 16 lanes x 4 products), avx2 32 (two 256-bit
-  vpmaddwd per cycle: 8 lanes x 2 products each), scalar 1.
-The clock is measured with a chain of dependent integer adds (1 cycle each), the best of many short bursts.
+GOP/s (2 ops per multiply-add), speed-up over fp32, and percent of the int8 peak of the path qlab runs:
+  peak = 2 * (multiply-adds per second of that path's instruction, measured on registers only:
+  12 independent vpdpbusd for avx512_vnni, 4 tdpbusd tiles for amx, 8 vpmaddwd+vpaddd for avx2) * threads.
+It is a measured ceiling of this core, not a datasheet figure; MACs/cycle = that rate / the clock.
+The clock is measured with a chain of dependent 64-bit multiplies (3 cycles each), the best of many bursts.
+When the best path is amx, the AVX-512 VNNI path is timed too ("qlab-vnni"), on the same inputs.
 """
 from __future__ import annotations
 
@@ -44,7 +45,6 @@ import qlab  # noqa: E402
 import qlab.kernels as qk  # noqa: E402
 from qlab import _env  # noqa: E402
 
-MACS_PER_CYCLE = {"avx512_vnni": 64, "avx2": 32, "scalar": 1, "reference": 1}
 MODELS = {"ViT-Tiny": (3, 192), "ViT-Small": (6, 384), "ViT-Base": (12, 768)}  # heads, embedding dim
 HEAD_DIM = 64
 
@@ -52,12 +52,25 @@ HEAD_DIM = 64
 def measure_clock_ghz() -> float:
     if qk.backend() != "native":
         return float("nan")
-    n = 400_000  # 3.2 M cycles, about 1 ms
+    n = 150_000  # 3.6 M cycles, about 1 ms
     best = 0.0
     for _ in range(60):
         t0 = time.perf_counter()
-        torch.ops.qlab._dependent_adds(n)
-        best = max(best, 8 * n / (time.perf_counter() - t0) / 1e9)
+        torch.ops.qlab._dependent_muls(n)
+        best = max(best, 24 * n / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def measure_peak_gmacs(isa: str) -> float:
+    """Multiply-adds per second (in G) of one core running the path's instruction on registers."""
+    if qk.backend() != "native" or isa == "scalar":
+        return float("nan")
+    n = 20_000
+    best = 0.0
+    for _ in range(40):
+        t0 = time.perf_counter()
+        macs = torch.ops.qlab._macs_burst(isa, n)
+        best = max(best, macs / (time.perf_counter() - t0) / 1e9)
     return best
 
 
@@ -133,7 +146,20 @@ def bench_attention(model, T, name, a_f, b_f, b_is_kT, repeats):
         "qlab": qlab_bmm("float"),
         "qlab-fixed": qlab_bmm("fixed"),
     }
+    if qk.isa() == "amx":
+        methods["qlab-vnni"] = on_vnni(qlab_bmm("float"))
     return macs, time_methods(methods, repeats)
+
+
+def on_vnni(fn):
+    """fn on the AVX-512 VNNI path (to compare it with AMX in the same run)."""
+    def run():
+        torch.ops.qlab._set_isa("avx512_vnni")
+        try:
+            return fn()
+        finally:
+            torch.ops.qlab._set_isa("auto")
+    return run
 
 
 def linear_cases(models):
@@ -165,6 +191,8 @@ def bench_linear(K, N, repeats, M=197):
 
     assert torch.equal(ours(), lin(qx).int_repr()), "qlab int8_linear differs from torch.ao.nn.quantized.Linear"
     methods = {"fp32": lambda: F.linear(x, w, bias), "torch.ao": lambda: lin(qx), "qlab": ours}
+    if qk.isa() == "amx":
+        methods["qlab-vnni"] = on_vnni(ours)
     return M * N * K, time_methods(methods, repeats)
 
 
@@ -203,6 +231,7 @@ def main(argv=None) -> int:
 
     isa = qk.isa()
     ghz = measure_clock_ghz()
+    peaks = {name: measure_peak_gmacs(name) for name in qk.available_isas() if name != "scalar"}
     machine = {
         "cpu": _env.cpu_name(),
         "cpu_int8_isa": _env.isa_summary(),
@@ -217,38 +246,42 @@ def main(argv=None) -> int:
         "logical_cpus": os.cpu_count(),
         "loadavg_before": [round(v, 2) for v in os.getloadavg()],
     }
+    per_core = {name: {"gmacs_per_s": round(v, 1), "macs_per_cycle": round(v / ghz, 1)} for name, v in peaks.items()}
     assumptions = {
-        "int8_macs_per_cycle_per_core": MACS_PER_CYCLE[isa],
-        "peak": "2 ops x MACs/cycle x measured clock x threads",
-        "macs_per_cycle_by_isa": MACS_PER_CYCLE,
-        "note": "avx512_vnni: one 512-bit vpdpbusd (16 lanes x 4 uint8*int8 products) per cycle per core",
+        "peak": "2 ops x measured multiply-adds/s of the path's instruction (registers only) x threads",
+        "measured_peak_per_core": per_core,
+        "note": "avx512_vnni: vpdpbusd (16 lanes x 4 uint8*int8 products); amx: tdpbusd (16x16x64 per tile); "
+                "avx2: vpmaddwd (8 lanes x 2 int16 products)",
     }
+    peak_core = peaks.get(isa, float("nan"))
     print(f"CPU: {machine['cpu']} | ISA path: {isa} ({', '.join(machine['cpu_int8_isa'])}) | torch {torch.__version__}"
-          f" | clock {ghz:.2f} GHz | peak int8 {MACS_PER_CYCLE[isa]} MAC/cycle/core")
+          f" | clock {ghz:.2f} GHz | measured int8 peak per core: "
+          + ", ".join(f"{k} {v['gmacs_per_s']:.0f} GMAC/s ({v['macs_per_cycle']:.0f}/cycle)" for k, v in per_core.items()))
 
     results = []
     for threads in args.threads:
         torch.set_num_threads(threads)
-        peak = 2 * MACS_PER_CYCLE[isa] * ghz * threads
+        peak = 2 * peak_core * threads
+        peak_of = {"qlab-vnni": 2 * peaks.get("avx512_vnni", float("nan")) * threads}  # each path against its own
         print(f"\n== {threads} thread(s): int8 peak {peak:.0f} GOP/s ==")
         print(f"{'attention':34s} " + " ".join(f"{m:>11s}" for m in ("fp32", "q.matmul", "deq-bmm-q", "int_mm",
-                                                                    "qlab", "qlab-fixed")) + "   qlab GOP/s  %peak  x fp32  x int_mm")
+                                                                    "qlab", "qlab-fixed")) + (" qlab-vnni" if isa == "amx" else "") + "   qlab GOP/s  %peak  x fp32  x int_mm")
         for model, T, name, a_f, b_f, is_kT in attention_cases(tokens, models):
             macs, t = bench_attention(model, T, name, a_f, b_f, is_kT, args.repeats)
             shape = f"{name} H={a_f.shape[0]} T={T}"
             for m, s in t.items():
-                results.append(row("attention", model, shape, threads, m, s, macs, t["fp32"], peak))
-            q = results[-2]
+                results.append(row("attention", model, shape, threads, m, s, macs, t["fp32"], peak_of.get(m, peak)))
+            q = next(r for r in results[::-1] if r["method"] == "qlab")
             print(f"{model + ' ' + shape:34s} " + " ".join(f"{t[m][0] * 1e3:9.3f}ms" for m in t)
                   + f"   {q['gops']:9.1f} {q['pct_int8_peak']:6.1f} {q['speedup_vs_fp32']:6.2f}x"
                   + f" {t['int_mm'][0] / t['qlab'][0]:6.2f}x")
-        print(f"\n{'linear (197 tokens)':34s} {'fp32':>11s} {'torch.ao':>11s} {'qlab':>11s}   qlab GOP/s  %peak  x fp32  x torch.ao")
+        print(f"\n{'linear (197 tokens)':34s} {'fp32':>11s} {'torch.ao':>11s} {'qlab':>11s}" + (" qlab-vnni" if isa == "amx" else "") + "   qlab GOP/s  %peak  x fp32  x torch.ao")
         for model, layer, K, N in linear_cases(models):
             macs, t = bench_linear(K, N, args.repeats)
             shape = f"{layer} {K}->{N}"
             for m, s in t.items():
-                results.append(row("linear", model, shape, threads, m, s, macs, t["fp32"], peak))
-            q = results[-1]
+                results.append(row("linear", model, shape, threads, m, s, macs, t["fp32"], peak_of.get(m, peak)))
+            q = next(r for r in results[::-1] if r["method"] == "qlab")
             print(f"{model + ' ' + shape:34s} " + " ".join(f"{t[m][0] * 1e3:9.3f}ms" for m in t)
                   + f"   {q['gops']:9.1f} {q['pct_int8_peak']:6.1f} {q['speedup_vs_fp32']:6.2f}x"
                   + f" {t['torch.ao'][0] / t['qlab'][0]:6.2f}x")

@@ -494,7 +494,9 @@ QLAB_AMX void amx_config() {
     cfg.rows[i] = 16;
     cfg.colsb[i] = 64;
   }
-  _tile_loadconfig(&cfg);
+  // Not _tile_loadconfig: GCC's version tells the compiler it reads only 8 bytes of cfg, so the
+  // stores of rows/colsb may be dropped as dead (tiles left unconfigured: SIGILL on first use).
+  asm volatile("ldtilecfg %0" : : "m"(cfg));
 }
 
 // One 16-row block of A (in tile layout, row stride lda, kp bytes per row, kp % 64 == 0) times the
@@ -664,6 +666,45 @@ QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
   _tile_release();
 }
 
+// For the benchmark's peak: the path's multiply-add instruction on registers only, n rounds.
+// VNNI: 12 independent vpdpbusd (enough to cover its latency on two ports); returns the MACs done.
+QLAB_VNNI int64_t macs_burst_vnni(int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    asm volatile(
+        "vpdpbusd %%zmm30, %%zmm31, %%zmm0\n\tvpdpbusd %%zmm30, %%zmm31, %%zmm1\n\t"
+        "vpdpbusd %%zmm30, %%zmm31, %%zmm2\n\tvpdpbusd %%zmm30, %%zmm31, %%zmm3\n\t"
+        "vpdpbusd %%zmm30, %%zmm31, %%zmm4\n\tvpdpbusd %%zmm30, %%zmm31, %%zmm5\n\t"
+        "vpdpbusd %%zmm30, %%zmm31, %%zmm6\n\tvpdpbusd %%zmm30, %%zmm31, %%zmm7\n\t"
+        "vpdpbusd %%zmm30, %%zmm31, %%zmm8\n\tvpdpbusd %%zmm30, %%zmm31, %%zmm9\n\t"
+        "vpdpbusd %%zmm30, %%zmm31, %%zmm10\n\tvpdpbusd %%zmm30, %%zmm31, %%zmm11"
+        ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11");
+  }
+  return n * 12 * 64;
+}
+
+// AMX: 4 independent tdpbusd (16 x 16 x 64 each) on zeroed tiles.
+QLAB_AMX int64_t macs_burst_amx(int64_t n) {
+  amx_config();
+  for (int t = 0; t < 6; ++t) {
+    switch (t) {  // tile numbers must be constants
+      case 0: _tile_zero(0); break;
+      case 1: _tile_zero(1); break;
+      case 2: _tile_zero(2); break;
+      case 3: _tile_zero(3); break;
+      case 4: _tile_zero(4); break;
+      default: _tile_zero(5); break;
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    _tile_dpbusd(0, 4, 5);
+    _tile_dpbusd(1, 4, 5);
+    _tile_dpbusd(2, 4, 5);
+    _tile_dpbusd(3, 4, 5);
+  }
+  _tile_release();
+  return n * 4 * 16 * 16 * 64;
+}
+
 }  // namespace qlab
 
 #else  // not x86: never selected
@@ -672,6 +713,8 @@ namespace qlab {
 void gemm_avx512_vnni(const Task& t, const Epilogue& e) { gemm_scalar(t, e); }
 void gemm_amx(const Task& t, const Epilogue& e) { gemm_scalar(t, e); }
 bool amx_usable() { return false; }
+int64_t macs_burst_vnni(int64_t) { return 0; }
+int64_t macs_burst_amx(int64_t) { return 0; }
 }  // namespace qlab
 
 #endif

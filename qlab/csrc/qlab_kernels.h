@@ -97,6 +97,12 @@ void gemm_amx(const Task& t, const Epilogue& e);  // in gemm_avx512_vnni.cpp, sh
 // AMX-INT8 reported by CPUID and tile state granted by the OS (asks Linux for it; call once).
 bool amx_usable();
 
+// Register-only bursts of each path's multiply-add instruction (the benchmark's measured peak):
+// n rounds, returns the number of multiply-adds done.
+int64_t macs_burst_avx2(int64_t n);
+int64_t macs_burst_vnni(int64_t n);
+int64_t macs_burst_amx(int64_t n);
+
 // Column-block width each path prefers (tasks split N at multiples of it).
 constexpr int64_t kPanelScalar = 16;
 constexpr int64_t kPanelAvx2 = 16;
