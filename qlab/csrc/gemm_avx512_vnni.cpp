@@ -500,12 +500,13 @@ QLAB_AMX void amx_config() {
 }
 
 // One 16-row block of A (in tile layout, row stride lda, kp bytes per row, kp % 64 == 0) times the
-// packed panel bp (nt = 1..3 tiles of 16 columns); the finished rows go to out.
-template <class Finish>
-QLAB_AMX void amx_block(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t kp, int nt, int64_t rows, int64_t w,
-                        const int32_t* col_off, const int32_t* row_off, const Fin& fin, void* out, int64_t ldc,
-                        int64_t m, int64_t n) {
+// packed panel bp (nt = 1..3 tiles of 16 columns), stored as int32 into c ([16][NR], row stride 4*NR bytes).
+QLAB_AMX void amx_block(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t kp, int nt, int32_t* c) {
   const int64_t bstride = 4 * NR;  // bytes between two k-quads of one column in the panel
+  // GCC's tile load/store intrinsics are asm statements that take only the addresses: they do not
+  // tell the compiler that memory is read or written. The barriers keep the packing stores before
+  // the tile loads and the reads of c after the tile stores.
+  asm volatile("" : : : "memory");
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
@@ -523,41 +524,53 @@ QLAB_AMX void amx_block(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t
       _tile_dpbusd(2, 3, 6);
     }
   }
-  alignas(64) int32_t c[AMX_MR * NR];
   _tile_stored(0, c, 4 * NR);
   if (nt > 1) _tile_stored(1, c + 16, 4 * NR);
   if (nt > 2) _tile_stored(2, c + 32, 4 * NR);
+  asm volatile("" : : : "memory");
+}
 
+// A block whose int32 results wait in a buffer to be finished.
+struct AmxPending {
+  const int32_t* c;        // [16][NR] int32
+  const int32_t* col_off;  // the panel's column offsets
+  const int32_t* row_off;  // the block's row offsets, or null
+  int64_t rows, w, m, n;
+};
+
+// Corrections and the finisher for one stored block: the VNNI path's arithmetic, read from memory.
+template <class Finish>
+QLAB_AMX void amx_finish(const AmxPending& b, const Fin& fin, void* out, int64_t ldc) {
   const Fin f = fin;
+  const int nt = static_cast<int>((b.w + 15) / 16);
   __m512i coff[NV_MAX];
   __mmask16 mk[NV_MAX];
   for (int v = 0; v < nt; ++v) {
-    coff[v] = _mm512_loadu_si512(col_off + 16 * v);
-    const int64_t cnt = std::min<int64_t>(16, w - 16 * v);
+    coff[v] = _mm512_loadu_si512(b.col_off + 16 * v);
+    const int64_t cnt = std::min<int64_t>(16, b.w - 16 * v);
     mk[v] = cnt >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cnt) - 1);
   }
-  for (int64_t r = 0; r < rows; ++r) {
-    const __m512i roff = _mm512_set1_epi32(row_off ? row_off[r] : 0);
-    const int64_t idx = (m + r) * ldc + n;
+  for (int64_t r = 0; r < b.rows; ++r) {
+    const __m512i roff = _mm512_set1_epi32(b.row_off ? b.row_off[r] : 0);
+    const int64_t idx = (b.m + r) * ldc + b.n;
     for (int v = 0; v < nt; ++v) {
-      const __m512i x = _mm512_add_epi32(_mm512_add_epi32(_mm512_load_si512(c + r * NR + 16 * v), coff[v]), roff);
-      Finish::run(x, n + 16 * v, mk[v], f, out, idx + 16 * v);
+      const __m512i x = _mm512_add_epi32(_mm512_add_epi32(_mm512_load_si512(b.c + r * NR + 16 * v), coff[v]), roff);
+      Finish::run(x, b.n + 16 * v, mk[v], f, out, idx + 16 * v);
     }
   }
 }
 
-using AmxBlockFn = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, int, int64_t, int64_t, const int32_t*,
-                            const int32_t*, const Fin&, void*, int64_t, int64_t, int64_t);
+using AmxFinishFn = void (*)(const AmxPending&, const Fin&, void*, int64_t);
 
-constexpr AmxBlockFn kAmxBlocks[] = {
-    amx_block<FinInt32>,
-    amx_block<FinFloat32>,
-    amx_block<FinQ8Float>,
-    amx_block<FinQ8Fixed>,
-    amx_block<FinQ8FloatNoOverflow<false, false>>,
-    amx_block<FinQ8FloatNoOverflow<true, false>>,
-    amx_block<FinQ8FloatNoOverflow<false, true>>,
-    amx_block<FinQ8FloatNoOverflow<true, true>>,
+constexpr AmxFinishFn kAmxFinish[] = {
+    amx_finish<FinInt32>,
+    amx_finish<FinFloat32>,
+    amx_finish<FinQ8Float>,
+    amx_finish<FinQ8Fixed>,
+    amx_finish<FinQ8FloatNoOverflow<false, false>>,
+    amx_finish<FinQ8FloatNoOverflow<true, false>>,
+    amx_finish<FinQ8FloatNoOverflow<false, true>>,
+    amx_finish<FinQ8FloatNoOverflow<true, true>>,
 };
 
 }  // namespace
@@ -622,7 +635,7 @@ QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
   fin.relu_f = e.relu ? 0.0f : -std::numeric_limits<float>::infinity();
   fin.relu_i = e.relu ? 0 : INT32_MIN;
   fin.flip = e.kind == OutKind::UInt8 ? static_cast<int8_t>(-128) : 0;
-  const AmxBlockFn block = kAmxBlocks[finisher_index(e)];
+  const AmxFinishFn finish = kAmxFinish[finisher_index(e)];
 
   const int64_t npanels = (t.n1 - t.n0 + NR - 1) / NR;
   const int64_t panel_bytes = kp * NR;
@@ -638,13 +651,22 @@ QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
       coff[j] = off;
     }
   };
+  // Software pipeline: block i's tiles are stored to one buffer while block i - 1, in the other,
+  // is finished, so the vector loads never wait on the tile stores still in flight.
+  alignas(64) int32_t cbuf[2][AMX_MR * NR];
+  AmxPending pending{};
+  bool have_pending = false;
+  int cur = 0;
   auto run_block = [&](int64_t p, int64_t mt, const int8_t* bp, const int32_t* coff) {
     const int64_t n = t.n0 + p * NR;
     const int64_t w = std::min<int64_t>(NR, t.n1 - n);
     const bool full = mt < full_rows;
-    block(full ? a + mt * lda : edge.data(), full ? lda : kp, bp, kp, static_cast<int>((w + 15) / 16),
-          std::min<int64_t>(AMX_MR, M - mt), w, coff, zb != 0 ? row_off.data() + mt : nullptr, fin, t.out, t.ldc,
-          t.m0 + mt, n);
+    amx_block(full ? a + mt * lda : edge.data(), full ? lda : kp, bp, kp, static_cast<int>((w + 15) / 16), cbuf[cur]);
+    if (have_pending) finish(pending, fin, t.out, t.ldc);
+    pending = AmxPending{cbuf[cur], coff, zb != 0 ? row_off.data() + mt : nullptr, std::min<int64_t>(AMX_MR, M - mt),
+                         w, t.m0 + mt, n};
+    have_pending = true;
+    cur ^= 1;
   };
 
   amx_config();
@@ -655,12 +677,16 @@ QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
     for (int64_t mt = 0; mt < M; mt += AMX_MR) {
       for (int64_t p = 0; p < npanels; ++p) run_block(p, mt, bpack.data() + p * panel_bytes, col_off.data() + p * NR);
     }
+    if (have_pending) finish(pending, fin, t.out, t.ldc);  // while col_off lives
+    have_pending = false;
   } else {
     std::vector<int8_t> bpack(static_cast<size_t>(panel_bytes + 64));
     alignas(64) int32_t col_off[NR];
     for (int64_t p = 0; p < npanels; ++p) {
       pack_panel(p, bpack.data(), col_off);
       for (int64_t mt = 0; mt < M; mt += AMX_MR) run_block(p, mt, bpack.data(), col_off);
+      if (have_pending) finish(pending, fin, t.out, t.ldc);  // before the panel buffer is refilled
+      have_pending = false;
     }
   }
   _tile_release();
