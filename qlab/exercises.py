@@ -9,6 +9,7 @@ reference solution and against typical wrong answers.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import pathlib
@@ -90,6 +91,18 @@ def solution(exercise: str):
     return mod.SOLUTIONS[exercise]
 
 
+def _describe(a) -> str:
+    """A short description of an argument for a message: shapes for tensors, class names for modules."""
+    if isinstance(a, torch.Tensor):
+        return f"tensor of shape {tuple(a.shape)}"
+    if isinstance(a, torch.nn.Module):
+        return f"a {type(a).__name__} module"
+    if isinstance(a, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in a):
+        inner = ", ".join(_describe(v) for v in a)
+        return f"[{inner}]" if isinstance(a, list) else f"({inner})"
+    return repr(a)
+
+
 def _call(fn, *args):
     """Call the learner's function; turn a crash into a message instead of a traceback."""
     try:
@@ -97,8 +110,9 @@ def _call(fn, *args):
     except NotImplementedError:
         raise
     except Exception as e:  # the learner's bug is the feedback
-        shown = ", ".join(f"tensor of shape {tuple(a.shape)}" if isinstance(a, torch.Tensor) else repr(a) for a in args)
-        return None, f"your function raised {type(e).__name__}: {e} (called with ({shown}))"
+        shown = ", ".join(_describe(a) for a in args)
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""  # PyTorch's errors can run to pages
+        return None, f"your function raised {type(e).__name__}: {msg} (called with ({shown}))"
 
 
 # --------------------------------------------------------------------- notebook 01
@@ -663,6 +677,718 @@ def _check_04_3(answer) -> list[str]:
     if not _close(s, ref_s, 1e-4):
         return [f"the scale should be (hi - lo) / (qmax - qmin) = {ref_s:.6g}, you gave {s:.6g}"]
     return [f"the zero point is qmin - round(lo / scale) = {ref_z}, you gave {z:g}"]
+
+
+# --------------------------------------------------------------------- notebook 05
+
+
+@contextlib.contextmanager
+def _x86_engine():
+    """Where checkers build, prepare and convert models: quantized engine x86 (weights are packed for the engine
+    at convert), a fixed seed, and the notebook's random state and engine restored afterwards."""
+    engine = torch.backends.quantized.engine
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        try:
+            torch.backends.quantized.engine = "x86" if "x86" in torch.backends.quantized.supported_engines else engine
+            yield
+        finally:
+            torch.backends.quantized.engine = engine
+
+
+def _prepare_fx_x86(model: torch.nn.Module, mapping, example: torch.Tensor):
+    """``prepare_fx`` on a copy of ``model`` with ``mapping`` and the x86 backend config, as notebook 05 does."""
+    import copy
+
+    # quantize_fx first: in torch 2.15 the backend_config module alone fails to import (notebook 05, section 3)
+    from torch.ao.quantization.quantize_fx import prepare_fx
+    from torch.ao.quantization.backend_config.x86 import get_x86_backend_config
+
+    return prepare_fx(copy.deepcopy(model), mapping, (example,), backend_config=get_x86_backend_config())
+
+
+class Net05(torch.nn.Module):
+    """The model of exercise 05.1: conv-bn-relu, max-pool, conv-relu, global average pool, ``torch.flatten``, fc."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.conv1, self.bn1, self.relu1 = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.conv2, self.relu2 = nn.Conv2d(4, 8, 3, padding=1), nn.ReLU()
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.pool(self.relu1(self.bn1(self.conv1(x))))
+        x = self.gap(self.relu2(self.conv2(x)))
+        return self.fc(torch.flatten(x, 1))
+
+
+@functools.lru_cache(maxsize=1)
+def _observers_05() -> tuple[int, int, int]:
+    """``prepare_fx`` with the x86 defaults on :class:`Net05`: (observer calls, distinct observers,
+    module calls that fusion removed)."""
+    import torch.ao.quantization as tq
+
+    from .fxviz import node_kinds
+
+    with _x86_engine():
+        model = Net05().eval()
+        prepared = _prepare_fx_x86(model, tq.get_default_qconfig_mapping("x86"), torch.randn(2, 1, 8, 8))
+    kinds = node_kinds(prepared)
+    calls = [n for n, k in kinds.items() if k == "observer"]
+    distinct = {id(prepared.get_submodule(n.target)) for n in calls}
+    module_calls = lambda gm: sum(1 for n in gm.graph.nodes if n.op == "call_module")  # noqa: E731
+    fused_away = module_calls(torch.fx.symbolic_trace(model)) - (module_calls(prepared) - len(calls))
+    return len(calls), len(distinct), fused_away
+
+
+@_exercise("05.1", "observer calls and distinct observers prepare_fx puts into a small CNN")
+def _check_05_1(answer) -> list[str]:
+    (calls, distinct), bad = _pair(answer, "(observer calls, distinct observers)")
+    if bad:
+        return [bad]
+    ref_calls, ref_distinct, fused = _observers_05()
+    problems = []
+    if calls != ref_calls:
+        if calls == ref_calls + fused:
+            problems.append(f"calls: prepare_fx fuses before it observes: conv1+bn1+relu1 and conv2+relu2 each become one "
+                            f"ConvReLU2d with one observer on its output, so {fused} of your observer calls do not exist")
+        elif calls == ref_calls - 1:
+            problems.append("calls: count the observer on the input x too: it gives the quantize at the model's entry its scale")
+        elif calls == ref_distinct:
+            problems.append("calls: that is the number of distinct observers; a shared observer is called once for every "
+                            "tensor it watches (the pools' and flatten's outputs too)")
+        else:
+            problems.append(f"calls: one observer call on the input, one after each fused conv block, one after each op "
+                            f"that shares its input's observer (pool, gap, torch.flatten), one after fc; you gave {calls:g}")
+    if distinct != ref_distinct:
+        if distinct == ref_calls or distinct == calls:
+            problems.append("distinct: max-pool, adaptive average pool and torch.flatten share their input's observer "
+                            "(OUTPUT_SHARE_OBSERVER_WITH_INPUT in the backend config, section 3): their calls reuse an "
+                            "observer instead of adding one")
+        elif distinct == ref_distinct + 1:
+            problems.append("distinct: one observer too many: torch.flatten is in the x86 backend config (only the module "
+                            "nn.Flatten was missing, section 3), so it shares its input's observer like the pools")
+        elif distinct > ref_distinct:
+            problems.append("distinct: the ops that share (max-pool, adaptive average pool, torch.flatten) add no observer "
+                            "of their own; count the input, the fused conv blocks and fc")
+        else:
+            problems.append("distinct: the input, every fused conv block and fc each have an observer of their own")
+    return problems
+
+
+class Head05(torch.nn.Module):
+    """The model of exercise 05.2: a conv block and a two-layer classifier head (``fc``, ``head``)."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.conv, self.relu = nn.Conv2d(1, 4, 3), nn.ReLU()
+        self.fc, self.relu2 = nn.Linear(4 * 6 * 6, 16), nn.ReLU()
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.flatten(self.relu(self.conv(x)), 1)
+        return self.head(self.relu2(self.fc(x)))
+
+
+@_exercise("05.2", "a QConfigMapping: x86 defaults, every linear layer left in float")
+def _check_05_2(mapping) -> list[str]:
+    import torch.ao.quantization as tq
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    from .fxviz import _is_quantized_module
+
+    if not isinstance(mapping, tq.QConfigMapping):
+        return [f"answer with a QConfigMapping (start from get_default_qconfig_mapping('x86')), got {mapping!r}"]
+    with _x86_engine():
+        model = Head05().eval()
+        x = torch.randn(4, 1, 8, 8)
+        try:
+            prepared = _prepare_fx_x86(model, mapping, x)
+            fused = {name: type(prepared.get_submodule(name)) for name in ("fc", "head")}  # before convert swaps them
+            with torch.no_grad():
+                prepared(x)
+            converted = convert_fx(prepared)
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            return [f"prepare_fx/convert_fx fail with your mapping: {type(e).__name__}: {msg}"]
+    int8 = {name: _is_quantized_module(converted.get_submodule(name)) for name in ("conv", "fc", "head")}
+    if not int8["conv"]:
+        if mapping.global_qconfig is None:
+            return ["nothing is quantized, the conv neither: QConfigMapping() (or set_global(None)) has no global qconfig; "
+                    "start from get_default_qconfig_mapping('x86') and take only the linear layers out"]
+        return ["the conv must stay int8: leave only the linear layers in float"]
+    by_type, by_name = mapping.object_type_qconfigs, mapping.module_name_qconfigs
+    reasons: dict[str, list[str]] = {}  # why a layer is still int8 -> the layers
+    for name in ("fc", "head"):
+        if not int8[name]:
+            continue
+        kind = fused[name]
+        if kind is not torch.nn.Linear and by_type.get(torch.nn.Linear, "unset") is None:
+            full = f"{kind.__module__.split('.modules')[0]}.{kind.__name__}"
+            why = (f"prepare_fx fused {name} with the ReLU after it into a {full} before it looked up the qconfigs "
+                   f"(section 4), and set_object_type(nn.Linear, None) does not cover the fused type: also "
+                   f"set_object_type({full}, None), or name the layers (set_module_name)")
+        elif by_name and name not in by_name:
+            why = (f"set_module_name matches one module by its name, and {name!r} is not among yours "
+                   f"({sorted(by_name)})")
+        elif by_type.get(torch.nn.functional.linear, "unset") is None:
+            why = "set_object_type(F.linear, None) matches calls of the function F.linear; the model calls nn.Linear modules"
+        else:
+            why = "set the qconfig of each linear layer to None (set_object_type for its module type, or set_module_name)"
+        reasons.setdefault(why, []).append(name)
+    return [f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} still int8: {why}" for why, names in reasons.items()]
+
+
+def _trace_a(self, x):
+    if x.sum() > 0:
+        x = -x
+    return x
+
+
+def _trace_b(self, x):
+    for _ in range(3):
+        x = torch.relu(x) + 1
+    return x
+
+
+def _trace_c(self, x):
+    if self.training:
+        x = x * 2
+    return x
+
+
+def _trace_d(self, x):
+    if x.shape[0] > 1:
+        x = x * 2
+    return x
+
+
+def _trace_e(self, x):
+    return torch.where(x.sum() > 0, -x, x)
+
+
+def _trace_f(self, x):
+    return x / len(x)
+
+
+def _trace_g(self, x):
+    return x[:, : x.shape[1] // 2]
+
+
+#: Exercise 05.3: forward methods; which of them can ``torch.fx.symbolic_trace`` record?
+TRACE_CASES_05 = {"a": _trace_a, "b": _trace_b, "c": _trace_c, "d": _trace_d, "e": _trace_e, "f": _trace_f,
+                  "g": _trace_g}
+
+
+def trace_cases_05() -> str:
+    """The forwards of exercise 05.3 as source text, one per letter (for the notebook)."""
+    import inspect
+    import textwrap
+
+    out = []
+    for letter, fwd in TRACE_CASES_05.items():
+        body = textwrap.dedent("".join(inspect.getsource(fwd).splitlines(True)[1:]))
+        out.append(f"({letter}) def forward(self, x):\n" + textwrap.indent(body, "        "))
+    return "\n".join(out)
+
+
+@functools.lru_cache(maxsize=1)
+def _trace_results_05() -> dict[str, str]:
+    """Letter -> the error ``symbolic_trace`` raises on that forward, or '' if it records it."""
+    out = {}
+    for letter, fwd in TRACE_CASES_05.items():
+        module = type(f"Case_{letter}", (torch.nn.Module,), {"forward": fwd})()
+        try:
+            torch.fx.symbolic_trace(module)
+            out[letter] = ""
+        except Exception as e:
+            out[letter] = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+    return out
+
+
+@_exercise("05.3", "which forwards symbolic tracing cannot record")
+def _check_05_3(answer) -> list[str]:
+    letters = sorted(TRACE_CASES_05)
+    if answer is None or isinstance(answer, str) or not all(isinstance(a, str) for a in answer):
+        return [f"answer with a set of letters from {letters} (the forwards that fail), got {answer!r}"]
+    got = set(answer)
+    unknown = got - set(letters)
+    if unknown:
+        return [f"unknown letter(s) {sorted(unknown)}: use letters from {letters}"]
+    truth = _trace_results_05()
+    why = {
+        "a": "x.sum() > 0 is a proxy with no value: `if` asks it for a bool",
+        "b": "range(3) is a plain Python range: the loop runs three times during tracing and the graph holds three "
+             "relu/add steps",
+        "c": "self.training is an ordinary bool attribute of the module, not a proxy: tracing takes the branch it "
+             "has now",
+        "d": "symbolic_trace has no concrete shapes: x.shape[0] is a proxy too, and so is the comparison",
+        "e": "torch.where is an ordinary op with a tensor condition: it is recorded (fix (b) of section 8)",
+        "f": "len() must return a Python int, which a proxy cannot give (torch.fx.wrap('len') would record it as a call)",
+        "g": "x.shape[1] // 2 is recorded as getattr, getitem and floordiv nodes and the slice uses the result; "
+             "no bool or int is ever needed",
+    }
+    problems = []
+    for letter in letters:
+        fails = bool(truth[letter])
+        if fails and letter not in got:
+            problems.append(f"missing {letter}: it fails ({truth[letter]}): {why[letter]}")
+        elif not fails and letter in got:
+            problems.append(f"not {letter}: symbolic_trace records it: {why[letter]}")
+    return problems
+
+
+# --------------------------------------------------------------------- notebook 06
+
+
+class Net06(torch.nn.Module):
+    """The model of exercise 06.1: two Conv-BN-ReLU blocks, a global average pool and a linear classifier."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.conv1, self.bn1 = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv2, self.bn2 = nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def _data_06():
+    """Net06 (seeded, eval, batch-norm statistics that are not the identity), two calibration batches of 8
+    and a test batch of 5 (another batch size than the calibration's)."""
+    with _x86_engine():
+        model = Net06().eval()
+        for bn in (model.bn1, model.bn2):
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 2.0)
+        calibration = [torch.randn(8, 1, 8, 8) for _ in range(2)]
+        x = torch.randn(5, 1, 8, 8)
+    return model, calibration, x
+
+
+@functools.lru_cache(maxsize=2)
+def _reference_06(batches: int = 2):
+    """``qlab.pt2e.pt2e_int8`` (export with a dynamic batch, X86InductorQuantizer, prepare_pt2e, calibrate,
+    convert_pt2e) on the first ``batches`` calibration batches: (first activation (scale, zero point), outputs)."""
+    from .pt2e import pt2e_int8
+
+    model, calibration, x = _data_06()
+    converted = pt2e_int8(model, calibration[:batches])
+    with torch.no_grad():
+        return _first_qparams_06(converted), converted(x)
+
+
+def _first_qparams_06(gm) -> tuple[float, int] | None:
+    """The (scale, zero point) of the first ``quantize_per_tensor`` in a converted graph (the input's)."""
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and "quantize_per_tensor" in str(node.target) and "dequantize" not in str(node.target):
+            return float(node.args[1]), int(node.args[2])
+    return None
+
+
+@_exercise("06.1", "PT2E post-training quantization in one function: export, annotate, prepare, calibrate, convert")
+def _check_06_1(fn) -> list[str]:
+    from collections import Counter
+
+    from .fxviz import node_kinds
+
+    if not callable(fn):
+        return ["answer with a function ptq_pt2e(model, calibration) -> the GraphModule convert_pt2e returns"]
+    model, calibration, x = _data_06()
+    got, err = _call(fn, model, calibration)
+    if err:
+        if "ExportedProgram" in err:
+            return [f"prepare_pt2e takes a GraphModule, not the ExportedProgram: pass torch.export.export(...).module() ({err})"]
+        if "specialized it to be a constant" in err or "Constraints violated" in err:
+            return ["export with an example batch of at least 2 rows (e.g. calibration[0]): with 1 row export "
+                    f"specialises the batch dimension to 1 ({err})"]
+        return [err]
+    if isinstance(got, torch.export.ExportedProgram) or not isinstance(got, torch.fx.GraphModule):
+        return [f"return the GraphModule that convert_pt2e returns, got {type(got).__name__}"]
+    kinds = Counter(node_kinds(got).values())
+    if kinds["observer"]:
+        return [f"the graph still holds {kinds['observer']} observers: that is the prepared model; after calibrating, "
+                "return convert_pt2e(prepared)"]
+    if not kinds["quantize"]:
+        return ["nothing was quantized: X86InductorQuantizer() annotates nothing until it has a config: "
+                ".set_global(get_default_x86_inductor_quantization_config())"]
+    try:
+        with torch.no_grad():
+            out = got(x)
+    except Exception as e:
+        err = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        if "Guard failed" in err or "size()[0]" in err:
+            return [f"your int8 graph only accepts the batch size it was exported with, not a batch of {x.shape[0]}: "
+                    "declare dimension 0 dynamic, dynamic_shapes={'x': {0: torch.export.Dim('batch', max=1024)}} "
+                    f"(section 1) ({err})"]
+        return [f"calling your converted graph on a batch of {x.shape[0]} fails: {err}"]
+    ref_qparams, ref_out = _reference_06(2)
+    if isinstance(out, torch.Tensor) and out.shape == ref_out.shape and torch.equal(out, ref_out):
+        return []
+    qparams = _first_qparams_06(got)
+    if qparams == (1.0, 0):
+        return ["the observers saw no data (convert used their defaults, scale 1.0 and zero point 0): run every "
+                "calibration batch through the prepared model before convert_pt2e"]
+    if qparams == _reference_06(1)[0]:
+        return ["calibrate on every batch: your input scale and zero point are those of calibration[0] alone"]
+    if not isinstance(out, torch.Tensor) or out.shape != ref_out.shape:
+        return [f"your graph returns {_describe(out)}, the model's logits have shape {tuple(ref_out.shape)}"]
+    return [f"your int8 outputs differ from export -> prepare_pt2e(X86InductorQuantizer with the default config) -> "
+            f"every calibration batch -> convert_pt2e by up to {float((out - ref_out).abs().max()):.3g}; the input's "
+            f"(scale, zero point) is {qparams}, it should be {ref_qparams}"]
+
+
+#: Exercise 06.2: statements about ``torch._inductor.config.freezing``, and why each is true or false.
+FREEZING_06 = {
+    "a": (True, "with freezing Inductor treats the weights as constants, so it can fold each int8 weight and its "
+                "dequantize into a pre-packed oneDNN weight and fuse dequantize -> conv -> relu -> quantize into one "
+                "int8 convolution (section 6)"),
+    "b": (False, "convert_pt2e already fixed every scale and zero point: the converted graph has no observers left "
+                 "to freeze"),
+    "c": (False, "prepare_pt2e already folded each batch-norm into its convolution (section 2); freezing is a "
+                 "compiler setting, not freeze_bn_stats"),
+    "d": (True, "without freezing the weights stay graph inputs, the int8 patterns do not match, and the graph runs "
+                "as float ops plus quantize/dequantize work (notebook 07, section 8, measures what that costs)"),
+    "e": (False, "the quantizer annotated the graph at prepare_pt2e; torch.compile sees the finished q/dq graph and "
+                 "freezing changes how Inductor lowers it, not what was quantized"),
+}
+
+
+@_exercise("06.2", "what torch._inductor.config.freezing does for a PT2E int8 model")
+def _check_06_2(answer) -> list[str]:
+    letters = sorted(FREEZING_06)
+    if answer is None or isinstance(answer, str) or not all(isinstance(a, str) for a in answer):
+        return [f"answer with a set of letters from {letters} (the true statements), got {answer!r}"]
+    got = set(answer)
+    unknown = got - set(letters)
+    if unknown:
+        return [f"unknown letter(s) {sorted(unknown)}: use letters from {letters}"]
+    problems = []
+    for letter in letters:
+        true, why = FREEZING_06[letter]
+        if true and letter not in got:
+            problems.append(f"missing {letter}: true, {why}")
+        elif not true and letter in got:
+            problems.append(f"not {letter}: {why}")
+    return problems
+
+
+# --------------------------------------------------------------------- notebook 07
+
+
+def _int8_linear_tensors(n_in: int, n_out: int) -> dict[str, torch.Tensor]:
+    """The tensors of an nn.Linear(n_in, n_out) quantized with the x86 defaults (eager convert, the same
+    QuantizedLinear FX produces): int8 codes, per-channel scales and zero points, bias."""
+    import torch.ao.quantization as tq
+
+    with _x86_engine():
+        model = torch.nn.Sequential(tq.QuantStub(), torch.nn.Linear(n_in, n_out), tq.DeQuantStub()).eval()
+        model.qconfig = tq.get_default_qconfig("x86")
+        tq.prepare(model, inplace=True)
+        with torch.no_grad():
+            model(torch.randn(4, n_in))
+        tq.convert(model, inplace=True)
+    w, b = model[1].weight(), model[1].bias()
+    return {"codes": w.int_repr(), "scales": w.q_per_channel_scales(), "zero_points": w.q_per_channel_zero_points(),
+            "bias": b}
+
+
+@_exercise("07.1", "bytes of the weight and bias tensors of an int8 nn.Linear(n_in, n_out)")
+def _check_07_1(fn) -> list[str]:
+    if not callable(fn):
+        return ["answer with a function int8_linear_bytes(n_in, n_out) -> int"]
+    for n_in, n_out in [(64, 10), (512, 1000), (3, 7)]:
+        t = _int8_linear_tensors(n_in, n_out)
+        ref = sum(v.numel() * v.element_size() for v in t.values())
+        got, err = _call(fn, n_in, n_out)
+        if err:
+            return [err]
+        try:
+            got = float(got)
+        except Exception:
+            return [f"return a number of bytes; for ({n_in}, {n_out}) you returned {got!r}"]
+        if got == ref:
+            continue
+        codes = n_in * n_out  # one byte per weight
+        b = t["bias"].element_size()
+        s, z = t["scales"].element_size(), t["zero_points"].element_size()
+        case = f"for Linear({n_in}, {n_out})"
+        hints = [
+            (codes, "you counted only the int8 weight codes: the bias and one scale and one zero point per output "
+                    "channel come on top"),
+            (4 * n_out * (n_in + 1), "that is the fp32 size (4 bytes per weight and bias), not the int8 one"),
+            (4 * n_in * n_out, "that is the fp32 weight, not the int8 one"),
+            (codes + n_out * (b + 4 + 4), f"the per-channel scales are {t['scales'].dtype} and the zero points "
+                                          f"{t['zero_points'].dtype}, {s} and {z} bytes each: look at "
+                                          "weight().q_per_channel_scales().dtype"),
+            (codes + n_out * b + s + z, "the weight is quantized per channel: one scale and one zero point per output "
+                                        f"channel ({n_out} of each), not one for the whole tensor"),
+            (codes + n_out * b + n_in * (s + z), "per-channel scales run along axis 0 of the weight [out, in], the "
+                                                 f"output channels: {n_out} of them, not {n_in}"),
+            (codes + n_out * (s + z), f"add the bias: a quantized Linear keeps it in {t['bias'].dtype} "
+                                      f"({b} bytes per output)"),
+            (codes + n_out * (1 + s + z), f"the bias is not quantized: it stays {t['bias'].dtype}, {b} bytes per output"),
+        ]
+        hint = next((msg for value, msg in hints if got == value), None)
+        if hint:
+            return [f"{case}: {hint}"]
+        return [f"{case}: int8 codes {codes} B + bias {n_out} x {b} B + scales {n_out} x {s} B + zero points "
+                f"{n_out} x {z} B; you gave {got:g}"]
+    return []
+
+
+#: 07.2: register widths in bits (AVX-VNNI: the VEX-encoded vpdpbusd of Alder Lake and later, on ymm registers).
+_YMM_BITS = 256
+
+
+@_exercise("07.2", "int8 multiply-adds per AVX-VNNI vpdpbusd on ymm, and the ratio to an fp32 FMA of the same width")
+def _check_07_2(answer) -> list[str]:
+    (macs, ratio), bad = _pair(answer, "(int8 multiply-adds per instruction, ratio to fp32)")
+    if bad:
+        return [bad]
+    # vpdpbusd: per 32-bit lane, 4 u8 x s8 products added into the int32 accumulator -> one multiply-add per byte;
+    # vfmadd231ps: one multiply-add per 32-bit float.
+    ref_macs, fp32_macs = _YMM_BITS // 8, _YMM_BITS // 32
+    problems = []
+    if macs != ref_macs:
+        if macs == 512 // 8:
+            problems.append("64 is the zmm (512-bit) count of AVX-512 VNNI; AVX-VNNI works on 256-bit ymm registers")
+        elif macs == _YMM_BITS // 32:
+            problems.append(f"{_YMM_BITS // 32} is the number of int32 accumulators in a ymm register; vpdpbusd adds "
+                            "four u8 x s8 products into each")
+        elif abs(macs - (_YMM_BITS // 8) / 3) < 0.1:
+            problems.append("that is AVX2's three-instruction sequence (vpmaddubsw + vpmaddwd + vpaddd); vpdpbusd does "
+                            "the products and the accumulation in one instruction")
+        else:
+            problems.append(f"one multiply-add per byte of the register: {_YMM_BITS} bits / 8; you gave {macs:g}")
+    if not _close(ratio, ref_macs / fp32_macs, 1e-3):
+        if _close(ratio, ref_macs / (512 // 32), 1e-3) or _close(ratio, (512 // 8) / fp32_macs, 1e-3):
+            problems.append("compare at the same width: the fp32 FMA on a ymm register (vfmadd231ps ymm) does "
+                            f"{fp32_macs} multiply-adds")
+        elif _close(ratio, macs / fp32_macs, 1e-3):
+            pass  # follows from a wrong count, already explained
+        else:
+            problems.append(f"the ratio is int8 multiply-adds / fp32 multiply-adds per instruction, with "
+                            f"vfmadd231ps ymm doing {_YMM_BITS} / 32 = {fp32_macs}; you gave {ratio:g}")
+    return problems
+
+
+#: 07.3: layers at batch 1, each a point of the recorded sweep (``benchmarks/results/models.json``).
+SWEEP_CASES_07 = {
+    "a": ("linear_width", 64, "a Linear(64, 64) head called on one row"),
+    "b": ("linear_width", 1024, "a Linear(1024, 1024) called on one row"),
+    "c": ("linear", 128, "a Linear(512, 512) of a transformer called on the 128 tokens of one image"),
+    "d": ("conv", 4, "a Conv2d(64, 64, 3) on a 4x4 feature map"),
+    "e": ("conv", 28, "a Conv2d(64, 64, 3) on a 28x28 feature map"),
+    "f": ("linear_width", 256, "a Linear(256, 256) called on one row"),
+}
+
+
+def _sweep_07() -> dict[str, dict]:
+    """Letter -> the recorded sweep row of that layer, with its crossover."""
+    from .perf import crossover, load_results
+
+    rows = load_results()["sweep"]
+    out = {}
+    for letter, (layer, x, _) in SWEEP_CASES_07.items():
+        mine = sorted((r for r in rows if r["layer"] == layer), key=lambda r: r["x"])
+        row = next((r for r in mine if r["x"] == x), None)
+        if row is None:
+            raise LookupError(f"the recorded sweep has no {layer} point at {x}: run benchmarks/bench_models.py")
+        c = crossover([r["x"] for r in mine], [r["fp32_ms"] / r["int8_ms"] for r in mine])
+        out[letter] = dict(row, speedup=row["fp32_ms"] / row["int8_ms"], crossover=c)
+    return out
+
+
+@_exercise("07.3", "which layers at batch 1 run faster in int8 (float in/out), by the recorded sweep")
+def _check_07_3(answer) -> list[str]:
+    letters = sorted(SWEEP_CASES_07)
+    if answer is None or isinstance(answer, str) or not all(isinstance(a, str) for a in answer):
+        return [f"answer with a set of letters from {letters} (the layers int8 makes faster), got {answer!r}"]
+    got = set(answer)
+    unknown = got - set(letters)
+    if unknown:
+        return [f"unknown letter(s) {sorted(unknown)}: use letters from {letters}"]
+    sweep = _sweep_07()
+    problems = []
+    for letter in letters:
+        r = sweep[letter]
+        what = SWEEP_CASES_07[letter][2]
+        timed = f"recorded x{r['speedup']:.2f} (fp32 {r['fp32_ms'] * 1000:.0f} us, int8 {r['int8_ms'] * 1000:.0f} us)"
+        wins = r["speedup"] > 1
+        if wins and letter not in got:
+            problems.append(f"missing {letter}, {what}: {timed}; its {r['macs']:,} multiply-adds repay the quantize "
+                            "and dequantize at its boundaries")
+        elif not wins and letter in got:
+            where = f" (int8 wins from {r['crossover']} in this sweep)" if r["crossover"] is not None else ""
+            problems.append(f"not {letter}, {what}: {timed}; {r['macs']:,} multiply-adds are too few to repay the fixed "
+                            f"cost of quantizing the input and dequantizing the output{where}")
+    return problems
+
+
+# --------------------------------------------------------------------- notebook 08
+
+
+#: 08.1: steps of a ViT block applied to quantized tensors, by their call in ``qlab.support_matrix.PROBES``.
+VIT_CALLS_08 = {
+    "a": "x * 0.125 (scale q)",
+    "b": "q @ k.transpose(-2, -1)",
+    "c": "x.softmax(-1)",
+    "d": "a + b",
+    "e": "F.layer_norm",
+    "f": "F.gelu",
+    "g": "x.reshape(...)",
+    "h": "x.transpose(-2, -1)",
+    "i": "torch.cat([a, b])",
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _probes_08() -> dict[str, tuple[str, str]]:
+    """Letter -> (category, detail) of ``support_matrix.probe_ops`` on that call: run on real quantized tensors."""
+    from .support_matrix import PROBES, probe_ops
+
+    probes = [p for p in PROBES if p[0] in VIT_CALLS_08.values()]
+    rows = {r.op: (r.category, r.detail) for r in probe_ops(probes)}
+    return {letter: rows[call] for letter, call in VIT_CALLS_08.items()}
+
+
+@_exercise("08.1", "which steps of a ViT block fail on quantized tensors in eager mode")
+def _check_08_1(answer) -> list[str]:
+    from .support_matrix import has_kernel
+
+    letters = sorted(VIT_CALLS_08)
+    if answer is None or isinstance(answer, str) or not all(isinstance(a, str) for a in answer):
+        return [f"answer with a set of letters from {letters} (the calls that fail), got {answer!r}"]
+    got = set(answer)
+    unknown = got - set(letters)
+    if unknown:
+        return [f"unknown letter(s) {sorted(unknown)}: use letters from {letters}"]
+    problems = []
+    for letter in letters:
+        category, detail = _probes_08()[letter]
+        call = VIT_CALLS_08[letter]
+        if category == "fails" and letter not in got:
+            op, _, rest = detail.partition(" -> ")
+            reached = op.split(" (reached ")[-1].rstrip(")").split(", ")
+            missing = [o for o in reached if not has_kernel(o)]
+            why = f"{missing[-1]} has no QuantizedCPU kernel" if missing else "no quantized path"
+            problems.append(f"missing {letter} ({call}): it fails, {why}: {rest}")
+        elif category != "fails" and letter in got:
+            op, _, rest = detail.partition(" -> ")
+            how = ("its aten op has a QuantizedCPU kernel of its own" if category == "works: QuantizedCPU kernel"
+                   else f"it has no QuantizedCPU kernel of its own, but its decomposition reaches {rest.split(' -> ')[0]}, "
+                        "which does")
+            problems.append(f"not {letter} ({call}): it runs on quantized tensors: {how}")
+    return problems
+
+
+def _qmatmul_inputs_08():
+    """Two quint8 operands shaped like attention's q and k^T (different scales and zero points) and output qparams."""
+    g = torch.Generator().manual_seed(8)
+    a = torch.quantize_per_tensor(torch.randn(2, 3, 17, 16, generator=g), 0.05, 128, torch.quint8)
+    b = torch.quantize_per_tensor(torch.randn(2, 3, 16, 17, generator=g), 0.04, 100, torch.quint8)
+    return a, b, 0.07, 120
+
+
+@_exercise("08.2", "quantized::matmul by hand, code for code")
+def _check_08_2(fn) -> list[str]:
+    if not callable(fn):
+        return ["answer with a function qmatmul_by_hand(a, b, scale, zero_point) -> quint8 tensor"]
+    a, b, scale, zp = _qmatmul_inputs_08()
+    ref = torch.ops.quantized.matmul(a, b, scale, zp).int_repr()
+    got, err = _call(fn, a, b, scale, zp)
+    if err:
+        return [err]
+    if not isinstance(got, torch.Tensor) or got.shape != ref.shape:
+        return [f"return a quint8 tensor of shape {tuple(ref.shape)}, got {_describe(got)}"]
+    if got.is_quantized:
+        if got.dtype != torch.quint8:
+            return [f"return quint8 codes (as quantized::matmul does for quint8 inputs), got {got.dtype}"]
+        if (got.q_scale(), got.q_zero_point()) != (scale, zp):
+            return [f"the output carries its own qparams: quantize with scale={scale} and zero_point={zp} (the "
+                    f"arguments), not ({got.q_scale():g}, {got.q_zero_point()})"]
+        codes = got.int_repr()
+    elif got.dtype == torch.uint8:
+        codes = got  # the codes alone are fine too
+    else:
+        return [f"you returned a {got.dtype} tensor: quantized::matmul returns quint8 codes; quantize the float32 "
+                f"product with the output's scale and zero point (torch.quantize_per_tensor(..., {scale}, {zp}, "
+                "torch.quint8))"]
+    if torch.equal(codes, ref):
+        return []
+    ia, ib = a.int_repr().float(), b.int_repr().float()
+    no_zp = torch.quantize_per_tensor((ia @ ib) * (a.q_scale() * b.q_scale()), scale, zp, torch.quint8).int_repr()
+    product = a.dequantize() @ b.dequantize()
+    trunc = torch.clamp(torch.trunc(product / scale) + zp, 0, 255).to(torch.uint8)
+    floor = torch.clamp(torch.floor(product / scale) + zp, 0, 255).to(torch.uint8)
+    n = int((codes != ref).sum())
+    if torch.equal(codes, no_zp):
+        return ["subtract each operand's zero point before multiplying: a ~ s_a (A - z_a), b ~ s_b (B - z_b) "
+                f"(here z_a = {a.q_zero_point()}, z_b = {b.q_zero_point()}); dequantize() does it for you"]
+    if torch.equal(codes, trunc) or torch.equal(codes, floor):
+        return ["round to the nearest code (half to even, as torch.quantize_per_tensor does), don't truncate: "
+                f"{n} of {ref.numel()} codes are off by one"]
+    return [f"{n} of {ref.numel()} codes differ from quantized::matmul: it dequantizes both operands, multiplies in "
+            "float32 and quantizes the product with the output's scale and zero point (section 5)"]
+
+
+def _requant_codes_08(m: float, s_q: float, s_k: float, s_o: float, head_dim: int):
+    """The output codes of ``q·kᵀ·c`` (c = head_dim ** -0.5) two ways: requantized from the int32 accumulator
+    with multiplier ``m``, and in float32 (dequantize, matmul, scale, quantize with s_o and zero point 128)."""
+    g = torch.Generator().manual_seed(head_dim)
+    q_codes = torch.randint(0, 256, (3, 9, head_dim), generator=g)          # uint8, zero point 128
+    k_codes = torch.randint(-128, 128, (3, 9, head_dim), generator=g)       # int8, zero point 0
+    acc = (q_codes - 128) @ k_codes.mT                                       # int32 accumulator (exact in int64)
+    mine = torch.clamp(torch.round(m * acc.double()) + 128, 0, 255)
+    logits = (s_q * (q_codes - 128).float()) @ (s_k * k_codes.float()).mT * head_dim ** -0.5
+    ref = torch.quantize_per_tensor(logits, s_o, 128, torch.quint8).int_repr().double()
+    return mine, ref
+
+
+@_exercise("08.3", "the multiplier that requantizes an int8 q·kᵀ with the attention scale folded in")
+def _check_08_3(fn) -> list[str]:
+    if not callable(fn):
+        return ["answer with a function requant_multiplier(s_q, s_k, s_o, head_dim) -> float"]
+    for s_q, s_k, s_o, d in [(0.02, 0.05, 0.1, 16), (0.013, 0.031, 0.02, 64)]:
+        got, err = _call(fn, s_q, s_k, s_o, d)
+        if err:
+            return [err]
+        try:
+            m = float(got)
+        except Exception:
+            return [f"return a number; for {(s_q, s_k, s_o, d)} you returned {got!r}"]
+        # out = round(acc * M) + z_o must be quantize(s_q s_k acc * c, s_o, z_o) = round(s_q s_k c acc / s_o) + z_o
+        ref = s_q * s_k * d ** -0.5 / s_o
+        if _close(m, ref, 1e-6):
+            continue
+        case = f"for s_q={s_q}, s_k={s_k}, s_o={s_o}, head_dim={d}"
+        hints = [
+            (s_q * s_k / s_o, "you left out the attention scale c = head_dim ** -0.5: with q's codes unscaled, the "
+                              "kernel's multiplier has to carry it"),
+            (s_q * s_k * d ** 0.5 / s_o, "c = head_dim ** -0.5: the logits are divided by sqrt(head_dim), not multiplied"),
+            (s_q * s_k / d / s_o, "c = head_dim ** -0.5 is one over the square root of head_dim, not one over head_dim"),
+            (s_q * s_k * d ** -0.5, "that turns the accumulator into float logits (what fix 4 hands to the softmax); "
+                                    "to requantize, divide by the output scale s_o as well"),
+            (s_q * s_k * d ** -0.5 * s_o, "divide by the output scale, don't multiply: codes = value / s_o"),
+            (1 / ref, "upside down: acc * s_q * s_k * c is the float value, and the code is that value / s_o"),
+        ]
+        hint = next((msg for value, msg in hints if _close(m, value, 1e-6)), None)
+        if hint:
+            return [f"{case}: {hint}"]
+        mine, want = _requant_codes_08(m, s_q, s_k, s_o, d)
+        n = int((mine != want).sum())
+        return [f"{case}: with M = {m:.6g}, {n} of {want.numel()} output codes differ from quantizing "
+                f"dequantize(q) @ dequantize(k)ᵀ · c with scale s_o; one multiplier must turn acc into value / s_o"]
+    return []
 
 
 # --------------------------------------------------------------------- notebook 09

@@ -3,8 +3,33 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.ao.quantization import QConfigMapping, get_default_qconfig_mapping
 
 from qlab import exercises
+
+
+def _ptq_pt2e(*, convert=True, set_global=True, dynamic=True, batches=None, module=True, example_rows=None):
+    """A learner's ptq_pt2e for exercise 06.1, with one of the typical mistakes switched on."""
+
+    def ptq_pt2e(model, calibration):
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+        example = calibration[0] if example_rows is None else calibration[0][:example_rows]
+        shapes = {"x": {0: torch.export.Dim("batch", max=1024)}} if dynamic else None
+        exported = torch.export.export(model, (example,), dynamic_shapes=shapes)
+        quantizer = xiq.X86InductorQuantizer()
+        if set_global:
+            quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+        prepared = prepare_pt2e(exported.module() if module else exported, quantizer)
+        with torch.no_grad():
+            for xb in calibration[:batches]:
+                prepared(xb)
+        return convert_pt2e(prepared) if convert else prepared
+
+    return ptq_pt2e
 
 WRONG = {
     "01.1": [
@@ -110,6 +135,111 @@ WRONG = {
         ((0.1, 39), "the scale should be"),
         (None, "answer with a pair"),
     ],
+    "05.1": [
+        ((10, 7), "prepare_fx fuses before it observes"),
+        ((7, 7), "share their input's observer"),
+        ((7, 5), "torch.flatten is in the x86 backend config"),
+        ((4, 4), "that is the number of distinct observers"),
+        ((6, 3), "count the observer on the input x"),
+        (7, "answer with a pair"),
+    ],
+    "05.2": [
+        (get_default_qconfig_mapping("x86").set_object_type(nn.Linear, None),
+         "set_object_type(torch.ao.nn.intrinsic.LinearReLU, None)"),
+        (get_default_qconfig_mapping("x86").set_module_name("fc", None), "head is still int8: set_module_name matches one"),
+        (get_default_qconfig_mapping("x86").set_object_type(F.linear, None),
+         "fc and head are still int8: set_object_type(F.linear, None) matches calls of the function"),
+        (get_default_qconfig_mapping("x86"), "fc and head are still int8: set the qconfig of each linear layer to None"),
+        (QConfigMapping(), "nothing is quantized"),
+        (get_default_qconfig_mapping("x86").set_module_name("conv", None), "the conv must stay int8"),
+        (None, "answer with a QConfigMapping"),
+    ],
+    "05.3": [
+        ({"a", "d"}, "missing f: it fails"),
+        ({"a", "f"}, "missing d: it fails"),
+        ({"a", "d", "f", "g"}, "not g: symbolic_trace records it"),
+        ({"a", "c", "d", "f"}, "not c: symbolic_trace records it: self.training is an ordinary bool"),
+        ({"a", "d", "e", "f"}, "not e"),
+        ({"A"}, "unknown letter"),
+        ("adf", "answer with a set of letters"),
+    ],
+    "06.1": [
+        (_ptq_pt2e(convert=False), "that is the prepared model"),
+        (_ptq_pt2e(set_global=False), "X86InductorQuantizer() annotates nothing until it has a config"),
+        (_ptq_pt2e(dynamic=False), "only accepts the batch size it was exported with"),
+        (_ptq_pt2e(batches=0), "the observers saw no data"),
+        (_ptq_pt2e(batches=1), "calibrate on every batch"),
+        (_ptq_pt2e(module=False), "pass torch.export.export(...).module()"),
+        (_ptq_pt2e(example_rows=1), "at least 2 rows"),
+        ("ptq", "answer with a function"),
+    ],
+    "06.2": [
+        ({"a"}, "missing d"),
+        ({"a", "b", "d"}, "not b: convert_pt2e already fixed"),
+        ({"a", "c", "d"}, "not c: prepare_pt2e already folded"),
+        ({"a", "d", "e"}, "not e"),
+        ({"d"}, "missing a"),
+        ("ad", "answer with a set of letters"),
+    ],
+    "07.1": [
+        (lambda n_in, n_out: n_in * n_out, "only the int8 weight codes"),
+        (lambda n_in, n_out: 4 * n_out * (n_in + 1), "that is the fp32 size"),
+        (lambda n_in, n_out: n_in * n_out + 4 * n_out + 8 * n_out, "are torch.float64 and the zero points torch.int64"),
+        (lambda n_in, n_out: n_in * n_out + 4 * n_out + 16, "not one for the whole tensor"),
+        (lambda n_in, n_out: n_in * n_out + 4 * n_out + 16 * n_in, "not 64"),
+        (lambda n_in, n_out: n_in * n_out + 16 * n_out, "add the bias"),
+        (lambda n_in, n_out: n_in * n_out + 17 * n_out, "the bias is not quantized"),
+        (lambda n_in, n_out: "many", "return a number of bytes"),
+    ],
+    "07.2": [
+        ((64, 4.0), "64 is the zmm"),
+        ((8, 1.0), "int32 accumulators"),
+        ((256 / 8 / 3, 4.0), "three-instruction sequence"),
+        ((32, 2.0), "compare at the same width"),
+        ((32, 3.0), "the ratio is int8 multiply-adds / fp32"),
+        (32, "answer with a pair"),
+    ],
+    "07.3": [
+        ({"a", "b", "c", "d", "e", "f"}, "not a, a Linear(64, 64) head"),
+        ({"b", "c"}, "missing e"),
+        ({"b", "e"}, "missing c, a Linear(512, 512)"),
+        ({"b", "c", "e", "f"}, "not f"),
+        ({"b", "c", "d", "e"}, "too few to repay"),
+        ({"z"}, "unknown letter"),
+    ],
+    "08.1": [
+        ({"b"}, "missing a (x * 0.125 (scale q)): it fails, aten::mul.Tensor has no QuantizedCPU kernel"),
+        ({"a", "b", "d", "e"}, "missing c (x.softmax(-1))"),
+        ({"a", "b", "c", "e"}, "missing d (a + b)"),
+        ({"a", "b", "c", "d", "e", "f"}, "not f (F.gelu): it runs on quantized tensors: its aten op has a QuantizedCPU kernel"),
+        ({"a", "b", "c", "d", "e", "g"}, "not g (x.reshape(...)): it runs on quantized tensors: it has no QuantizedCPU kernel of its own"),
+        ({"a", "b", "c", "d", "e", "i"}, "not i"),
+        ({"a", "c", "d", "e"}, "aten::bmm has no QuantizedCPU kernel"),
+        (None, "answer with a set of letters"),
+    ],
+    "08.2": [
+        (lambda a, b, s, z: a.dequantize() @ b.dequantize(), "quantize the float32 product"),
+        (lambda a, b, s, z: torch.quantize_per_tensor((a.int_repr().float() @ b.int_repr().float()) * a.q_scale()
+                                                      * b.q_scale(), s, z, torch.quint8), "subtract each operand's zero point"),
+        (lambda a, b, s, z: torch.quantize_per_tensor(a.dequantize() @ b.dequantize(), a.q_scale(), a.q_zero_point(),
+                                                      torch.quint8), "the output carries its own qparams"),
+        (lambda a, b, s, z: torch.clamp(torch.trunc(a.dequantize() @ b.dequantize() / s) + z, 0, 255).to(torch.uint8),
+         "don't truncate"),
+        (lambda a, b, s, z: torch.quantize_per_tensor(a.dequantize() @ b.dequantize(), s, z, torch.qint8), "got torch.qint8"),
+        (lambda a, b, s, z: torch.ops.quantized.matmul(a, b, s, z)[0], "return a quint8 tensor of shape"),
+        (lambda a, b, s, z: torch.quantize_per_tensor(a.dequantize() @ b.dequantize() * 1.01, s, z, torch.quint8),
+         "codes differ from quantized::matmul"),
+    ],
+    "08.3": [
+        (lambda sq, sk, so, d: sq * sk / so, "you left out the attention scale"),
+        (lambda sq, sk, so, d: sq * sk * d ** 0.5 / so, "not multiplied"),
+        (lambda sq, sk, so, d: sq * sk / d / so, "not one over head_dim"),
+        (lambda sq, sk, so, d: sq * sk * d ** -0.5, "divide by the output scale s_o as well"),
+        (lambda sq, sk, so, d: sq * sk * d ** -0.5 * so, "don't multiply"),
+        (lambda sq, sk, so, d: so * d ** 0.5 / (sq * sk), "upside down"),
+        (lambda sq, sk, so, d: 2 * sq * sk * d ** -0.5 / so, "output codes differ"),
+        (lambda sq, sk, so, d: "M", "return a number"),
+    ],
     "09.1": [
         ((0.8 / 127.5, 0.8 / 255), "swapped"),
         ((0.8 / 127.5, 0.8 / 127.5), "falls back to affine"),
@@ -180,3 +310,16 @@ def test_04_2_truth_is_measured():
 def test_unknown_exercise_is_named():
     with pytest.raises(ValueError, match="exercise must be one of"):
         exercises.check("99.9", None)
+
+
+def test_05_1_truth_is_measured():
+    """prepare_fx on Net05: 7 observer calls, 4 distinct observers, 3 module calls fused away (bn1, relu1, relu2)."""
+    assert exercises._observers_05() == (*exercises.solution("05.1"), 3)
+
+
+def test_08_3_multiplier_reproduces_the_float_path():
+    """The reference multiplier turns the int32 accumulator into the codes of quantize(q·kᵀ·c, s_o) (float rounding
+    may move a rare tie by one code)."""
+    for s_q, s_k, s_o, d in [(0.02, 0.05, 0.1, 16), (0.013, 0.031, 0.02, 64)]:
+        mine, want = exercises._requant_codes_08(exercises.solution("08.3")(s_q, s_k, s_o, d), s_q, s_k, s_o, d)
+        assert (mine != want).float().mean() < 0.01 and (mine - want).abs().max() <= 1
