@@ -20,6 +20,10 @@ to 1x.
 Each record is one (model, path, batch): ``status`` ("ok", "skipped" or "failed"),
 ``ms`` (median), ``fp32_ms`` (fp32 eager, timed interleaved in the same run),
 ``speedup`` (= fp32_ms / ms), ``bytes`` and ``fp32_bytes`` (state_dict sizes).
+
+**Kernel results** (``benchmarks/results/kernels.json``, written by
+``benchmarks/bench_kernels.py``): qlab's int8 bmm and linear against fp32 and
+PyTorch's int8 alternatives on ViT shapes; :func:`draw_kernels` plots them.
 """
 from __future__ import annotations
 
@@ -34,6 +38,8 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 from matplotlib.figure import Figure
+
+from ._checks import check_choice
 
 __all__ = [
     "RESULTS",
@@ -51,6 +57,10 @@ __all__ = [
     "draw_geomeans",
     "draw_sizes",
     "draw_sweep",
+    "KERNEL_RESULTS",
+    "load_kernel_results",
+    "kernel_table",
+    "draw_kernels",
 ]
 
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "models.json"
@@ -400,3 +410,63 @@ def draw_sweep(fig: Figure, sweep: list[dict]) -> dict:
         ax.legend(fontsize=6)
         out[layer] = {"x": x, "speedup": s, "kernel_speedup": k, "crossover": c, "kernel_crossover": ck}
     return out
+
+
+# --------------------------------------------------------------------------- qlab's kernels
+KERNEL_RESULTS = RESULTS.parent / "kernels.json"
+KERNEL_METHODS = ("fp32", "q.matmul", "deq-bmm-q", "int_mm", "qlab", "qlab-fixed", "qlab-vnni", "torch.ao")
+
+
+def load_kernel_results(path=None) -> dict:
+    """``benchmarks/results/kernels.json`` (written by ``benchmarks/bench_kernels.py``): ``machine``,
+    ``assumptions`` (the measured peaks), ``targets`` and ``results`` (one row per shape, threads and method)."""
+    p = pathlib.Path(path) if path is not None else KERNEL_RESULTS
+    if not p.exists():
+        raise FileNotFoundError(f"{p} not found: run `python benchmarks/bench_kernels.py` (see benchmarks/README.md)")
+    data = json.loads(p.read_text())
+    for key in ("machine", "results"):
+        if key not in data:
+            raise ValueError(f"{p.name} has no {key!r} section: not a bench_kernels.py results file")
+    return data
+
+
+def kernel_table(results, kind: str = "attention", threads: int = 1) -> dict[str, dict[str, float]]:
+    """``{"<model> <shape>": {method: median ms}}`` for ``kind`` ("attention" or "linear") at ``threads``."""
+    check_choice("kind", kind, ["attention", "linear"])
+    table: dict[str, dict[str, float]] = {}
+    for r in results["results"]:
+        if r["kind"] == kind and r["threads"] == threads:
+            table.setdefault(f"{r['model']} {r['shape']}", {})[r["method"]] = r["ms"]
+    if not table:
+        have = sorted({(r["kind"], r["threads"]) for r in results["results"]})
+        raise ValueError(f"no {kind!r} rows at threads={threads} in the kernel results; it has {have}")
+    return table
+
+
+def draw_kernels(fig: Figure, results, kind: str = "attention", threads: int = 1) -> dict:
+    """Horizontal bars: each method's speed relative to fp32 (``fp32 ms / method ms``, log scale) per shape.
+    Returns ``{"speedup": {shape: {method: x}}}``, the numbers the bars show."""
+    if not isinstance(fig, Figure):
+        raise TypeError(f"fig must be a matplotlib.figure.Figure, got {type(fig).__name__}")
+    table = kernel_table(results, kind, threads)
+    shapes = list(table)
+    methods = [m for m in KERNEL_METHODS if m != "fp32" and any(m in t for t in table.values())]
+    speedup = {s: {m: table[s]["fp32"] / table[s][m] for m in methods if m in table[s]} for s in shapes}
+    colors = dict(zip(KERNEL_METHODS, ["#636363", "#fdae6b", "#e6550d", "#9ecae1", "#3182bd", "#08519c",
+                                        "#6baed6", "#31a354"]))
+    ax = fig.add_subplot(1, 1, 1)
+    height = 0.8 / max(len(methods), 1)
+    for j, m in enumerate(methods):
+        ys = [i + (j - (len(methods) - 1) / 2) * height for i, s in enumerate(shapes) if m in speedup[s]]
+        xs = [speedup[s][m] for s in shapes if m in speedup[s]]
+        ax.barh(ys, xs, height=height, color=colors[m], label=m, edgecolor="#333333", linewidth=0.3)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xticks([0.5, 1, 2, 4, 8])
+    _plain_log(ax.xaxis)
+    ax.set_yticks(range(len(shapes)), shapes, fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlabel("speed relative to fp32 (log; > 1x: faster)")
+    ax.set_title(f"{kind}, {threads} thread(s)", fontsize=9)
+    ax.legend(fontsize=6, loc="lower right")
+    return {"speedup": speedup}

@@ -177,6 +177,24 @@ def test_bmm_strided_and_transposed_views():
 
 
 @needs_native
+def test_bmm_rows_read_in_place_past_k():
+    """The AMX path reads uint8 rows in place in blocks of 64 bytes, past K into the next row's bytes
+    (they meet B's zero padding); rows whose over-read could leave A's memory are copied instead."""
+    g = torch.Generator().manual_seed(5)
+    B, N = 2, 21
+    cases = []
+    for M, K, pad in ((50, 70, 5), (40, 5, 0), (33, 64, 0), (64, 130, 0), (48, 3, 61)):
+        big = codes((B, M, K + pad), torch.uint8, g)
+        cases.append((big[:, :, :K] if pad else big, K))
+    cases.append((codes((B, 1, 70), torch.uint8, g).expand(B, 40, 70), 70))  # row stride 0
+    for a, K in cases:
+        b = codes((B, N, K), torch.int8, g)
+        check_all_paths("int8_bmm", (a, b, 0.02, 7, 0.01, 0, 0.4, 9, torch.int8, True, "float"))
+        check_all_paths("int8_bmm", (a, b.transpose(-1, -2).contiguous(), 0.02, 255, 0.01, -3, 1.0, 0, torch.int32,
+                                     False, "float"))
+
+
+@needs_native
 def test_bmm_attention_layout_4d():
     """q·kᵀ and attn·v straight from a fused qkv tensor [B, T, 3, H, D] (permuted 4-D views, no copies)."""
     g = torch.Generator().manual_seed(3)

@@ -130,3 +130,39 @@ def test_machine_info_fields():
     for k in ("cpu", "isa", "torch", "threads", "torch_cpu_capability", "quantized_engines"):
         assert k in m
 
+
+
+def _kernel_results():
+    rows = []
+    for shape, times in (("q.kT H=12 T=197", {"fp32": 0.8, "q.matmul": 1.0, "int_mm": 0.4, "qlab": 0.2}),
+                         ("attn.v H=12 T=197", {"fp32": 0.6, "q.matmul": 1.2, "int_mm": 0.3, "qlab": 0.3})):
+        for threads in (1, 2):
+            for method, ms in times.items():
+                rows.append({"kind": "attention", "model": "ViT-Base", "shape": shape, "threads": threads,
+                             "method": method, "ms": ms / threads})
+    rows.append({"kind": "linear", "model": "ViT-Base", "shape": "fc1 768->3072", "threads": 1, "method": "fp32",
+                 "ms": 8.0})
+    rows.append({"kind": "linear", "model": "ViT-Base", "shape": "fc1 768->3072", "threads": 1, "method": "torch.ao",
+                 "ms": 2.0})
+    return {"machine": {"cpu": "test"}, "results": rows}
+
+
+def test_kernel_results_load_table_and_figure(tmp_path):
+    p = tmp_path / "k.json"
+    p.write_text(json.dumps(_kernel_results()))
+    r = perf.load_kernel_results(p)
+    t = perf.kernel_table(r, "attention", threads=1)
+    assert t["ViT-Base q.kT H=12 T=197"] == {"fp32": 0.8, "q.matmul": 1.0, "int_mm": 0.4, "qlab": 0.2}
+    out = perf.draw_kernels(Figure(), r, "attention", threads=2)
+    assert out["speedup"]["ViT-Base q.kT H=12 T=197"]["qlab"] == pytest.approx(4.0)
+    assert out["speedup"]["ViT-Base attn.v H=12 T=197"]["q.matmul"] == pytest.approx(0.5)
+    assert perf.draw_kernels(Figure(), r, "linear")["speedup"] == {"ViT-Base fc1 768->3072": {"torch.ao": 4.0}}
+    with pytest.raises(ValueError, match="threads=4"):
+        perf.kernel_table(r, "attention", threads=4)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        perf.kernel_table(r, "conv")
+    with pytest.raises(FileNotFoundError, match="bench_kernels.py"):
+        perf.load_kernel_results(tmp_path / "missing.json")
+    p.write_text(json.dumps({"results": []}))
+    with pytest.raises(ValueError, match="machine"):
+        perf.load_kernel_results(p)

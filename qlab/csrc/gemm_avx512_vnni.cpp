@@ -27,6 +27,7 @@
 #include <array>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "qlab_kernels.h"
@@ -500,9 +501,9 @@ QLAB_AMX void amx_config() {
 }
 
 // One 16-row block of A (in tile layout, row stride lda, kp bytes per row, kp % 64 == 0) times the
-// packed panel bp (nt = 1..3 tiles of 16 columns), stored as int32 into c ([16][NR], row stride 4*NR bytes).
+// packed panel bp (nt = 1..3 tiles of 16 columns, packed with nv = nt), stored as int32 into c ([16][NR], row stride 4*NR bytes).
 QLAB_AMX void amx_block(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t kp, int nt, int32_t* c) {
-  const int64_t bstride = 4 * NR;  // bytes between two k-quads of one column in the panel
+  const int64_t bstride = 64 * nt;  // bytes between two k-quads of one column (pack_b with nv = nt)
   // GCC's tile load/store intrinsics are asm statements that take only the addresses: they do not
   // tell the compiler that memory is read or written. The barriers keep the packing stores before
   // the tile loads and the reads of c after the tile stores.
@@ -595,20 +596,28 @@ QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
   const int32_t za = t.a.zp + (t.a.is_signed ? 128 : 0);
   const int32_t zb = t.b.zp;
 
-  std::vector<uint8_t> apack;
+  // A is read in place when it is uint8 with unit column stride. A tile row reads kp bytes from the
+  // row start: the bytes past K meet B's zero padding and add nothing, but they must lie in A's
+  // memory, i.e. before the end of the task's last row. Rows that cannot be read so, and the last
+  // partial block of 16, are copied zero padded ("tail"). int8 A is copied with its top bit flipped.
   const uint8_t* a = t.a.data + t.m0 * t.a.rs;
   int64_t lda = t.a.rs;
-  if (t.a.is_signed || t.a.cs != 1 || K != kp) {
-    apack.assign(static_cast<size_t>(M * kp + 1), 0);
-    pack_a(t.a, t.m0, M, K, kp, apack.data());
-    a = apack.data();
+  std::unique_ptr<uint8_t[]> apack;
+  int64_t direct_rows = 0;  // rows [0, direct_rows) are read from a as whole 16-row blocks
+  if (!t.a.is_signed && t.a.cs == 1 && lda > 0 && M > 0) {
+    const int64_t slack = (M - 1) * lda + K - kp;  // row r is safe when r * lda <= slack
+    direct_rows = slack < 0 ? 0 : std::min<int64_t>(M, slack / lda + 1) / AMX_MR * AMX_MR;
+  } else if (M > 0) {
+    apack.reset(new uint8_t[static_cast<size_t>(M * kp)]);  // pack_a writes every byte, padding included
+    pack_a(t.a, t.m0, M, K, kp, apack.get());
+    a = apack.get();
     lda = kp;
+    direct_rows = M / AMX_MR * AMX_MR;
   }
-  const int64_t full_rows = M / AMX_MR * AMX_MR;
-  std::vector<uint8_t> edge;
-  if (full_rows < M) {
-    edge.assign(static_cast<size_t>(AMX_MR * kp), 0);
-    for (int64_t r = 0; r < M - full_rows; ++r) std::memcpy(edge.data() + r * kp, a + (full_rows + r) * lda, K);
+  std::vector<uint8_t> tail;
+  if (direct_rows < M) {
+    tail.assign(static_cast<size_t>(round_up(M - direct_rows, AMX_MR) * kp), 0);
+    for (int64_t r = direct_rows; r < M; ++r) std::memcpy(tail.data() + (r - direct_rows) * kp, a + r * lda, K);
   }
   std::vector<int32_t> row_off(static_cast<size_t>(M + AMX_MR), 0);
   if (zb != 0) {
@@ -642,10 +651,10 @@ QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
   auto pack_panel = [&](int64_t p, int8_t* dst, int32_t* coff) {
     const int64_t n = t.n0 + p * NR;
     const int64_t w = std::min<int64_t>(NR, t.n1 - n);
+    const int nv = static_cast<int>((w + 15) / 16);  // the tiles amx_block reads from this panel
     alignas(64) int32_t colsum[NR];
-    // all three column groups are written (zeros past w), so a tile may read the whole panel row
-    pack_b(t.b, n, w, K, kp, NV_MAX, dst, colsum);
-    for (int64_t j = 0; j < NR; ++j) {
+    pack_b(t.b, n, w, K, kp, nv, dst, colsum);
+    for (int64_t j = 0; j < 16 * nv; ++j) {
       int32_t off = wrap_add(wrap_mul(-za, colsum[j]), kzz);
       if (e.bias) off = wrap_add(off, e.bias[n + j]);
       coff[j] = off;
@@ -660,8 +669,9 @@ QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
   auto run_block = [&](int64_t p, int64_t mt, const int8_t* bp, const int32_t* coff) {
     const int64_t n = t.n0 + p * NR;
     const int64_t w = std::min<int64_t>(NR, t.n1 - n);
-    const bool full = mt < full_rows;
-    amx_block(full ? a + mt * lda : edge.data(), full ? lda : kp, bp, kp, static_cast<int>((w + 15) / 16), cbuf[cur]);
+    const bool direct = mt < direct_rows;
+    amx_block(direct ? a + mt * lda : tail.data() + (mt - direct_rows) * kp, direct ? lda : kp, bp, kp,
+              static_cast<int>((w + 15) / 16), cbuf[cur]);
     if (have_pending) finish(pending, fin, t.out, t.ldc);
     pending = AmxPending{cbuf[cur], coff, zb != 0 ? row_off.data() + mt : nullptr, std::min<int64_t>(AMX_MR, M - mt),
                          w, t.m0 + mt, n};
