@@ -167,7 +167,8 @@ def predict(model, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
 def compare(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
     """How far ``logits`` are from the fp32 ``ref_logits``: ``accuracy`` (top-1, if ``labels``),
     ``agreement`` (same top-1 as fp32), ``max_abs_error`` and ``cosine`` (mean per-image cosine
-    similarity of the logit vectors)."""
+    similarity of the logit vectors). The two float measures are rounded to 4 significant digits:
+    their last bits depend on the CPU's float kernels, and a notebook prints them."""
     if logits.shape != ref_logits.shape:
         raise ValueError(f"logits must have the shape of ref_logits {tuple(ref_logits.shape)}, got {tuple(logits.shape)}")
     pred = logits.argmax(1)
@@ -175,8 +176,8 @@ def compare(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor
     if labels is not None:
         out["accuracy"] = float((pred == labels).float().mean())
     out["agreement"] = float((pred == ref_logits.argmax(1)).float().mean())
-    out["max_abs_error"] = float((logits - ref_logits).abs().max())
-    out["cosine"] = float(torch.nn.functional.cosine_similarity(logits, ref_logits, dim=1).mean())
+    out["max_abs_error"] = float(f"{float((logits - ref_logits).abs().max()):.4g}")
+    out["cosine"] = float(f"{float(torch.nn.functional.cosine_similarity(logits, ref_logits, dim=1).mean()):.4g}")
     return out
 
 

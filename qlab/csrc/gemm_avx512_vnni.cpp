@@ -19,8 +19,8 @@
 //
 // Blocking: micro-tile of MR = 8 rows x up to 48 columns (3 zmm): 24 accumulators.
 // Packed B panel: [k/4][48 columns][4] int8, so one 64-byte load holds 16 columns x 4 k.
-// A rows are read in place when they are uint8, contiguous and K % 4 == 0, else copied
-// (with the top bit flipped for int8, zero padded to a multiple of 4).
+// uint8 A rows with unit column stride are read in place, also when K % 4 != 0 (see RowsA);
+// other A is copied (with the top bit flipped for int8, zero padded to a multiple of 4).
 // Every SIMD function carries a target attribute, so the file builds with generic
 // flags; ops.cpp calls it only when CPUID reports AVX-512F/BW/VL/DQ and VNNI.
 #include <algorithm>
@@ -83,6 +83,51 @@ QLAB_VNNI void row_sums(const uint8_t* a, int64_t lda, int64_t rows, int64_t K, 
       acc = _mm512_add_epi64(acc, _mm512_sad_epu8(_mm512_maskz_loadu_epi8(mk, p + k), zero));
     }
     out[r] = static_cast<int32_t>(_mm512_reduce_add_epi64(acc));
+  }
+}
+
+// A's rows as the micro-kernels read them: blocks of mr rows, each row kp bytes (K rounded up).
+// uint8 A with unit column stride is read in place: a row read runs past K into whatever follows
+// (the next row), which B's zero padding cancels, so only rows whose read could leave A's memory --
+// past the end of the task's last row -- and the last partial block are copied, zero padded, into
+// `tail`. Other A (int8: top bit flipped; other strides) is packed whole.
+struct RowsA {
+  const uint8_t* a = nullptr;
+  int64_t lda = 0;
+  int64_t direct_rows = 0;  // rows [0, direct_rows) are read from a (a multiple of mr)
+  int64_t kp = 0;
+  std::unique_ptr<uint8_t[]> pack;
+  std::vector<uint8_t> tail;
+  // The block starting at row m (a multiple of mr): its first row and row stride.
+  const uint8_t* block(int64_t m, int64_t* ld) const {
+    if (m < direct_rows) {
+      *ld = lda;
+      return a + m * lda;
+    }
+    *ld = kp;
+    return tail.data() + (m - direct_rows) * kp;
+  }
+};
+
+QLAB_VNNI void prepare_a(const MatA& A, int64_t m0, int64_t M, int64_t K, int64_t kp, int64_t mr, RowsA* r) {
+  r->a = A.data + m0 * A.rs;
+  r->lda = A.rs;
+  r->kp = kp;
+  if (!A.is_signed && A.cs == 1 && A.rs > 0 && M > 0) {
+    const int64_t slack = (M - 1) * A.rs + K - kp;  // row i may be read in place when i * lda <= slack
+    r->direct_rows = slack < 0 ? 0 : std::min<int64_t>(M, slack / A.rs + 1) / mr * mr;
+  } else if (M > 0) {
+    r->pack.reset(new uint8_t[static_cast<size_t>(M * kp)]);  // pack_a writes every byte, padding included
+    pack_a(A, m0, M, K, kp, r->pack.get());
+    r->a = r->pack.get();
+    r->lda = kp;
+    r->direct_rows = M / mr * mr;
+  }
+  if (r->direct_rows < M) {
+    r->tail.assign(static_cast<size_t>(round_up(M - r->direct_rows, mr) * kp), 0);
+    for (int64_t i = r->direct_rows; i < M; ++i) {
+      std::memcpy(r->tail.data() + (i - r->direct_rows) * kp, r->a + i * r->lda, K);
+    }
   }
 }
 
@@ -374,27 +419,12 @@ void gemm_avx512_vnni(const Task& t, const Epilogue& e) {
   const int32_t za = t.a.zp + (t.a.is_signed ? 128 : 0);  // zero point of the uint8 view of A
   const int32_t zb = t.b.zp;
 
-  // A: read in place if possible, else a padded (and, for int8, bit-flipped) copy.
-  std::vector<uint8_t> apack;
-  const uint8_t* a = t.a.data + t.m0 * t.a.rs;
-  int64_t lda = t.a.rs;
-  if (t.a.is_signed || t.a.cs != 1 || K % 4 != 0) {
-    apack.assign(static_cast<size_t>(M * kp + 1), 0);
-    pack_a(t.a, t.m0, M, K, kp, apack.data());
-    a = apack.data();
-    lda = kp;
-  }
-  // The last, partial tile of rows: a zero-padded copy, so the kernel always reads MR rows.
-  const int64_t full_rows = M / MR * MR;
-  std::vector<uint8_t> edge;
-  if (full_rows < M) {
-    edge.assign(static_cast<size_t>(MR * kp + 1), 0);
-    for (int64_t r = 0; r < M - full_rows; ++r) std::memcpy(edge.data() + r * kp, a + (full_rows + r) * lda, K);
-  }
+  RowsA rows;
+  prepare_a(t.a, t.m0, M, K, kp, MR, &rows);
   // Row offsets -zb * rowsum(A) (zero when B is symmetric).
   std::vector<int32_t> row_off(static_cast<size_t>(M + MR), 0);
   if (zb != 0) {
-    row_sums(a, lda, M, K, row_off.data());
+    row_sums(rows.a, rows.lda, M, K, row_off.data());
     for (int64_t r = 0; r < M; ++r) row_off[r] = wrap_mul(-zb, row_off[r]);
   }
   const int32_t kzz = static_cast<int32_t>(static_cast<int64_t>(K) * za * zb);  // wraps mod 2^32
@@ -438,8 +468,9 @@ void gemm_avx512_vnni(const Task& t, const Epilogue& e) {
   auto run_tile = [&](int64_t p, int64_t mt, const int8_t* bp, const int32_t* coff) {
     const int64_t n = t.n0 + p * NR;
     const int64_t w = std::min<int64_t>(NR, t.n1 - n);
-    const bool full = mt < full_rows;
-    tiles[(w + 15) / 16](full ? a + mt * lda : edge.data(), full ? lda : kp, bp, k4n, std::min<int64_t>(MR, M - mt),
+    int64_t ld = 0;
+    const uint8_t* ab = rows.block(mt, &ld);
+    tiles[(w + 15) / 16](ab, ld, bp, k4n, std::min<int64_t>(MR, M - mt),
                          w, coff, zb != 0 ? row_off.data() + mt : nullptr, fin, t.out, t.ldc, t.m0 + mt, n);
   };
 
@@ -596,32 +627,11 @@ QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
   const int32_t za = t.a.zp + (t.a.is_signed ? 128 : 0);
   const int32_t zb = t.b.zp;
 
-  // A is read in place when it is uint8 with unit column stride. A tile row reads kp bytes from the
-  // row start: the bytes past K meet B's zero padding and add nothing, but they must lie in A's
-  // memory, i.e. before the end of the task's last row. Rows that cannot be read so, and the last
-  // partial block of 16, are copied zero padded ("tail"). int8 A is copied with its top bit flipped.
-  const uint8_t* a = t.a.data + t.m0 * t.a.rs;
-  int64_t lda = t.a.rs;
-  std::unique_ptr<uint8_t[]> apack;
-  int64_t direct_rows = 0;  // rows [0, direct_rows) are read from a as whole 16-row blocks
-  if (!t.a.is_signed && t.a.cs == 1 && lda > 0 && M > 0) {
-    const int64_t slack = (M - 1) * lda + K - kp;  // row r is safe when r * lda <= slack
-    direct_rows = slack < 0 ? 0 : std::min<int64_t>(M, slack / lda + 1) / AMX_MR * AMX_MR;
-  } else if (M > 0) {
-    apack.reset(new uint8_t[static_cast<size_t>(M * kp)]);  // pack_a writes every byte, padding included
-    pack_a(t.a, t.m0, M, K, kp, apack.get());
-    a = apack.get();
-    lda = kp;
-    direct_rows = M / AMX_MR * AMX_MR;
-  }
-  std::vector<uint8_t> tail;
-  if (direct_rows < M) {
-    tail.assign(static_cast<size_t>(round_up(M - direct_rows, AMX_MR) * kp), 0);
-    for (int64_t r = direct_rows; r < M; ++r) std::memcpy(tail.data() + (r - direct_rows) * kp, a + r * lda, K);
-  }
+  RowsA rows;
+  prepare_a(t.a, t.m0, M, K, kp, AMX_MR, &rows);
   std::vector<int32_t> row_off(static_cast<size_t>(M + AMX_MR), 0);
   if (zb != 0) {
-    row_sums(a, lda, M, K, row_off.data());
+    row_sums(rows.a, rows.lda, M, K, row_off.data());
     for (int64_t r = 0; r < M; ++r) row_off[r] = wrap_mul(-zb, row_off[r]);
   }
   const int32_t kzz = static_cast<int32_t>(static_cast<int64_t>(K) * za * zb);
@@ -669,9 +679,9 @@ QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
   auto run_block = [&](int64_t p, int64_t mt, const int8_t* bp, const int32_t* coff) {
     const int64_t n = t.n0 + p * NR;
     const int64_t w = std::min<int64_t>(NR, t.n1 - n);
-    const bool direct = mt < direct_rows;
-    amx_block(direct ? a + mt * lda : tail.data() + (mt - direct_rows) * kp, direct ? lda : kp, bp, kp,
-              static_cast<int>((w + 15) / 16), cbuf[cur]);
+    int64_t ld = 0;
+    const uint8_t* ab = rows.block(mt, &ld);
+    amx_block(ab, ld, bp, kp, static_cast<int>((w + 15) / 16), cbuf[cur]);
     if (have_pending) finish(pending, fin, t.out, t.ldc);
     pending = AmxPending{cbuf[cur], coff, zb != 0 ? row_off.data() + mt : nullptr, std::min<int64_t>(AMX_MR, M - mt),
                          w, t.m0 + mt, n};
