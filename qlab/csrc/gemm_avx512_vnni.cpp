@@ -25,6 +25,7 @@
 // flags; ops.cpp calls it only when CPUID reports AVX-512F/BW/VL/DQ and VNNI.
 #include <algorithm>
 #include <array>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -86,6 +87,19 @@ QLAB_VNNI void row_sums(const uint8_t* a, int64_t lda, int64_t rows, int64_t K, 
   }
 }
 
+// A buffer whose data starts on a 64-byte boundary (a cache line), contents uninitialized: packed
+// panels are read with whole-line loads, which cost about twice as much when they straddle two lines
+// (malloc only promises 16 bytes, so an unaligned buffer made timings depend on the heap's state).
+template <class T>
+struct Aligned64 {
+  explicit Aligned64(size_t n) : raw(new uint8_t[n * sizeof(T) + 64]) {}
+  T* data() const {
+    const auto p = reinterpret_cast<uintptr_t>(raw.get());
+    return reinterpret_cast<T*>((p + 63) & ~uintptr_t{63});
+  }
+  std::unique_ptr<uint8_t[]> raw;
+};
+
 // A's rows as the micro-kernels read them: blocks of mr rows, each row kp bytes (K rounded up).
 // uint8 A with unit column stride is read in place: a row read runs past K into whatever follows
 // (the next row), which B's zero padding cancels, so only rows whose read could leave A's memory --
@@ -96,8 +110,7 @@ struct RowsA {
   int64_t lda = 0;
   int64_t direct_rows = 0;  // rows [0, direct_rows) are read from a (a multiple of mr)
   int64_t kp = 0;
-  std::unique_ptr<uint8_t[]> pack;
-  std::vector<uint8_t> tail;
+  std::unique_ptr<Aligned64<uint8_t>> pack, tail;
   // The block starting at row m (a multiple of mr): its first row and row stride.
   const uint8_t* block(int64_t m, int64_t* ld) const {
     if (m < direct_rows) {
@@ -105,7 +118,7 @@ struct RowsA {
       return a + m * lda;
     }
     *ld = kp;
-    return tail.data() + (m - direct_rows) * kp;
+    return tail->data() + (m - direct_rows) * kp;
   }
 };
 
@@ -117,16 +130,18 @@ QLAB_VNNI void prepare_a(const MatA& A, int64_t m0, int64_t M, int64_t K, int64_
     const int64_t slack = (M - 1) * A.rs + K - kp;  // row i may be read in place when i * lda <= slack
     r->direct_rows = slack < 0 ? 0 : std::min<int64_t>(M, slack / A.rs + 1) / mr * mr;
   } else if (M > 0) {
-    r->pack.reset(new uint8_t[static_cast<size_t>(M * kp)]);  // pack_a writes every byte, padding included
-    pack_a(A, m0, M, K, kp, r->pack.get());
-    r->a = r->pack.get();
+    r->pack = std::make_unique<Aligned64<uint8_t>>(static_cast<size_t>(M * kp));  // pack_a writes every byte
+    pack_a(A, m0, M, K, kp, r->pack->data());
+    r->a = r->pack->data();
     r->lda = kp;
     r->direct_rows = M / mr * mr;
   }
   if (r->direct_rows < M) {
-    r->tail.assign(static_cast<size_t>(round_up(M - r->direct_rows, mr) * kp), 0);
+    const size_t bytes = static_cast<size_t>(round_up(M - r->direct_rows, mr) * kp);
+    r->tail = std::make_unique<Aligned64<uint8_t>>(bytes);
+    std::memset(r->tail->data(), 0, bytes);
     for (int64_t i = r->direct_rows; i < M; ++i) {
-      std::memcpy(r->tail.data() + (i - r->direct_rows) * kp, r->a + i * r->lda, K);
+      std::memcpy(r->tail->data() + (i - r->direct_rows) * kp, r->a + i * r->lda, K);
     }
   }
 }
@@ -477,7 +492,7 @@ void gemm_avx512_vnni(const Task& t, const Epilogue& e) {
   if (npanels * panel_bytes <= 256 * 1024) {
     // All of B fits in L2 (attention: K or N is the head dim): pack it once, then sweep the
     // rows, so each tile of output rows is written left to right while its A rows stay in L1.
-    std::vector<int8_t> bpack(static_cast<size_t>(npanels * panel_bytes + 64));
+    Aligned64<int8_t> bpack(static_cast<size_t>(npanels * panel_bytes));
     std::vector<int32_t> col_off(static_cast<size_t>(npanels * NR));
     for (int64_t p = 0; p < npanels; ++p) pack_panel(p, bpack.data() + p * panel_bytes, col_off.data() + p * NR);
     for (int64_t mt = 0; mt < M; mt += MR) {
@@ -485,7 +500,7 @@ void gemm_avx512_vnni(const Task& t, const Epilogue& e) {
     }
   } else {
     // A large B (a Linear weight): one panel at a time, used by every row tile while it is hot.
-    std::vector<int8_t> bpack(static_cast<size_t>(panel_bytes + 64));
+    Aligned64<int8_t> bpack(static_cast<size_t>(panel_bytes));
     alignas(64) int32_t col_off[NR];
     for (int64_t p = 0; p < npanels; ++p) {
       pack_panel(p, bpack.data(), col_off);
@@ -691,7 +706,7 @@ QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
 
   amx_config();
   if (npanels * panel_bytes <= 256 * 1024) {
-    std::vector<int8_t> bpack(static_cast<size_t>(npanels * panel_bytes + 64));
+    Aligned64<int8_t> bpack(static_cast<size_t>(npanels * panel_bytes));
     std::vector<int32_t> col_off(static_cast<size_t>(npanels * NR));
     for (int64_t p = 0; p < npanels; ++p) pack_panel(p, bpack.data() + p * panel_bytes, col_off.data() + p * NR);
     for (int64_t mt = 0; mt < M; mt += AMX_MR) {
@@ -700,7 +715,7 @@ QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
     if (have_pending) finish(pending, fin, t.out, t.ldc);  // while col_off lives
     have_pending = false;
   } else {
-    std::vector<int8_t> bpack(static_cast<size_t>(panel_bytes + 64));
+    Aligned64<int8_t> bpack(static_cast<size_t>(panel_bytes));
     alignas(64) int32_t col_off[NR];
     for (int64_t p = 0; p < npanels; ++p) {
       pack_panel(p, bpack.data(), col_off);
