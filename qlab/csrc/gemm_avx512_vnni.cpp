@@ -597,12 +597,22 @@ QLAB_AMX void amx_finish(const AmxPending& b, const Fin& fin, void* out, int64_t
     const int64_t cnt = std::min<int64_t>(16, b.w - 16 * v);
     mk[v] = cnt >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cnt) - 1);
   }
-  for (int64_t r = 0; r < b.rows; ++r) {
-    const __m512i roff = _mm512_set1_epi32(b.row_off ? b.row_off[r] : 0);
-    const int64_t idx = (b.m + r) * ldc + b.n;
-    for (int v = 0; v < nt; ++v) {
-      const __m512i x = _mm512_add_epi32(_mm512_add_epi32(_mm512_load_si512(b.c + r * NR + 16 * v), coff[v]), roff);
-      Finish::run(x, b.n + 16 * v, mk[v], f, out, idx + 16 * v);
+  if (b.row_off) {
+    for (int64_t r = 0; r < b.rows; ++r) {
+      const __m512i roff = _mm512_set1_epi32(b.row_off[r]);
+      const int64_t idx = (b.m + r) * ldc + b.n;
+      for (int v = 0; v < nt; ++v) {
+        const __m512i x = _mm512_add_epi32(_mm512_load_si512(b.c + r * NR + 16 * v), coff[v]);
+        Finish::run(_mm512_add_epi32(x, roff), b.n + 16 * v, mk[v], f, out, idx + 16 * v);
+      }
+    }
+  } else {  // symmetric B (zb = 0): no row offsets
+    for (int64_t r = 0; r < b.rows; ++r) {
+      const int64_t idx = (b.m + r) * ldc + b.n;
+      for (int v = 0; v < nt; ++v) {
+        Finish::run(_mm512_add_epi32(_mm512_load_si512(b.c + r * NR + 16 * v), coff[v]), b.n + 16 * v, mk[v], f, out,
+                    idx + 16 * v);
+      }
     }
   }
 }
