@@ -32,6 +32,8 @@ import math
 import os
 import pathlib
 import platform
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
@@ -61,6 +63,7 @@ __all__ = [
     "load_kernel_results",
     "kernel_table",
     "draw_kernels",
+    "onednn_kernels",
 ]
 
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "models.json"
@@ -470,3 +473,36 @@ def draw_kernels(fig: Figure, results, kind: str = "attention", threads: int = 1
     ax.set_title(f"{kind}, {threads} thread(s)", fontsize=9)
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes, not over the bars
     return {"speedup": speedup}
+
+
+# --------------------------------------------------------------------------- which kernels an engine runs
+_CONV_PROBE = """
+import warnings
+import torch
+import torch.ao.nn.quantized as nnq
+warnings.filterwarnings("ignore")
+torch.backends.quantized.engine = {engine!r}
+conv = nnq.Conv2d(64, 64, 3, padding=1)
+x = torch.quantize_per_tensor(torch.rand(1, 64, 56, 56), 0.02, 0, torch.quint8)
+conv(x)
+conv(x)
+"""
+
+
+def onednn_kernels(engine: str, timeout: float = 120.0) -> list[tuple[str, str]]:
+    """The oneDNN primitives ``(kind, implementation)`` that a quantized 3×3 ``Conv2d`` (64 channels,
+    56×56) executes under ``engine``, read from oneDNN's own log (``ONEDNN_VERBOSE=1``) in a fresh
+    Python process, e.g. ``("convolution", "brg_conv_fwd:avx10_1_512_amx")``. FBGEMM's kernels do not
+    log, so an engine that never calls oneDNN gives ``[]``."""
+    check_choice("engine", engine, ["x86", "fbgemm", "onednn"])
+    env = {**os.environ, "ONEDNN_VERBOSE": "1"}
+    proc = subprocess.run([sys.executable, "-c", _CONV_PROBE.format(engine=engine)], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the {engine} convolution probe failed:\n{proc.stderr[-2000:]}")
+    found = []
+    for line in proc.stdout.splitlines():
+        parts = line.split(",")
+        if len(parts) > 6 and parts[0] == "onednn_verbose" and parts[2:4] == ["primitive", "exec"]:
+            found.append((parts[5], parts[6]))
+    return found

@@ -166,3 +166,16 @@ def test_kernel_results_load_table_and_figure(tmp_path):
     p.write_text(json.dumps({"results": []}))
     with pytest.raises(ValueError, match="machine"):
         perf.load_kernel_results(p)
+
+
+def test_onednn_kernels_reads_onednns_log():
+    """The x86 engine's convolution shows up in oneDNN's log (on AMX CPUs as an AMX kernel); FBGEMM's never does."""
+    x86 = perf.onednn_kernels("x86")
+    assert perf.onednn_kernels("fbgemm") == []
+    assert all(isinstance(kind, str) and isinstance(impl, str) for kind, impl in x86)
+    onednn = perf.onednn_kernels("onednn")
+    assert any(kind == "convolution" for kind, _ in onednn)  # the onednn engine always runs oneDNN
+    if "AMX-INT8" in perf.machine_info()["isa"]:
+        assert any(kind == "convolution" and "amx" in impl for kind, impl in x86)
+    with pytest.raises(ValueError, match="engine must be one of"):
+        perf.onednn_kernels("qnnpack")
