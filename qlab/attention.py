@@ -240,13 +240,11 @@ class MinMax:
 def quantize_activation(x: torch.Tensor, scale: float, zero_point: int, dtype=torch.uint8) -> torch.Tensor:
     """``clamp(round(x * float32(1/scale)) + zero_point, qmin, qmax)`` as plain uint8/int8 codes.
 
-    PyTorch's own vectorized ``quantize_per_tensor`` kernel computes the codes (so they are
-    bit-exact with it and with ``qlab.quantize``); the quantized tensor's bytes are then read
-    as a uint8/int8 tensor *without a copy* (``int_repr()`` would copy). One pass instead of
-    the five of :func:`quantize_activation_reference`; it matters between every two int8 ops."""
-    qdtype, plain = (torch.quint8, torch.uint8) if dtype == torch.uint8 else (torch.qint8, torch.int8)
-    q = torch.quantize_per_tensor(x, scale, zero_point, qdtype)
-    return torch.empty(0, dtype=plain).set_(q.untyped_storage(), q.storage_offset(), q.shape, q.stride())
+    :func:`qlab.kernels.quantize_per_tensor` computes them in one pass (bit-exact with PyTorch's
+    ``quantize_per_tensor`` and with ``qlab.quantize``, without a quantized tensor or PyTorch's
+    deprecated API); :func:`quantize_activation_reference` spells out the same arithmetic in five
+    float32 ops. It runs between every two int8 ops, so the single pass matters."""
+    return _kernels().quantize_per_tensor(x, scale, zero_point, dtype)
 
 
 def quantize_activation_reference(x: torch.Tensor, scale: float, zero_point: int, dtype=torch.uint8) -> torch.Tensor:

@@ -32,7 +32,7 @@ ops have fake kernels). Four rewrites, each counted in the returned report:
 Two clean-ups make the rewritten graph quick to run eagerly:
 
 * ``quantize`` -- ``quantized_decomposed.quantize_per_tensor`` (five float32 passes in
-  Python) becomes :func:`qlab.attention.quantize_activation` (PyTorch's vectorized kernel,
+  Python) becomes :func:`qlab.attention.quantize_activation` (qlab's one-pass kernel,
   the same codes);
 * ``dropout`` -- ``dropout(p=0)`` / ``dropout(train=False)`` nodes (identities) are removed.
 

@@ -551,10 +551,12 @@ def _opcheck_samples():
         (torch.ops.qlab.int8_linear.default, (x, w, ws, torch.randn(6, generator=g), 0.02, 128, 0.1, 0, torch.uint8, True, "float")),
         (torch.ops.qlab.int8_linear.default, (x, w, ws[0], torch.arange(6, dtype=torch.int32), 0.02, 128, 0.1, 0, torch.int8, False, "fixed")),
         (torch.ops.qlab.int8_linear.default, (x, w, ws, None, 0.02, 128, 1.0, 0, torch.int32, False, "float")),
+        (torch.ops.qlab.quantize_per_tensor.default, (torch.randn(3, 5, 7, generator=g), 0.05, 128, torch.uint8)),
+        (torch.ops.qlab.quantize_per_tensor.default, (torch.randn(4, 9, generator=g).mT, 0.02, -3, torch.int8)),
     ]
 
 
-@pytest.mark.parametrize("i", range(6))
+@pytest.mark.parametrize("i", range(8))
 def test_opcheck(i):
     op, args = _opcheck_samples()[i]
     torch.library.opcheck(op, args)
@@ -789,3 +791,69 @@ def test_linear_op_errors_without_wrapper(over, exc, msg):
     kw = _linear_kw(**over)
     with pytest.raises(exc, match=msg):
         torch.ops.qlab.int8_linear(*kw.values())
+
+
+# ----------------------------------------------------------------------------------------------
+# quantize_per_tensor: float32 -> codes, against PyTorch's (deprecated) quantize_per_tensor
+
+
+def _torch_codes(x, scale, zp, dtype):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = torch.quantize_per_tensor(x, scale, zp, torch.quint8 if dtype == torch.uint8 else torch.qint8)
+    return q.int_repr()
+
+
+@HYP
+@given(data=st.data(), dtype=st.sampled_from([torch.uint8, torch.int8]),
+       n=st.integers(0, 300), log_scale=st.floats(-12, 8), spread=st.floats(-6, 12))
+def test_quantize_per_tensor_equals_torch_on_every_path(data, dtype, n, log_scale, spread):
+    lo, hi = QRANGE[dtype]
+    scale = float(torch.tensor(2.0**log_scale, dtype=torch.float32))
+    zp = data.draw(st.integers(lo, hi))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31)))
+    x = torch.randn(n, generator=g) * 2.0**spread
+    ties = (torch.randint(-300, 300, (n,), generator=g).float() + 0.5) * scale  # x / scale exactly half-way
+    x = torch.where(torch.rand(n, generator=g) < 0.3, ties, x)
+    want = check_all_paths("quantize_per_tensor", (x, scale, zp, dtype))
+    assert torch.equal(want, _torch_codes(x, scale, zp, dtype))
+
+
+def test_quantize_per_tensor_special_values_and_layouts():
+    x = torch.tensor([0.0, -0.0, 1e30, -1e30, float("inf"), float("-inf"), 2.5, 3.5, -2.5, 1e-45] * 7)
+    for dtype in (torch.uint8, torch.int8):
+        check_all_paths("quantize_per_tensor", (x, 1.0, 3, dtype))
+        assert torch.equal(qk.quantize_per_tensor(x, 1.0, 3, dtype), _torch_codes(x, 1.0, 3, dtype))
+        nan = torch.full((37,), float("nan"))
+        assert torch.equal(check_all_paths("quantize_per_tensor", (nan, 0.1, 5, dtype)),
+                           torch.full((37,), QRANGE[dtype][0], dtype=dtype))  # NaN -> qmin, on every path
+    base = torch.randn(6, 40, generator=torch.Generator().manual_seed(3))
+    for view in (base.mT, base[:, ::3], base.unsqueeze(0).expand(2, 6, 40), torch.empty(0, 4)):
+        got = qk.quantize_per_tensor(view, 0.03, 128)
+        assert got.shape == view.shape and got.is_contiguous()
+        assert torch.equal(got, _torch_codes(view.contiguous(), 0.03, 128, torch.uint8))
+
+
+@pytest.mark.parametrize("over, exc, msg", [
+    ({"x": torch.zeros(3, dtype=torch.float64)}, TypeError, "x must have dtype torch.float32"),
+    ({"x": [1.0, 2.0]}, TypeError, "x must be a torch.Tensor"),
+    ({"dtype": torch.int32}, ValueError, "dtype must be one of"),
+    ({"scale": 0.0}, ValueError, "scale must be"),
+    ({"scale": 1e-50}, ValueError, "scale must be a positive finite float"),
+    ({"zero_point": 256}, ValueError, "zero_point must"),
+    ({"zero_point": -1}, ValueError, "zero_point must"),
+])
+def test_quantize_per_tensor_errors(over, exc, msg):
+    args = {"x": torch.zeros(3), "scale": 0.1, "zero_point": 0, "dtype": torch.uint8} | over
+    with pytest.raises(exc, match=msg):
+        qk.quantize_per_tensor(**args)
+
+
+@needs_native
+def test_quantize_per_tensor_op_errors_without_wrapper():
+    with pytest.raises(TypeError, match="x must have dtype torch.float32"):
+        torch.ops.qlab.quantize_per_tensor(torch.zeros(3, dtype=torch.float16), 0.1, 0, torch.uint8)
+    with pytest.raises(ValueError, match=r"dtype must be one of \[torch.uint8, torch.int8\]"):
+        torch.ops.qlab.quantize_per_tensor(torch.zeros(3), 0.1, 0, torch.int32)
+    with pytest.raises(ValueError, match="zero_point must lie in"):
+        torch.ops.qlab.quantize_per_tensor(torch.zeros(3), 0.1, 200, torch.int8)

@@ -2,6 +2,7 @@
 //
 //   torch.ops.qlab.int8_bmm     batched int8 matmul with fused requantization (attention)
 //   torch.ops.qlab.int8_linear  int8 linear, per-channel weights, int32 or float bias, ReLU
+//   torch.ops.qlab.quantize_per_tensor  float32 -> uint8/int8 codes, PyTorch's arithmetic (quantize.cpp)
 //
 // The arithmetic lives in gemm_*.cpp and requant.h; this file turns tensors into
 // raw pointers and strides, builds the per-column epilogue arrays, splits the work
@@ -525,6 +526,28 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
   return out;
 }
 
+at::Tensor quantize_per_tensor_cpu(const at::Tensor& x, double scale, int64_t zero_point, at::ScalarType dtype) {
+  check_cpu(x, "x");
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, "x must have dtype torch.float32, got ", dtype_name(x.scalar_type()));
+  TORCH_CHECK_VALUE(dtype == at::kByte || dtype == at::kChar, "dtype must be one of [torch.uint8, torch.int8], got ",
+                    dtype_name(dtype));
+  check_scale(scale, "scale");
+  check_zero_point(zero_point, dtype, "zero_point");
+  const bool is_signed = dtype == at::kChar;
+  // float32(1 / scale) as PyTorch computes it; every step below is float32 as in its kernel
+  const QuantizeArgs q{1.0f / static_cast<float>(scale), static_cast<float>(zero_point), is_signed ? -128.0f : 0.0f,
+                       is_signed ? 127.0f : 255.0f, is_signed};
+  const at::Tensor xc = x.contiguous();
+  at::Tensor out = at::empty(x.sizes(), x.options().dtype(dtype));
+  const Isa isa = active_isa();
+  void (*fn)(const float*, int64_t, const QuantizeArgs&, void*) =
+      (isa == Isa::Avx512Vnni || isa == Isa::Amx) ? quantize_avx512 : (isa == Isa::Avx2 ? quantize_avx2 : quantize_scalar);
+  const float* px = xc.data_ptr<float>();
+  uint8_t* po = static_cast<uint8_t*>(out.data_ptr());
+  at::parallel_for(0, xc.numel(), 32768, [&](int64_t b, int64_t e) { fn(px + b, e - b, q, po + b); });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(qlab, m) {
@@ -534,6 +557,7 @@ TORCH_LIBRARY(qlab, m) {
   m.def(
       "int8_linear(Tensor x, Tensor weight, Tensor weight_scale, Tensor? bias, float x_scale, int x_zero_point, "
       "float out_scale, int out_zero_point, ScalarType out_dtype, bool relu, str requant) -> Tensor");
+  m.def("quantize_per_tensor(Tensor x, float scale, int zero_point, ScalarType dtype) -> Tensor");
   m.def("_set_isa(str isa) -> ()", &set_isa_op);
   m.def("_get_isa() -> str", &get_isa_op);
   m.def("_supported_isas() -> str[]", &supported_isas_op);
@@ -546,6 +570,7 @@ TORCH_LIBRARY(qlab, m) {
 TORCH_LIBRARY_IMPL(qlab, CPU, m) {
   m.impl("int8_bmm", &int8_bmm_cpu);
   m.impl("int8_linear", &int8_linear_cpu);
+  m.impl("quantize_per_tensor", &quantize_per_tensor_cpu);
 }
 
 }  // namespace qlab

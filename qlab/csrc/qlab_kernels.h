@@ -103,6 +103,15 @@ int64_t macs_burst_avx2(int64_t n);
 int64_t macs_burst_vnni(int64_t n);
 int64_t macs_burst_amx(int64_t n);
 
+// float32 -> 8-bit codes (quantize.cpp): q = clamp(nearbyint(x * inv) + zp, lo, hi), all in float32.
+struct QuantizeArgs {
+  float inv, zp, lo, hi;
+  bool is_signed;  // int8 output, else uint8
+};
+void quantize_scalar(const float* x, int64_t n, const QuantizeArgs& q, void* out);
+void quantize_avx2(const float* x, int64_t n, const QuantizeArgs& q, void* out);
+void quantize_avx512(const float* x, int64_t n, const QuantizeArgs& q, void* out);
+
 // Column-block width each path prefers (tasks split N at multiples of it).
 constexpr int64_t kPanelScalar = 16;
 constexpr int64_t kPanelAvx2 = 16;

@@ -15,9 +15,11 @@ bit-exact with ``torch.ao.nn.quantized.Linear`` on the x86 engine);
 and shift), identical on every machine. :mod:`qlab.kernels.reference` spells both
 out in plain PyTorch.
 
-The ops are ``torch.ops.qlab.int8_bmm`` and ``torch.ops.qlab.int8_linear`` (custom
-ops with fake kernels: they work in eager mode, ``torch.compile`` and
-``torch.export``); :func:`int8_bmm` and :func:`int8_linear` are their typed wrappers.
+The ops are ``torch.ops.qlab.int8_bmm``, ``torch.ops.qlab.int8_linear`` and
+``torch.ops.qlab.quantize_per_tensor`` (the float32 -> uint8/int8 step between int8 ops;
+custom ops with fake kernels: they work in eager mode, ``torch.compile`` and
+``torch.export``); :func:`int8_bmm`, :func:`int8_linear` and :func:`quantize_per_tensor`
+are their typed wrappers.
 
 Backends. Importing this module loads the C++ extension (``qlab/csrc/``), compiling
 it on first use (about a minute; ``python -m qlab.kernels`` does it ahead of time)
@@ -50,6 +52,7 @@ from .reference import quantize_multiplier
 __all__ = [
     "int8_bmm",
     "int8_linear",
+    "quantize_per_tensor",
     "backend",
     "isa",
     "available_isas",
@@ -276,6 +279,19 @@ def int8_linear(
                           relu, requant, check_values=False)
     return torch.ops.qlab.int8_linear(x, weight, weight_scale, bias, x_scale, x_zero_point, out_scale, out_zero_point,
                                       out_dtype, relu, requant)
+
+
+def quantize_per_tensor(x: torch.Tensor, scale: float, zero_point: int, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+    """float32 ``x`` -> plain uint8/int8 codes ``clamp(nearbyint(x * float32(1/scale)) + zero_point, qmin, qmax)``.
+
+    Every step in float32, rounding half to even: the same codes as PyTorch's deprecated
+    ``torch.quantize_per_tensor(...).int_repr()`` and :func:`qlab.quantize`, bit for bit, in one
+    pass and without a quantized tensor. NaN gives qmin. Returns a contiguous tensor of ``x``'s shape.
+    Notebook: ``notebooks/08-vit-attention-int8.ipynb`` (fix 4).
+    """
+    _on_cpu(x=x)
+    _validate.quantize_args(x, scale, zero_point, dtype)
+    return torch.ops.qlab.quantize_per_tensor(x, scale, zero_point, dtype)
 
 
 _init()

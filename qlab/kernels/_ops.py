@@ -23,6 +23,7 @@ SCHEMAS = {
         "int8_linear(Tensor x, Tensor weight, Tensor weight_scale, Tensor? bias, float x_scale, int x_zero_point, "
         "float out_scale, int out_zero_point, ScalarType out_dtype, bool relu, str requant) -> Tensor"
     ),
+    "quantize_per_tensor": "quantize_per_tensor(Tensor x, float scale, int zero_point, ScalarType dtype) -> Tensor",
 }
 
 state = {"backend": None, "error": None, "library_path": None, "compiled_s": None, "lib": None, "fakes": False}
@@ -43,6 +44,7 @@ def register_fallback() -> None:
         lib.define(schema)
     lib.impl("int8_bmm", reference.int8_bmm, "CPU")
     lib.impl("int8_linear", reference.int8_linear, "CPU")
+    lib.impl("quantize_per_tensor", reference.quantize_per_tensor, "CPU")
     state["lib"] = lib  # the registration lives as long as this object
 
 
@@ -60,9 +62,15 @@ def _linear_fake(x, weight, weight_scale, bias, x_scale, x_zero_point, out_scale
     return x.new_empty((*x.shape[:-1], N), dtype=out_dtype)
 
 
+def _quantize_fake(x, scale, zero_point, dtype):
+    _validate.quantize_args(x, scale, zero_point, dtype)
+    return x.new_empty(x.shape, dtype=dtype)
+
+
 def register_fakes() -> None:
     if state["fakes"]:
         return
     torch.library.register_fake("qlab::int8_bmm")(_bmm_fake)
     torch.library.register_fake("qlab::int8_linear")(_linear_fake)
+    torch.library.register_fake("qlab::quantize_per_tensor")(_quantize_fake)
     state["fakes"] = True

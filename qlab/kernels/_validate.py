@@ -175,3 +175,14 @@ def linear_args(x, weight, weight_scale, bias, x_scale, x_zero_point, out_scale,
         elif bias.dtype != torch.int32:
             raise TypeError(f"bias must have dtype torch.int32 or torch.float32, got {bias.dtype}")
     return N, K, per_channel
+
+
+def quantize_args(x, scale, zero_point, dtype) -> None:
+    """``quantize_per_tensor``: float32 ``x`` on the CPU, a float32-representable scale, an 8-bit dtype and its zero point."""
+    check_tensor("x", x)
+    _cpu("x", x)
+    if x.dtype != torch.float32:
+        raise TypeError(f"x must have dtype torch.float32, got {x.dtype}")
+    check_choice("dtype", dtype, list(QRANGE))
+    scale_f32("scale", scale)
+    check_zero_point("zero_point", zero_point, *QRANGE[dtype])

@@ -270,3 +270,14 @@ def int8_linear(
         mult_real = [float(_f32(x_scale)) * w / float(_f32(out_scale)) for w in ws]
         mult_real = mult_real if per_channel else mult_real[0]
     return _finish(acc, out_dtype, requant, scale_ab, mult_real, out_scale, out_zero_point, relu, fbias, per_channel)
+
+
+def quantize_per_tensor(x: torch.Tensor, scale: float, zero_point: int, dtype: torch.dtype) -> torch.Tensor:
+    """``clamp(nearbyint(x * float32(1 / scale)) + zero_point, qmin, qmax)``, every step in float32 (PyTorch's
+    ``quantize_per_tensor`` arithmetic on x86, bit for bit); NaN gives qmin. Returns plain uint8/int8 codes."""
+    _validate.quantize_args(x, scale, zero_point, dtype)
+    lo, hi = _validate.QRANGE[dtype]
+    inv = float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(scale, dtype=torch.float32))
+    y = torch.mul(x, inv).round_().add_(zero_point)
+    y = torch.nan_to_num(y, nan=float(lo)).clamp_(lo, hi)
+    return y.to(dtype)
