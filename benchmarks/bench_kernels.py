@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -266,23 +267,26 @@ def main(argv=None) -> int:
         print(f"\n== {threads} thread(s): int8 peak {peak:.0f} GOP/s ==")
         print(f"{'attention':34s} " + " ".join(f"{m:>11s}" for m in ("fp32", "q.matmul", "deq-bmm-q", "int_mm",
                                                                     "qlab", "qlab-fixed")) + (" qlab-vnni" if isa == "amx" else "") + "   qlab GOP/s  %peak  x fp32  x int_mm")
-        for model, T, name, a_f, b_f, is_kT in attention_cases(tokens, models):
+        cases = list(attention_cases(tokens, models))
+        for model, T, name, a_f, b_f, is_kT in tqdm(cases, desc=f"attention, {threads} thread(s)", unit="shape",
+                                                     leave=False, dynamic_ncols=True):
             macs, t = bench_attention(model, T, name, a_f, b_f, is_kT, args.repeats)
             shape = f"{name} H={a_f.shape[0]} T={T}"
             for m, s in t.items():
                 results.append(row("attention", model, shape, threads, m, s, macs, t["fp32"], peak_of.get(m, peak)))
             q = next(r for r in results[::-1] if r["method"] == "qlab")
-            print(f"{model + ' ' + shape:34s} " + " ".join(f"{t[m][0] * 1e3:9.3f}ms" for m in t)
+            tqdm.write(f"{model + ' ' + shape:34s} " + " ".join(f"{t[m][0] * 1e3:9.3f}ms" for m in t)
                   + f"   {q['gops']:9.1f} {q['pct_int8_peak']:6.1f} {q['speedup_vs_fp32']:6.2f}x"
                   + f" {t['int_mm'][0] / t['qlab'][0]:6.2f}x")
         print(f"\n{'linear (197 tokens)':34s} {'fp32':>11s} {'torch.ao':>11s} {'qlab':>11s}" + (" qlab-vnni" if isa == "amx" else "") + "   qlab GOP/s  %peak  x fp32  x torch.ao")
-        for model, layer, K, N in linear_cases(models):
+        for model, layer, K, N in tqdm(list(linear_cases(models)), desc=f"linear, {threads} thread(s)", unit="shape",
+                                       leave=False, dynamic_ncols=True):
             macs, t = bench_linear(K, N, args.repeats)
             shape = f"{layer} {K}->{N}"
             for m, s in t.items():
                 results.append(row("linear", model, shape, threads, m, s, macs, t["fp32"], peak_of.get(m, peak)))
             q = next(r for r in results[::-1] if r["method"] == "qlab")
-            print(f"{model + ' ' + shape:34s} " + " ".join(f"{t[m][0] * 1e3:9.3f}ms" for m in t)
+            tqdm.write(f"{model + ' ' + shape:34s} " + " ".join(f"{t[m][0] * 1e3:9.3f}ms" for m in t)
                   + f"   {q['gops']:9.1f} {q['pct_int8_peak']:6.1f} {q['speedup_vs_fp32']:6.2f}x"
                   + f" {t['torch.ao'][0] / t['qlab'][0]:6.2f}x")
 
