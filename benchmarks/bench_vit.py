@@ -30,6 +30,7 @@ import time
 import warnings
 
 import torch
+from tqdm import tqdm
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -61,10 +62,16 @@ def accuracy_section(calib_images: int) -> dict:
         "fix1 eager dequant": lambda: vit.eager_quantize_vit(model, cal, "dequant"),
         "fix2 eager FloatFunctional": lambda: vit.eager_quantize_vit(model, cal, "functional"),
     }
+    bar = tqdm(total=6, desc="accuracy", unit="fix", dynamic_ncols=True)
     for name, make in variants.items():
+        bar.set_postfix_str(name)
         out[name] = vit.compare(vit.predict(make(), x), ref, y)
+        bar.update()
+    bar.set_postfix_str("fix3 PT2E")
     g3 = vit.pt2e_quantize(model, cal)
     out["fix3 PT2E (reference graph)"] = vit.compare(vit.predict(g3, x), ref, y)
+    bar.update()
+    bar.set_postfix_str("fix3 PT2E + Inductor (compiling)")
     c3 = compile_inductor(g3, freezing=True)
     from torch._inductor.utils import run_and_get_code
 
@@ -77,12 +84,17 @@ def accuracy_section(calib_images: int) -> dict:
         # what Inductor generated: int8 oneDNN linears, and the attention matmuls as float32 bmm
         "generated_calls": {k: code.count(k) for k in ("onednn.qlinear_pointwise", "extern_kernels.bmm")},
     }
+    bar.update()
+    bar.set_postfix_str("fix4 lowered / eager")
     g4, report = pt2e_lowering.lower_to_qlab(vit.pt2e_quantize(model, cal))
     out["fix4 PT2E lowered to qlab"] = vit.compare(vit.predict(g4, x), ref, y) | {"lowering": report}
     out["fix4 PT2E lowered to qlab"]["int8_calls"] = vit.check_int8_calls(g4, x[:8])
+    bar.update()
     e4 = vit.quantize_vit(model, cal)
     out["fix4 eager qlab (quantize_vit)"] = vit.compare(vit.predict(e4, x), ref, y)
     out["fix4 eager qlab (quantize_vit)"]["int8_calls"] = vit.check_int8_calls(e4, x[:8])
+    bar.update()
+    bar.close()
     return out
 
 
@@ -99,15 +111,20 @@ def latency_section(repeats: int, calib: int, compile_fix3: bool) -> dict:
     explicit.load_state_dict(fp32.state_dict())
     variants = {"fp32 eager (SDPA)": fp32, "fp32 eager (explicit attention)": explicit}
     compile_s = {}
+    bar = tqdm(total=5 if compile_fix3 else 2, desc=f"latency setup ({torch.get_num_threads()} thr)", unit="step",
+               dynamic_ncols=True)
+    bar.set_postfix_str("fixes 1-3")
     t0 = time.perf_counter()
     variants["fix1 eager dequant"] = vit.eager_quantize_vit(explicit, cal, "dequant")
     variants["fix2 eager FloatFunctional"] = vit.eager_quantize_vit(explicit, cal, "functional")
     g3 = vit.pt2e_quantize(explicit, cal, dynamic_batch=False)
     compile_s["quantize fixes 1-3"] = time.perf_counter() - t0
+    bar.update()
     if compile_fix3:
         for name, freezing, model in (("fp32 + Inductor (freezing)", True, explicit),
                                       ("fix3 PT2E + Inductor (freezing)", True, g3),
                                       ("fix3 PT2E + Inductor (no freezing)", False, copy.deepcopy(g3))):
+            bar.set_postfix_str(f"compiling {name}")
             t0 = time.perf_counter()
             c = compile_inductor(model, freezing)
             with torch.no_grad():
@@ -115,8 +132,12 @@ def latency_section(repeats: int, calib: int, compile_fix3: bool) -> dict:
                 c(x)
             compile_s[name] = time.perf_counter() - t0
             variants[name] = c
+            bar.update()
+    bar.set_postfix_str("fix 4")
     variants["fix4 PT2E lowered to qlab"] = pt2e_lowering.lower_to_qlab(vit.pt2e_quantize(explicit, cal, dynamic_batch=False))[0]
     variants["fix4 eager qlab (quantize_vit)"] = vit.quantize_vit(explicit, cal)
+    bar.update()
+    bar.close()
 
     base = "fp32 eager (SDPA)"
     timed = vit.time_interleaved({n: (lambda m=m: m(x)) for n, m in variants.items()}, repeats=repeats,
