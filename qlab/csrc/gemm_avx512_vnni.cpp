@@ -426,32 +426,37 @@ int finisher_index(const Epilogue& e) {
   return 2;
 }
 
-}  // namespace
-
-void gemm_avx512_vnni(const Task& t, const Epilogue& e) {
-  const int64_t M = t.m1 - t.m0, K = t.K;
-  const int64_t kp = round_up(K, 4), k4n = kp / 4;
-  const int32_t za = t.a.zp + (t.a.is_signed ? 128 : 0);  // zero point of the uint8 view of A
-  const int32_t zb = t.b.zp;
-
+// What the VNNI and AMX paths set up per task: A's rows, the row offsets -zb * rowsum(A) (zero when
+// B is symmetric), K * za * zb, and the finishers' constants (a missing float bias reads zeros, a
+// disabled ReLU clamps at the type's minimum). za is the zero point of A's uint8 view.
+struct TaskSetup {
   RowsA rows;
-  prepare_a(t.a, t.m0, M, K, kp, MR, &rows);
-  // Row offsets -zb * rowsum(A) (zero when B is symmetric).
-  std::vector<int32_t> row_off(static_cast<size_t>(M + MR), 0);
-  if (zb != 0) {
-    row_sums(rows.a, rows.lda, M, K, row_off.data());
-    for (int64_t r = 0; r < M; ++r) row_off[r] = wrap_mul(-zb, row_off[r]);
-  }
-  const int32_t kzz = static_cast<int32_t>(static_cast<int64_t>(K) * za * zb);  // wraps mod 2^32
-
-  // Epilogue constants for the finishers.
+  std::vector<int32_t> row_off;
   std::vector<float> zeros;
   Fin fin{};
+  int32_t za = 0, zb = 0, kzz = 0;
+  int64_t kp = 0;
+  const int32_t* row_offsets(int64_t m) const { return zb != 0 ? row_off.data() + m : nullptr; }
+};
+
+QLAB_VNNI void setup_task(const Task& t, const Epilogue& e, int64_t kp, int64_t mr, TaskSetup* s) {
+  const int64_t M = t.m1 - t.m0, K = t.K;
+  s->kp = kp;
+  s->za = t.a.zp + (t.a.is_signed ? 128 : 0);
+  s->zb = t.b.zp;
+  s->kzz = static_cast<int32_t>(static_cast<int64_t>(K) * s->za * s->zb);  // wraps mod 2^32
+  prepare_a(t.a, t.m0, M, K, kp, mr, &s->rows);
+  s->row_off.assign(static_cast<size_t>(M + mr), 0);
+  if (s->zb != 0) {
+    row_sums(s->rows.a, s->rows.lda, M, K, s->row_off.data());
+    for (int64_t r = 0; r < M; ++r) s->row_off[r] = wrap_mul(-s->zb, s->row_off[r]);
+  }
+  Fin& fin = s->fin;
   fin.scale = e.scale;
   fin.fbias = e.fbias;
   if (!fin.fbias) {
-    zeros.assign(static_cast<size_t>(t.n1 + NR), 0.0f);
-    fin.fbias = zeros.data();
+    s->zeros.assign(static_cast<size_t>(t.n1 + NR), 0.0f);
+    fin.fbias = s->zeros.data();
   }
   fin.qmul = e.qmul;
   fin.lshift = e.lshift;
@@ -463,30 +468,42 @@ void gemm_avx512_vnni(const Task& t, const Epilogue& e) {
   fin.relu_f = e.relu ? 0.0f : -std::numeric_limits<float>::infinity();
   fin.relu_i = e.relu ? 0 : INT32_MIN;
   fin.flip = e.kind == OutKind::UInt8 ? static_cast<int8_t>(-128) : 0;
+}
+
+// The column panel starting at column n: packed B (ceil(w / 16) groups of 16 columns, the groups a
+// tile reads) and its column offsets bias - za * colsum + K * za * zb.
+QLAB_VNNI void pack_panel(const Task& t, const Epilogue& e, const TaskSetup& s, int64_t n, int8_t* dst,
+                          int32_t* coff) {
+  const int64_t w = std::min<int64_t>(NR, t.n1 - n);
+  const int nv = static_cast<int>((w + 15) / 16);
+  alignas(64) int32_t colsum[NR];
+  pack_b(t.b, n, w, t.K, s.kp, nv, dst, colsum);
+  for (int64_t j = 0; j < 16 * nv; ++j) {
+    int32_t off = wrap_add(wrap_mul(-s.za, colsum[j]), s.kzz);
+    if (e.bias) off = wrap_add(off, e.bias[n + j]);
+    coff[j] = off;
+  }
+}
+
+}  // namespace
+
+void gemm_avx512_vnni(const Task& t, const Epilogue& e) {
+  const int64_t M = t.m1 - t.m0;
+  const int64_t kp = round_up(t.K, 4), k4n = kp / 4;
+  TaskSetup s;
+  setup_task(t, e, kp, MR, &s);
   const auto& tiles = kTiles[finisher_index(e)];
 
-  // Column panels: packed B plus their column offsets (bias - za * colsum + K * za * zb).
   const int64_t npanels = (t.n1 - t.n0 + NR - 1) / NR;
   const int64_t panel_bytes = kp * NR;
-  auto pack_panel = [&](int64_t p, int8_t* dst, int32_t* coff) {
-    const int64_t n = t.n0 + p * NR;
-    const int64_t w = std::min<int64_t>(NR, t.n1 - n);
-    const int nv = static_cast<int>((w + 15) / 16);
-    alignas(64) int32_t colsum[NR];
-    pack_b(t.b, n, w, K, kp, nv, dst, colsum);
-    for (int64_t j = 0; j < 16 * nv; ++j) {
-      int32_t off = wrap_add(wrap_mul(-za, colsum[j]), kzz);
-      if (e.bias) off = wrap_add(off, e.bias[n + j]);
-      coff[j] = off;
-    }
-  };
+  auto pack = [&](int64_t p, int8_t* dst, int32_t* coff) { pack_panel(t, e, s, t.n0 + p * NR, dst, coff); };
   auto run_tile = [&](int64_t p, int64_t mt, const int8_t* bp, const int32_t* coff) {
     const int64_t n = t.n0 + p * NR;
     const int64_t w = std::min<int64_t>(NR, t.n1 - n);
     int64_t ld = 0;
-    const uint8_t* ab = rows.block(mt, &ld);
-    tiles[(w + 15) / 16](ab, ld, bp, k4n, std::min<int64_t>(MR, M - mt),
-                         w, coff, zb != 0 ? row_off.data() + mt : nullptr, fin, t.out, t.ldc, t.m0 + mt, n);
+    const uint8_t* ab = s.rows.block(mt, &ld);
+    tiles[(w + 15) / 16](ab, ld, bp, k4n, std::min<int64_t>(MR, M - mt), w, coff, s.row_offsets(mt), s.fin, t.out,
+                         t.ldc, t.m0 + mt, n);
   };
 
   if (npanels * panel_bytes <= 256 * 1024) {
@@ -494,7 +511,7 @@ void gemm_avx512_vnni(const Task& t, const Epilogue& e) {
     // rows, so each tile of output rows is written left to right while its A rows stay in L1.
     Aligned64<int8_t> bpack(static_cast<size_t>(npanels * panel_bytes));
     std::vector<int32_t> col_off(static_cast<size_t>(npanels * NR));
-    for (int64_t p = 0; p < npanels; ++p) pack_panel(p, bpack.data() + p * panel_bytes, col_off.data() + p * NR);
+    for (int64_t p = 0; p < npanels; ++p) pack(p, bpack.data() + p * panel_bytes, col_off.data() + p * NR);
     for (int64_t mt = 0; mt < M; mt += MR) {
       for (int64_t p = 0; p < npanels; ++p) run_tile(p, mt, bpack.data() + p * panel_bytes, col_off.data() + p * NR);
     }
@@ -503,7 +520,7 @@ void gemm_avx512_vnni(const Task& t, const Epilogue& e) {
     Aligned64<int8_t> bpack(static_cast<size_t>(panel_bytes));
     alignas(64) int32_t col_off[NR];
     for (int64_t p = 0; p < npanels; ++p) {
-      pack_panel(p, bpack.data(), col_off);
+      pack(p, bpack.data(), col_off);
       for (int64_t mt = 0; mt < M; mt += MR) run_tile(p, mt, bpack.data(), col_off);
     }
   }
@@ -647,54 +664,15 @@ bool amx_usable() {
 }
 
 QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
-  const int64_t M = t.m1 - t.m0, K = t.K;
-  const int64_t kp = round_up(std::max<int64_t>(K, 1), 64);
-  const int32_t za = t.a.zp + (t.a.is_signed ? 128 : 0);
-  const int32_t zb = t.b.zp;
-
-  RowsA rows;
-  prepare_a(t.a, t.m0, M, K, kp, AMX_MR, &rows);
-  std::vector<int32_t> row_off(static_cast<size_t>(M + AMX_MR), 0);
-  if (zb != 0) {
-    row_sums(rows.a, rows.lda, M, K, row_off.data());
-    for (int64_t r = 0; r < M; ++r) row_off[r] = wrap_mul(-zb, row_off[r]);
-  }
-  const int32_t kzz = static_cast<int32_t>(static_cast<int64_t>(K) * za * zb);
-
-  std::vector<float> zeros;
-  Fin fin{};
-  fin.scale = e.scale;
-  fin.fbias = e.fbias;
-  if (!fin.fbias) {
-    zeros.assign(static_cast<size_t>(t.n1 + NR), 0.0f);
-    fin.fbias = zeros.data();
-  }
-  fin.qmul = e.qmul;
-  fin.lshift = e.lshift;
-  fin.rshift = e.rshift;
-  fin.any_lshift = e.any_lshift;
-  fin.zo = e.zo;
-  fin.lo = e.lo;
-  fin.hi = e.hi;
-  fin.relu_f = e.relu ? 0.0f : -std::numeric_limits<float>::infinity();
-  fin.relu_i = e.relu ? 0 : INT32_MIN;
-  fin.flip = e.kind == OutKind::UInt8 ? static_cast<int8_t>(-128) : 0;
+  const int64_t M = t.m1 - t.m0;
+  const int64_t kp = round_up(std::max<int64_t>(t.K, 1), 64);
+  TaskSetup s;
+  setup_task(t, e, kp, AMX_MR, &s);
   const AmxFinishFn finish = kAmxFinish[finisher_index(e)];
 
   const int64_t npanels = (t.n1 - t.n0 + NR - 1) / NR;
   const int64_t panel_bytes = kp * NR;
-  auto pack_panel = [&](int64_t p, int8_t* dst, int32_t* coff) {
-    const int64_t n = t.n0 + p * NR;
-    const int64_t w = std::min<int64_t>(NR, t.n1 - n);
-    const int nv = static_cast<int>((w + 15) / 16);  // the tiles amx_block reads from this panel
-    alignas(64) int32_t colsum[NR];
-    pack_b(t.b, n, w, K, kp, nv, dst, colsum);
-    for (int64_t j = 0; j < 16 * nv; ++j) {
-      int32_t off = wrap_add(wrap_mul(-za, colsum[j]), kzz);
-      if (e.bias) off = wrap_add(off, e.bias[n + j]);
-      coff[j] = off;
-    }
-  };
+  auto pack = [&](int64_t p, int8_t* dst, int32_t* coff) { pack_panel(t, e, s, t.n0 + p * NR, dst, coff); };
   // Software pipeline: block i's tiles are stored to one buffer while block i - 1, in the other,
   // is finished, so the vector loads never wait on the tile stores still in flight.
   alignas(64) int32_t cbuf[2][AMX_MR * NR];
@@ -705,10 +683,10 @@ QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
     const int64_t n = t.n0 + p * NR;
     const int64_t w = std::min<int64_t>(NR, t.n1 - n);
     int64_t ld = 0;
-    const uint8_t* ab = rows.block(mt, &ld);
+    const uint8_t* ab = s.rows.block(mt, &ld);
     amx_block(ab, ld, bp, kp, static_cast<int>((w + 15) / 16), cbuf[cur]);
-    if (have_pending) finish(pending, fin, t.out, t.ldc);
-    pending = AmxPending{cbuf[cur], coff, zb != 0 ? row_off.data() + mt : nullptr, std::min<int64_t>(AMX_MR, M - mt),
+    if (have_pending) finish(pending, s.fin, t.out, t.ldc);
+    pending = AmxPending{cbuf[cur], coff, s.row_offsets(mt), std::min<int64_t>(AMX_MR, M - mt),
                          w, t.m0 + mt, n};
     have_pending = true;
     cur ^= 1;
@@ -718,19 +696,19 @@ QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
   if (npanels * panel_bytes <= 256 * 1024) {
     Aligned64<int8_t> bpack(static_cast<size_t>(npanels * panel_bytes));
     std::vector<int32_t> col_off(static_cast<size_t>(npanels * NR));
-    for (int64_t p = 0; p < npanels; ++p) pack_panel(p, bpack.data() + p * panel_bytes, col_off.data() + p * NR);
+    for (int64_t p = 0; p < npanels; ++p) pack(p, bpack.data() + p * panel_bytes, col_off.data() + p * NR);
     for (int64_t mt = 0; mt < M; mt += AMX_MR) {
       for (int64_t p = 0; p < npanels; ++p) run_block(p, mt, bpack.data() + p * panel_bytes, col_off.data() + p * NR);
     }
-    if (have_pending) finish(pending, fin, t.out, t.ldc);  // while col_off lives
+    if (have_pending) finish(pending, s.fin, t.out, t.ldc);  // while col_off lives
     have_pending = false;
   } else {
     Aligned64<int8_t> bpack(static_cast<size_t>(panel_bytes));
     alignas(64) int32_t col_off[NR];
     for (int64_t p = 0; p < npanels; ++p) {
-      pack_panel(p, bpack.data(), col_off);
+      pack(p, bpack.data(), col_off);
       for (int64_t mt = 0; mt < M; mt += AMX_MR) run_block(p, mt, bpack.data(), col_off);
-      if (have_pending) finish(pending, fin, t.out, t.ldc);  // before the panel buffer is refilled
+      if (have_pending) finish(pending, s.fin, t.out, t.ldc);  // before the panel buffer is refilled
       have_pending = false;
     }
   }
