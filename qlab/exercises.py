@@ -115,6 +115,17 @@ def _call(fn, *args):
         return None, f"your function raised {type(e).__name__}: {msg} (called with ({shown}))"
 
 
+def _letter_set(answer, letters: list[str], what: str) -> tuple[set[str], str | None]:
+    """A multiple-choice answer as a set of letters, or the message saying what is wrong with it."""
+    if answer is None or isinstance(answer, str) or not isinstance(answer, (set, frozenset, list, tuple)) \
+            or not all(isinstance(a, str) for a in answer):
+        return set(), f"answer with a set of letters from {letters} ({what}), got {answer!r}"
+    unknown = set(answer) - set(letters)
+    if unknown:
+        return set(), f"unknown letter(s) {sorted(unknown)}: use letters from {letters}"
+    return set(answer), None
+
+
 # --------------------------------------------------------------------- notebook 01
 
 
@@ -913,12 +924,9 @@ def _trace_results_05() -> dict[str, str]:
 @_exercise("05.3", "which forwards symbolic tracing cannot record")
 def _check_05_3(answer) -> list[str]:
     letters = sorted(TRACE_CASES_05)
-    if answer is None or isinstance(answer, str) or not all(isinstance(a, str) for a in answer):
-        return [f"answer with a set of letters from {letters} (the forwards that fail), got {answer!r}"]
-    got = set(answer)
-    unknown = got - set(letters)
-    if unknown:
-        return [f"unknown letter(s) {sorted(unknown)}: use letters from {letters}"]
+    got, problem = _letter_set(answer, letters, "the forwards that fail")
+    if problem:
+        return [problem]
     truth = _trace_results_05()
     why = {
         "a": "x.sum() > 0 is a proxy with no value: `if` asks it for a bool",
@@ -1065,12 +1073,9 @@ FREEZING_06 = {
 @_exercise("06.2", "what torch._inductor.config.freezing does for a PT2E int8 model")
 def _check_06_2(answer) -> list[str]:
     letters = sorted(FREEZING_06)
-    if answer is None or isinstance(answer, str) or not all(isinstance(a, str) for a in answer):
-        return [f"answer with a set of letters from {letters} (the true statements), got {answer!r}"]
-    got = set(answer)
-    unknown = got - set(letters)
-    if unknown:
-        return [f"unknown letter(s) {sorted(unknown)}: use letters from {letters}"]
+    got, problem = _letter_set(answer, letters, "the true statements")
+    if problem:
+        return [problem]
     problems = []
     for letter in letters:
         true, why = FREEZING_06[letter]
@@ -1211,12 +1216,9 @@ def _sweep_07() -> dict[str, dict]:
 @_exercise("07.3", "which layers at batch 1 run faster in int8 (float in/out), by the recorded sweep")
 def _check_07_3(answer) -> list[str]:
     letters = sorted(SWEEP_CASES_07)
-    if answer is None or isinstance(answer, str) or not all(isinstance(a, str) for a in answer):
-        return [f"answer with a set of letters from {letters} (the layers int8 makes faster), got {answer!r}"]
-    got = set(answer)
-    unknown = got - set(letters)
-    if unknown:
-        return [f"unknown letter(s) {sorted(unknown)}: use letters from {letters}"]
+    got, problem = _letter_set(answer, letters, "the layers int8 makes faster")
+    if problem:
+        return [problem]
     sweep = _sweep_07()
     problems = []
     for letter in letters:
@@ -1266,12 +1268,9 @@ def _check_08_1(answer) -> list[str]:
     from .support_matrix import has_kernel
 
     letters = sorted(VIT_CALLS_08)
-    if answer is None or isinstance(answer, str) or not all(isinstance(a, str) for a in answer):
-        return [f"answer with a set of letters from {letters} (the calls that fail), got {answer!r}"]
-    got = set(answer)
-    unknown = got - set(letters)
-    if unknown:
-        return [f"unknown letter(s) {sorted(unknown)}: use letters from {letters}"]
+    got, problem = _letter_set(answer, letters, "the calls that fail")
+    if problem:
+        return [problem]
     problems = []
     for letter in letters:
         category, detail = _probes_08()[letter]
