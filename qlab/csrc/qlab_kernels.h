@@ -1,4 +1,4 @@
-// qlab int8 kernels: the data structures shared by the three CPU paths.
+// qlab int8 kernels: the data structures shared by the four CPU paths.
 //
 // One "problem" is an int8 matrix product with a fused epilogue:
 //
@@ -6,9 +6,9 @@
 //   acc[m, n] += bias[n]                                          (int32 bias, optional)
 //   out[m, n]  = epilogue(acc[m, n])                              (see Epilogue below)
 //
-// A holds uint8 or int8 activations, B int8 weights/keys/values. The three
-// implementations of the product (gemm_scalar.cpp, gemm_avx2.cpp,
-// gemm_avx512_vnni.cpp) compute the *same integers* in different orders; as
+// A holds uint8 or int8 activations, B int8 weights/keys/values. The four
+// implementations of the product (gemm_scalar.cpp, gemm_avx2.cpp, and the AVX-512
+// VNNI and AMX paths in gemm_avx512_vnni.cpp) compute the *same integers* in different orders; as
 // int32 addition is exact modulo 2^32, every path, thread count and blocking
 // gives bit-identical results. ops.cpp owns argument checking, threading and
 // the choice of path; these files only see raw pointers.
