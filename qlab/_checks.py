@@ -12,6 +12,9 @@ from typing import Iterable
 import torch
 
 __all__ = [
+    "check_int",
+    "check_number",
+    "check_bool",
     "check_tensor",
     "check_float_tensor",
     "check_positive_scale",
@@ -21,6 +24,48 @@ __all__ = [
     "check_finite",
     "check_choice",
 ]
+
+
+def _bounds(lo, hi, lo_open: bool = False, hi_open: bool = False) -> str:
+    if lo is not None and hi is not None:
+        return f" in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f" {'>' if lo_open else '>='} {lo}"
+    if hi is not None:
+        return f" {'<' if hi_open else '<='} {hi}"
+    return ""
+
+
+def check_int(name: str, v, lo: int | None = None, hi: int | None = None) -> int:
+    """An int (not a bool) in ``[lo, hi]`` (either bound may be ``None``)."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int{_bounds(lo, hi)}, got {type(v).__name__} {v!r}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ValueError(f"{name} must be an int{_bounds(lo, hi)}, got {v}")
+    return v
+
+
+def check_number(name: str, v, lo: float | None = None, hi: float | None = None, *,
+                 lo_open: bool = False, hi_open: bool = False) -> float:
+    """A finite real number (int or float, not a bool) in the interval given by ``lo``/``hi``;
+    ``lo_open``/``hi_open`` exclude the bound itself. Returns it as a float."""
+    what = f"a finite number{_bounds(lo, hi, lo_open, hi_open)}"
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name} must be {what}, got {type(v).__name__} {v!r}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be {what}, got {v}")
+    if lo is not None and (v <= lo if lo_open else v < lo):
+        raise ValueError(f"{name} must be {what}, got {v}")
+    if hi is not None and (v >= hi if hi_open else v > hi):
+        raise ValueError(f"{name} must be {what}, got {v}")
+    return v
+
+
+def check_bool(name: str, v) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"{name} must be True or False, got {type(v).__name__} {v!r}")
+    return v
 
 
 def check_tensor(name: str, x) -> torch.Tensor:
@@ -78,16 +123,11 @@ def check_zero_point(name: str, zero_point, qmin: int, qmax: int):
 
 
 def check_bits(name: str, bits, lo: int = 2, hi: int = 16) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int):
-        raise TypeError(f"{name} must be an int, got {type(bits).__name__}")
-    if not lo <= bits <= hi:
-        raise ValueError(f"{name} must be between {lo} and {hi}, got {bits}")
-    return bits
+    return check_int(name, bits, lo, hi)
 
 
 def check_axis(name: str, axis, ndim: int) -> int:
-    if isinstance(axis, bool) or not isinstance(axis, int):
-        raise TypeError(f"{name} must be an int, got {type(axis).__name__}")
+    check_int(name, axis)
     if ndim == 0 or not -ndim <= axis < ndim:
         raise ValueError(f"{name} must be in [{-ndim}, {ndim - 1}] for a {ndim}-D tensor, got {axis}")
     return axis % ndim

@@ -1,6 +1,20 @@
-"""Environment facts and the one call at the top of every notebook: :func:`setup`."""
+"""Environment facts, the one call at the top of every notebook (:func:`setup`), and the one
+place where qlab changes global state (:func:`scoped`).
+
+Global state that changes results: the quantized engine (``torch.backends.quantized.engine``),
+the random generators (Python, NumPy, torch), torch's thread count and Inductor's config
+(``freezing``). qlab never assigns them directly: every change goes through :func:`scoped`,
+which restores them when the block ends, so a result cannot depend on which function ran
+before (``tests/test_state.py`` checks every public qlab function).
+
+What the libraries will *use* is not always what the CPU has: oneDNN honours
+``ONEDNN_MAX_CPU_ISA``, ATen ``ATEN_CPU_CAPABILITY``, MKL ``MKL_ENABLE_INSTRUCTIONS``, FBGEMM
+``FBGEMM_ENABLE_INSTRUCTIONS`` and qlab's kernels ``QLAB_ISA``. :func:`int8_units` says which int8
+instructions each library can reach here; notebooks state ISA-dependent claims under it.
+"""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import random
@@ -9,7 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["EnvInfo", "cpu_flags", "isa_summary", "env_info", "setup"]
+from ._checks import check_int
+
+__all__ = ["EnvInfo", "cpu_flags", "isa_summary", "int8_units", "env_info", "setup", "scoped"]
 
 # /proc/cpuinfo flag -> the name a learner meets in Intel/AMD documentation.
 _ISA_FLAGS = {
@@ -52,6 +68,51 @@ def isa_summary(flags: set[str] | None = None) -> list[str]:
     return [name for flag, name in _ISA_FLAGS.items() if flag in flags]
 
 
+# oneDNN's ISA names, in its order (src/cpu/x64/cpu_isa_traits.hpp); ONEDNN_MAX_CPU_ISA caps at one of them.
+_ONEDNN_ORDER = ["SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
+                 "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX10_1_512_AMX", "AVX512_CORE_AMX",
+                 "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2"]
+_FBGEMM_ORDER = ["AVX2", "AVX512", "AVX512_E1", "AVX512_VNNI", "AVX512_VNNI_BF16"]
+
+
+def _allows(order: list[str], cap: str, level: str) -> bool:
+    """Whether a library capped at ``cap`` (an environment variable's value; empty: no cap) may use ``level``."""
+    cap = cap.strip().upper()
+    if not cap or cap in ("ALL", "DEFAULT"):
+        return True
+    if cap not in order:
+        return True  # a value the library does not know: it ignores it
+    return order.index(level) <= order.index(cap)
+
+
+def int8_units(flags: set[str] | None = None, environ=None) -> dict[str, str]:
+    """The fastest int8 multiply-add each library can use on this CPU, given its environment caps.
+
+    Returns ``{"onednn": ..., "fbgemm": ..., "aten": ...}`` with values ``"amx"``, ``"avx512_vnni"``,
+    ``"avx_vnni"`` or ``"avx2"`` (no VNNI: ``vpmaddubsw``). oneDNN (PT2E + Inductor, the x86 engine's
+    convolutions) honours ``ONEDNN_MAX_CPU_ISA``; FBGEMM (the fbgemm engine, the x86 engine's linears)
+    ``FBGEMM_ENABLE_INSTRUCTIONS`` and has no AMX path; ATen's own kernels ``ATEN_CPU_CAPABILITY``.
+    """
+    flags = cpu_flags() if flags is None else flags
+    env = os.environ if environ is None else environ
+    cap = env.get("ONEDNN_MAX_CPU_ISA", "")
+    if "amx_int8" in flags and "amx_tile" in flags and _allows(_ONEDNN_ORDER, cap, "AVX10_1_512_AMX"):
+        onednn = "amx"
+    elif "avx512_vnni" in flags and _allows(_ONEDNN_ORDER, cap, "AVX512_CORE_VNNI"):
+        onednn = "avx512_vnni"
+    elif "avx_vnni" in flags and _allows(_ONEDNN_ORDER, cap, "AVX2_VNNI"):
+        onednn = "avx_vnni"
+    else:
+        onednn = "avx2"
+    fcap = env.get("FBGEMM_ENABLE_INSTRUCTIONS", "")
+    fbgemm = "avx512_vnni" if "avx512_vnni" in flags and _allows(_FBGEMM_ORDER, fcap, "AVX512_VNNI") else "avx2"
+    try:
+        aten = torch.backends.cpu.get_cpu_capability().lower()
+    except Exception:
+        aten = "unknown"
+    return {"onednn": onednn, "fbgemm": fbgemm, "aten": aten}
+
+
 def _version(dist: str) -> str:
     """The installed distribution's version, without importing it (torchao's import is slow and chatty)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -70,15 +131,27 @@ class EnvInfo:
     torch_cpu_capability: str
     engines: list[str]
     threads: int
+    int8: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+
+    @property
+    def vnni(self) -> bool:
+        """Whether oneDNN (PT2E + Inductor, the x86 engine's convolutions) may use a VNNI int8 dot product."""
+        return self.int8.get("onednn") in ("amx", "avx512_vnni", "avx_vnni")
+
+    @property
+    def amx(self) -> bool:
+        """Whether oneDNN may use AMX-INT8 tiles here (the CPU has them and ``ONEDNN_MAX_CPU_ISA`` allows them)."""
+        return self.int8.get("onednn") == "amx"
 
     def lines(self) -> list[str]:
         v = " | ".join(f"{k} {val}" for k, val in self.versions.items())
+        units = ", ".join(f"{lib} {u}" for lib, u in self.int8.items() if lib != "aten")
         return [
             v,
             f"CPU: {self.cpu}",
             f"ISA: {' '.join(self.isa) or 'none of AVX2/AVX-512/VNNI/AMX'}"
-            f" (torch dispatch: {self.torch_cpu_capability})",
+            f" (torch dispatch: {self.torch_cpu_capability}; int8 units in use: {units})",
             f"quantized engines: {' '.join(self.engines)} | torch threads: {self.threads}",
         ]
 
@@ -98,7 +171,7 @@ def env_info() -> EnvInfo:
     except Exception:
         capability = "unknown"
     engines = [e for e in torch.backends.quantized.supported_engines if e != "none"]
-    return EnvInfo(versions, cpu_name(), isa_summary(), capability, engines, torch.get_num_threads())
+    return EnvInfo(versions, cpu_name(), isa_summary(), capability, engines, torch.get_num_threads(), int8_units())
 
 
 def setup(seed: int = 0, threads: int | None = 2, quiet: bool = False) -> EnvInfo:
@@ -109,11 +182,9 @@ def setup(seed: int = 0, threads: int | None = 2, quiet: bool = False) -> EnvInf
     matplotlib render PNG at a fixed size so committed notebooks stay small;
     prints the environment line (versions, CPU ISA, quantized engines).
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    check_int("seed", seed, 0)
     if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+        check_int("threads", threads, 1)
         torch.set_num_threads(min(threads, os.cpu_count() or 1))
     random.seed(seed)
     np.random.seed(seed)
@@ -136,3 +207,52 @@ def setup(seed: int = 0, threads: int | None = 2, quiet: bool = False) -> EnvInf
     if not quiet:
         print(info)
     return info
+
+
+@contextlib.contextmanager
+def scoped(*, engine: str | None = None, seed: int | None = None, threads: int | None = None,
+           inductor: dict | None = None):
+    """Run a block with changed global state, and restore all of it afterwards::
+
+        with qlab.scoped(engine="fbgemm", seed=0, threads=1, inductor={"freezing": True}):
+            ...
+
+    ``engine``: ``torch.backends.quantized.engine`` (int8 modules are packed for it at ``convert``
+    and must run under it); ``seed``: seeds Python's, NumPy's and torch's generators (their states
+    are saved and restored whether or not a seed is given, so random draws inside the block never
+    shift what the caller draws next); ``threads``: torch's intra-op threads; ``inductor``: flags of
+    ``torch._inductor.config`` (e.g. ``freezing``), read when a compiled model first runs.
+    """
+    if engine is not None:
+        engines = [e for e in torch.backends.quantized.supported_engines if e != "none"]
+        if engine not in engines:
+            raise ValueError(f"engine must be one of {engines}, got {engine!r}")
+    if seed is not None:
+        check_int("seed", seed, 0)
+    if threads is not None:
+        check_int("threads", threads, 1)
+    if inductor is not None and not isinstance(inductor, dict):
+        raise TypeError(f"inductor must be a dict of torch._inductor.config flags, got {type(inductor).__name__}")
+    saved = (torch.backends.quantized.engine, torch.get_num_threads(), random.getstate(), np.random.get_state())
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.random.fork_rng(devices=[]))
+        if inductor:
+            import torch._inductor.config as inductor_config
+
+            stack.enter_context(inductor_config.patch(**inductor))
+        try:
+            if engine is not None:
+                torch.backends.quantized.engine = engine
+            if threads is not None:
+                torch.set_num_threads(threads)
+            if seed is not None:
+                random.seed(seed)
+                np.random.seed(seed)
+                torch.manual_seed(seed)
+            yield
+        finally:
+            torch.backends.quantized.engine = saved[0]
+            if torch.get_num_threads() != saved[1]:
+                torch.set_num_threads(saved[1])
+            random.setstate(saved[2])
+            np.random.set_state(saved[3])
