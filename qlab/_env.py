@@ -25,7 +25,7 @@ import torch
 
 from ._checks import check_int
 
-__all__ = ["EnvInfo", "cpu_flags", "isa_summary", "int8_units", "env_info", "setup", "scoped"]
+__all__ = ["EnvInfo", "cpu_flags", "isa_summary", "int8_units", "env_info", "machine_info", "setup", "scoped"]
 
 # /proc/cpuinfo flag -> the name a learner meets in Intel/AMD documentation.
 _ISA_FLAGS = {
@@ -172,6 +172,30 @@ def env_info() -> EnvInfo:
         capability = "unknown"
     engines = [e for e in torch.backends.quantized.supported_engines if e != "none"]
     return EnvInfo(versions, cpu_name(), isa_summary(), capability, engines, torch.get_num_threads(), int8_units())
+
+
+def machine_info() -> dict:
+    """What a timing depends on, for benchmark result files: CPU, ISA, the int8 units each library may
+    use, versions, cores and threads, the quantized engines, and the 1-minute load average now."""
+    info = env_info()
+    try:
+        load = round(os.getloadavg()[0], 2)
+    except OSError:
+        load = None
+    return {
+        "cpu": info.cpu,
+        "isa": info.isa,
+        "torch_cpu_capability": info.torch_cpu_capability,
+        "int8_units": info.int8,
+        "isa_caps": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+                                                "FBGEMM_ENABLE_INSTRUCTIONS", "QLAB_ISA") if os.environ.get(k)},
+        "cores": os.cpu_count(),
+        "threads": info.threads,
+        "torch": torch.__version__,
+        **{k: v for k, v in info.versions.items() if k not in ("qlab", "torch")},
+        "quantized_engines": info.engines,
+        "loadavg": load,
+    }
 
 
 def setup(seed: int = 0, threads: int | None = 2, quiet: bool = False) -> EnvInfo:

@@ -12,7 +12,7 @@ Eager ``torch.ao.quantization`` turns (1) and (4) into quantized ``Linear`` s, b
 (2)'s scalar multiply and both matmuls have no ``QuantizedCPU`` kernel
 (:mod:`qlab.support_matrix`). The modules here:
 
-* :class:`QuantAttention` -- the user report's module (stubs around timm's
+* :class:`ReportedAttention` -- the user report's module (stubs around timm's
   ``Attention``); it fails after ``convert``, on purpose.
 * :class:`DequantAttention` -- fix 1: quantized linears, and dequantize -> float32
   (2)-(3) -> quantize between them. ``s`` is folded into the q rows of ``W_qkv``
@@ -22,7 +22,7 @@ Eager ``torch.ao.quantization`` turns (1) and (4) into quantized ``Linear`` s, b
   which ``convert`` turns into ``quantized::mul_scalar`` / ``quantized::matmul``.
   They accept quantized tensors, but ``quantized::matmul`` dequantizes, multiplies
   in float32 and requantizes (bit-exact with doing so by hand).
-* :class:`QuantizedAttention` and :class:`QuantizedLinear` -- fix 4's eager half:
+* :class:`Int8Attention` and :class:`Int8Linear` -- fix 4's eager half:
   (1)-(4) on ``qlab.kernels``: ``int8_linear`` for the projections and
   ``int8_bmm`` for both matmuls, with the scale folded into ``W_q``. Softmax,
   LayerNorm and GELU stay float32; ``P`` is quantized to uint8 with scale 1/255.
@@ -32,29 +32,24 @@ Eager ``torch.ao.quantization`` turns (1) and (4) into quantized ``Linear`` s, b
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
-from torch import nn
-from torch.ao.quantization import DeQuantStub, QuantStub
-from torch.ao.nn.quantized import FloatFunctional
-
 from timm.layers import Attention
+from torch import nn
+from torch.ao.nn.quantized import FloatFunctional
+from torch.ao.quantization import DeQuantStub, QuantStub
 
 from .primitives import PerChannel, choose_qparams, quantize
 
 __all__ = [
     "Attention",
-    "QuantAttention",
+    "ReportedAttention",
     "DequantAttention",
     "FunctionalAttention",
-    "MinMax",
     "ObservedLinear",
     "ObservedAttention",
-    "QuantizedLinear",
-    "QuantizedAttention",
-    "quantize_activation",
-    "quantize_activation_reference",
+    "Int8Linear",
+    "Int8Attention",
     "quantize_weight",
     "PROB_SCALE",
 ]
@@ -93,7 +88,7 @@ def _folded_qkv(attn) -> nn.Linear:
 # The user's module
 
 
-class QuantAttention(Attention):
+class ReportedAttention(Attention):
     """The user report's module: timm's ``Attention`` with a QuantStub and a DeQuantStub.
     Same constructor as ``timm.layers.Attention``; the forward is the report's, unchanged."""
 
@@ -216,45 +211,16 @@ class FunctionalAttention(nn.Module):
 # Fix 4, eager: qlab's int8 kernels
 
 
-class MinMax:
-    """Running min and max of everything seen (the MinMaxObserver statistic)."""
+def _observer(dtype=torch.quint8):
+    """The running min/max of what passes (calibration), affine ``dtype``: qlab's ``MinMaxObserver``."""
+    from .observers import MinMaxObserver
 
-    def __init__(self):
-        self.lo = math.inf
-        self.hi = -math.inf
-
-    def update(self, t: torch.Tensor) -> torch.Tensor:
-        if t.numel():
-            self.lo = min(self.lo, float(t.min()))
-            self.hi = max(self.hi, float(t.max()))
-        return t
-
-    def qparams(self, dtype=torch.quint8) -> tuple[float, int]:
-        """Affine ``(scale, zero_point)`` for the range, as ``MinMaxObserver`` computes them."""
-        if not math.isfinite(self.lo):
-            raise RuntimeError("no data observed: run the calibration batches through the model first")
-        s, z = choose_qparams(torch.tensor(self.lo), torch.tensor(self.hi), dtype=dtype)
-        return float(s), int(z)
+    return MinMaxObserver(dtype=dtype)
 
 
-def quantize_activation(x: torch.Tensor, scale: float, zero_point: int, dtype=torch.uint8) -> torch.Tensor:
-    """``clamp(round(x * float32(1/scale)) + zero_point, qmin, qmax)`` as plain uint8/int8 codes.
-
-    :func:`qlab.kernels.quantize_per_tensor` computes them in one pass (bit-exact with PyTorch's
-    ``quantize_per_tensor`` and with ``qlab.quantize``, without a quantized tensor or PyTorch's
-    deprecated API); :func:`quantize_activation_reference` spells out the same arithmetic in five
-    float32 ops. It runs between every two int8 ops, so the single pass matters."""
-    return _kernels().quantize_per_tensor(x, scale, zero_point, dtype)
-
-
-def quantize_activation_reference(x: torch.Tensor, scale: float, zero_point: int, dtype=torch.uint8) -> torch.Tensor:
-    """The same codes, spelled out in float32 ops: multiply by the float32 reciprocal, round half to
-    even, add the zero point, clamp, convert."""
-    inv = float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(scale, dtype=torch.float32))
-    lo, hi = (0, 255) if dtype == torch.uint8 else (-128, 127)
-    y = torch.mul(x, inv)
-    y.round_().add_(zero_point).clamp_(lo, hi)
-    return y.to(dtype)
+def _qparams(obs) -> tuple[float, int]:
+    scale, zero_point = obs.calculate_qparams()
+    return float(scale), int(zero_point)
 
 
 def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,8 +229,10 @@ def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return quantize(w, s, z, torch.qint8, PerChannel(0)), s.to(torch.float32)
 
 
-def _kernels():
-    import qlab.kernels  # loads (or builds) the C++ extension and registers torch.ops.qlab.*
+def _ops():
+    """``torch.ops.qlab``, after loading (or building) the C++ extension. The modules call the ops directly:
+    the typed wrappers of :mod:`qlab.kernels` would check arguments that were checked at conversion time."""
+    import qlab.kernels  # noqa: F401 -- loads (or builds) the C++ extension, registers torch.ops.qlab.*
 
     return torch.ops.qlab
 
@@ -275,13 +243,13 @@ class ObservedLinear(nn.Module):
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.linear = linear
-        self.x = MinMax()
+        self.x = _observer()
 
     def forward(self, x):
-        return self.linear(self.x.update(x))
+        return self.linear(self.x(x))
 
 
-class QuantizedLinear(nn.Module):
+class Int8Linear(nn.Module):
     """``x @ W.T + b`` with ``qlab.kernels.int8_linear``: x quantized to uint8 (calibrated, per tensor),
     W int8 per channel (symmetric), float bias added as fbgemm does; float32 out."""
 
@@ -295,12 +263,12 @@ class QuantizedLinear(nn.Module):
         self.x_scale, self.x_zero_point, self.requant = x_scale, x_zero_point, requant
 
     @classmethod
-    def from_observed(cls, obs: ObservedLinear, requant: str = "float") -> "QuantizedLinear":
-        return cls(obs.linear, *obs.x.qparams(), requant=requant)
+    def from_observed(cls, obs: ObservedLinear, requant: str = "float") -> "Int8Linear":
+        return cls(obs.linear, *_qparams(obs.x), requant=requant)
 
     def forward(self, x):
-        xq = quantize_activation(x, self.x_scale, self.x_zero_point)
-        return _kernels().int8_linear(xq, self.weight, self.weight_scale, self.bias, self.x_scale, self.x_zero_point,
+        xq = _ops().quantize_per_tensor(x, self.x_scale, self.x_zero_point, torch.uint8)
+        return _ops().int8_linear(xq, self.weight, self.weight_scale, self.bias, self.x_scale, self.x_zero_point,
                                       1.0, 0, torch.float32, False, self.requant)
 
     def extra_repr(self):
@@ -308,31 +276,32 @@ class QuantizedLinear(nn.Module):
 
 
 class ObservedAttention(nn.Module):
-    """timm's ``Attention`` in float32, recording the ranges :class:`QuantizedAttention` needs:
+    """timm's ``Attention`` in float32, recording the ranges :class:`Int8Attention` needs:
     its input ``x``, ``q`` (scaled), ``k``, ``v`` and the projection's input ``ctx``."""
 
     def __init__(self, attn):
         super().__init__()
         _check_plain("attn", attn)
         self.attn = attn
-        self.ranges = {n: MinMax() for n in ("x", "q", "k", "v", "ctx")}
+        self.ranges = nn.ModuleDict({"x": _observer(), "q": _observer(), "k": _observer(torch.qint8),
+                                     "v": _observer(torch.qint8), "ctx": _observer()})
 
     def forward(self, x, attn_mask=None, is_causal=False):
         _check_call(attn_mask, is_causal)
         a, r = self.attn, self.ranges
         B, N, _ = x.shape
-        qkv = a.qkv(r["x"].update(x))
+        qkv = a.qkv(r["x"](x))
         q, k, v = qkv.reshape(B, N, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = a.q_norm(q), a.k_norm(k)
-        q = r["q"].update(q * a.scale)
-        r["k"].update(k)
-        r["v"].update(v)
+        q = r["q"](q * a.scale)
+        r["k"](k)
+        r["v"](v)
         attn = a.attn_drop((q @ k.transpose(-2, -1)).softmax(dim=-1))
         ctx = a.norm((attn @ v).transpose(1, 2).reshape(B, N, a.num_heads * a.head_dim))
-        return a.proj_drop(a.proj(r["ctx"].update(ctx)))
+        return a.proj_drop(a.proj(r["ctx"](ctx)))
 
 
-class QuantizedAttention(nn.Module):
+class Int8Attention(nn.Module):
     """timm's ``Attention`` with both matmuls and all three projections in int8 (qlab.kernels).
 
     ::
@@ -381,46 +350,38 @@ class QuantizedAttention(nn.Module):
         self.attn_drop, self.norm, self.proj_drop = attn.attn_drop, attn.norm, attn.proj_drop
 
     @classmethod
-    def from_observed(cls, obs: ObservedAttention, requant: str = "float") -> "QuantizedAttention":
-        r = obs.ranges
-        qparams = {
-            "x": r["x"].qparams(torch.quint8),
-            "q": r["q"].qparams(torch.quint8),
-            "k": r["k"].qparams(torch.qint8),
-            "v": r["v"].qparams(torch.qint8),
-            "ctx": r["ctx"].qparams(torch.quint8),
-        }
-        return cls(obs.attn, qparams, requant)
+    def from_observed(cls, obs: ObservedAttention, requant: str = "float") -> "Int8Attention":
+        return cls(obs.attn, {name: _qparams(o) for name, o in obs.ranges.items()}, requant)
 
     def _linear(self, x, name, sx, zx, out_dtype=torch.float32, out=(1.0, 0)):
-        return _kernels().int8_linear(x, getattr(self, f"w_{name}"), getattr(self, f"ws_{name}"),
+        return _ops().int8_linear(x, getattr(self, f"w_{name}"), getattr(self, f"ws_{name}"),
                                       getattr(self, f"b_{name}"), sx, zx, out[0], out[1], out_dtype, False, self.requant)
 
     def forward(self, x, attn_mask=None, is_causal=False):
         _check_call(attn_mask, is_causal)
-        ops = _kernels()
+        ops = _ops()
         B, N, _ = x.shape
         H, D, C = self.num_heads, self.head_dim, self.attn_dim
         qp = self.qp
         sx, zx = qp["x"]
         (sq, zq), (sk, zk), (sv, zv), (sc, zc) = qp["q"], qp["k"], qp["v"], qp["ctx"]
-        xq = quantize_activation(x, sx, zx)
+        xq = _ops().quantize_per_tensor(x, sx, zx, torch.uint8)
         if self.qk_norm:
             q = self.q_norm(_split_heads(self._linear(xq, "q", sx, zx), B, N, H, D)) * self.scale
             k = self.k_norm(_split_heads(self._linear(xq, "k", sx, zx), B, N, H, D))
-            q = quantize_activation(q, sq, zq, torch.uint8)
-            k = quantize_activation(k, sk, zk, torch.int8)
+            q = _ops().quantize_per_tensor(q, sq, zq, torch.uint8)
+            k = _ops().quantize_per_tensor(k, sk, zk, torch.int8)
         else:
             q = _split_heads(self._linear(xq, "q", sx, zx, torch.uint8, (sq, zq)), B, N, H, D)
             k = _split_heads(self._linear(xq, "k", sx, zx, torch.int8, (sk, zk)), B, N, H, D)
         v = _split_heads(self._linear(xq, "v", sx, zx, torch.int8, (sv, zv)), B, N, H, D)
         logits = ops.int8_bmm(q, k, sq, zq, sk, zk, 1.0, 0, torch.float32, True, self.requant)  # [B, H, N, N]
         p = self.attn_drop(logits.softmax(dim=-1))
-        p = quantize_activation(p, PROB_SCALE, 0)
+        p = _ops().quantize_per_tensor(p, PROB_SCALE, 0, torch.uint8)
         if self.scale_norm:
             ctx = ops.int8_bmm(p, v, PROB_SCALE, 0, sv, zv, 1.0, 0, torch.float32, False, self.requant)
             ctx = self.norm(ctx.transpose(1, 2).reshape(B, N, C))
-            ctx = quantize_activation(ctx, sc, zc)
+            ctx = _ops().quantize_per_tensor(ctx, sc, zc, torch.uint8)
         else:
             ctx = ops.int8_bmm(p, v, PROB_SCALE, 0, sv, zv, sc, zc, torch.uint8, False, self.requant)
             ctx = ctx.transpose(1, 2).reshape(B, N, C)

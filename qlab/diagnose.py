@@ -26,7 +26,7 @@ import torch
 import torch.ao.quantization as tq
 from torch import nn
 
-from . import intref
+from . import int_conv
 from .mismatch import fused_kernel_qparams, lsb_stats
 
 __all__ = ["LayerReport", "Diagnosis", "diagnose", "int_reference", "CAUSES"]
@@ -361,7 +361,7 @@ def _cause(rep: LayerReport, fm, rm, out_fq, in_fq, w_info, r_in, r_out) -> str:
 
 
 def int_reference(rm, xq, requant: str = "fbgemm") -> torch.Tensor | None:
-    """A quantized conv/linear module recomputed by :mod:`qlab.intref` (exact int32 accumulator, then
+    """A quantized conv/linear module recomputed by :mod:`qlab.int_conv` (exact int32 accumulator, then
     ``requant``: fbgemm's float arithmetic by default) on the quantized input ``xq``; None for other modules."""
     import torch.ao.nn.intrinsic.quantized as nniq
     import torch.ao.nn.quantized as nnq
@@ -376,9 +376,9 @@ def int_reference(rm, xq, requant: str = "fbgemm") -> torch.Tensor | None:
     relu = isinstance(rm, (nniq.ConvReLU2d, nniq.LinearReLU))
     if isinstance(rm, nnq.Linear):
         x4, w4 = xq.int_repr().reshape(-1, xq.shape[-1], 1, 1), w.int_repr().reshape(*w.shape, 1, 1)
-        y = intref.conv2d_int(x4, xq.q_scale(), xq.q_zero_point(), w4, ws, rm.scale, rm.zero_point, b, w_zp=wz, relu=relu, requant=requant)
+        y = int_conv.conv2d_int(x4, xq.q_scale(), xq.q_zero_point(), w4, ws, rm.scale, rm.zero_point, b, w_zp=wz, relu=relu, requant=requant)
         return y.reshape(*xq.shape[:-1], -1)
-    return intref.conv2d_int(
+    return int_conv.conv2d_int(
         xq.int_repr(), xq.q_scale(), xq.q_zero_point(), w.int_repr(), ws, rm.scale, rm.zero_point, b,
         w_zp=wz, stride=rm.stride, padding=rm.padding, dilation=rm.dilation, groups=rm.groups, relu=relu, requant=requant,
     )

@@ -88,7 +88,8 @@ class FakeQuantize(FakeQuantizeBase):
             self.zero_point.resize_(zero_point.shape).copy_(zero_point)
         if self.fake_quant_enabled[0] == 1:  # (1) forward, (2) backward
             granularity = PerChannel(self.ch_axis) if self.is_per_channel else PerTensor()
-            x = fake_quantize(x, self.scale, self.zero_point, self.quant_min, self.quant_max, granularity)
+            x = fake_quantize(x, self.scale, self.zero_point, self.dtype, granularity,
+                              quant_min=self.quant_min, quant_max=self.quant_max)
         return x
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

@@ -10,7 +10,7 @@ import torch
 from matplotlib.figure import Figure
 
 from ._checks import check_bits, check_float_tensor, check_tensor
-from .primitives import choose_qparams, dequantize, fake_quantize, quantize, qrange
+from .primitives import choose_qparams, dequantize, fake_quantize, qrange, quantize
 
 __all__ = [
     "sqnr_db",
@@ -40,7 +40,7 @@ def quantization_error(x: torch.Tensor, bits: int = 8, symmetric: bool = False) 
     dtype = torch.qint8 if symmetric else torch.quint8
     qmin, qmax = qrange(dtype, bits=bits)
     scale, zp = choose_qparams(x.min(), x.max(), dtype=dtype, symmetric=symmetric, quant_min=qmin, quant_max=qmax)
-    x_hat = fake_quantize(x, scale, zp, qmin, qmax)
+    x_hat = fake_quantize(x, scale, zp, dtype, quant_min=qmin, quant_max=qmax)
     err = x - x_hat
     return {
         "bits": bits,

@@ -191,7 +191,7 @@ def _same_q(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
 def reference_chain(diag, converted: nn.Module, x: torch.Tensor, requant: str = "fbgemm") -> dict[str, torch.Tensor]:
     """Integer reference codes of every layer, chained: each layer gets the reference's own output of
     the layer before it when the converted model feeds it that layer's output (a chain), else the real
-    input. Input quantization is :func:`qlab.quantize`; conv/linear are :mod:`qlab.intref` with
+    input. Input quantization is :func:`qlab.quantize`; conv/linear are :mod:`qlab.int_conv` with
     ``requant``; other layers (pools, flatten) run PyTorch's quantized op on the reference's tensor."""
     from .primitives import quantize
 

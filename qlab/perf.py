@@ -1,19 +1,10 @@
-"""Timing, benchmark results and their figures: ``notebooks/07-x86-performance.ipynb``
-(and the latency cells of 05 and 06).
+"""Benchmark results and their figures: ``notebooks/07-x86-performance.ipynb``.
 
-**Timing.** A shared 2-core machine is noisy: another process can steal a core for
-a second. :func:`time_interleaved` therefore times the candidates *in turn*
-(round 1: a, b, c; round 2: b, c, a; ...), so a slow spell hits all of them, and
-reports the median of all calls. Only ratios measured in the same run mean
-anything; absolute milliseconds describe one machine at one moment.
-
-**Speedup** of a path is ``t_fp32 / t_path`` (> 1: faster than fp32 eager), and
-the summary over models is the geometric mean::
+Timings come from :mod:`qlab.timing` (interleaved rounds, medians with spread). The
+**speedup** of a path is ``t_fp32 / t_path`` (> 1: faster than fp32 eager), and the
+summary over models is the geometric mean (:func:`qlab.timing.geomean`)::
 
     geomean(r_1 .. r_n) = exp(mean(log r_i))
-
-the only mean for which "2x faster on one model, 2x slower on another" averages
-to 1x.
 
 **Results** (``benchmarks/results/models.json``, written by
 ``benchmarks/bench_models.py``): ``{"machine": {...}, "records": [...], "sweep": [...]}``.
@@ -28,28 +19,19 @@ PyTorch's int8 alternatives on ViT shapes; :func:`draw_kernels` plots them.
 from __future__ import annotations
 
 import json
-import math
 import os
 import pathlib
-import platform
 import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
+from typing import Iterable, Mapping
 
-import torch
 from matplotlib.figure import Figure
 
 from ._checks import check_choice
+from .timing import geomean
 
 __all__ = [
     "RESULTS",
-    "Timing",
-    "time_interleaved",
-    "speedups",
-    "geomean",
-    "machine_info",
     "load_results",
     "ok_records",
     "speedup_table",
@@ -67,140 +49,6 @@ __all__ = [
 ]
 
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "models.json"
-
-
-# --------------------------------------------------------------------------- timing
-@dataclass
-class Timing:
-    """All per-call wall times (ms) of one candidate; ``median`` is what is reported."""
-
-    name: str
-    samples: list[float] = field(default_factory=list)
-
-    @property
-    def median(self) -> float:
-        s = sorted(self.samples)
-        n = len(s)
-        if not n:
-            return math.nan
-        return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-
-    @property
-    def iqr(self) -> tuple[float, float]:
-        """The 25th and 75th percentiles (ms): how noisy the median is."""
-        s = sorted(self.samples)
-        if not s:
-            return (math.nan, math.nan)
-        return s[int(0.25 * (len(s) - 1))], s[int(math.ceil(0.75 * (len(s) - 1)))]
-
-
-def _check_positive_int(name, v):
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return v
-
-
-def time_interleaved(
-    fns: Mapping[str, Callable[[], object]],
-    *,
-    rounds: int = 5,
-    number: int | None = None,
-    warmup: int = 2,
-    target_s: float = 0.2,
-    max_number: int = 50,
-) -> dict[str, Timing]:
-    """Time zero-argument callables in turn, under ``torch.no_grad()``.
-
-    Each candidate is first called ``warmup`` times. Then ``rounds`` rounds run
-    every candidate ``number`` times (default: as many calls as fit in about
-    ``target_s`` seconds, 1 to ``max_number``), rotating the order each round.
-    Returns ``{name: Timing}`` with every call's time in milliseconds.
-    """
-    if not isinstance(fns, Mapping) or not fns:
-        raise TypeError("fns must be a non-empty dict of name -> zero-argument callable")
-    for k, f in fns.items():
-        if not callable(f):
-            raise TypeError(f"fns[{k!r}] must be callable, got {type(f).__name__}")
-    _check_positive_int("rounds", rounds)
-    if number is not None:
-        _check_positive_int("number", number)
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
-    _check_positive_int("max_number", max_number)
-    if not (isinstance(target_s, (int, float)) and target_s > 0):
-        raise ValueError(f"target_s must be a positive number of seconds, got {target_s!r}")
-
-    names = list(fns)
-    out = {n: Timing(n) for n in names}
-    counts = {}
-    with torch.no_grad():
-        for n in names:
-            for _ in range(warmup):
-                fns[n]()
-            if number is None:
-                t0 = time.perf_counter()
-                fns[n]()
-                dt = time.perf_counter() - t0
-                counts[n] = max(1, min(max_number, int(target_s / max(dt, 1e-6))))
-            else:
-                counts[n] = number
-        for r in range(rounds):
-            k = r % len(names)
-            for n in names[k:] + names[:k]:
-                f, samples = fns[n], out[n].samples
-                for _ in range(counts[n]):
-                    t0 = time.perf_counter()
-                    f()
-                    samples.append((time.perf_counter() - t0) * 1e3)
-    return out
-
-
-def speedups(timings: Mapping[str, Timing], baseline: str) -> dict[str, float]:
-    """``{name: baseline median / name median}``: > 1 means faster than ``baseline``."""
-    if baseline not in timings:
-        raise ValueError(f"baseline must be one of {sorted(timings)}, got {baseline!r}")
-    b = timings[baseline].median
-    return {n: b / t.median for n, t in timings.items()}
-
-
-def geomean(values: Iterable[float]) -> float:
-    """Geometric mean ``exp(mean(log v))`` of positive numbers."""
-    vals = [float(v) for v in values]
-    if not vals:
-        raise ValueError("values must not be empty")
-    if not all(v > 0 and math.isfinite(v) for v in vals):
-        raise ValueError(f"values must be positive and finite, got {vals}")
-    return math.exp(sum(math.log(v) for v in vals) / len(vals))
-
-
-def machine_info() -> dict:
-    """What a timing depends on: CPU, ISA extensions, torch build and dispatch level, threads."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from ._env import cpu_name, isa_summary
-
-    def v(dist):
-        try:
-            return version(dist)
-        except PackageNotFoundError:
-            return "missing"
-
-    try:
-        capability = torch.backends.cpu.get_cpu_capability()
-    except Exception:
-        capability = "unknown"
-    return {
-        "cpu": cpu_name(),
-        "isa": isa_summary(),
-        "torch_cpu_capability": capability,
-        "cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "torchao": v("torchao"),
-        "timm": v("timm"),
-        "python": platform.python_version(),
-        "quantized_engines": [e for e in torch.backends.quantized.supported_engines if e != "none"],
-    }
 
 
 # --------------------------------------------------------------------------- results

@@ -47,6 +47,8 @@ from ._checks import (
 )
 
 __all__ = [
+    "INT_RANGES",
+    "STORAGE",
     "PerTensor",
     "PerChannel",
     "qrange",
@@ -56,13 +58,19 @@ __all__ = [
     "fake_quantize",
 ]
 
-# The integer storage each quantized dtype uses, and its full range.
-_STORAGE = {
-    torch.quint8: (torch.uint8, 0, 255),
-    torch.qint8: (torch.int8, -128, 127),
-    torch.qint32: (torch.int32, -(2**31), 2**31 - 1),
+#: The one integer-range table of qlab: every quantized dtype and plain integer dtype the workbook uses,
+#: with its full range. Observers, kernels and checks all read it (through :func:`qrange`).
+INT_RANGES = {
+    torch.quint8: (0, 255),
+    torch.qint8: (-128, 127),
+    torch.qint32: (-(2**31), 2**31 - 1),
+    torch.uint8: (0, 255),
+    torch.int8: (-128, 127),
+    torch.int32: (-(2**31), 2**31 - 1),
 }
-_DTYPES = list(_STORAGE)
+#: The plain integer tensor that holds each quantized dtype's codes.
+STORAGE = {torch.quint8: torch.uint8, torch.qint8: torch.int8, torch.qint32: torch.int32}
+_DTYPES = list(STORAGE)
 
 
 @dataclass(frozen=True)
@@ -84,7 +92,8 @@ def _check_granularity(granularity):
 
 
 def qrange(dtype: torch.dtype = torch.quint8, *, bits: int | None = None, reduce_range: bool = False) -> tuple[int, int]:
-    """The integer range ``(qmin, qmax)`` of a quantized dtype.
+    """The integer range ``(qmin, qmax)`` of a quantized dtype (``torch.quint8``, ``qint8``, ``qint32``) or of
+    the plain integer dtype that stores it (``torch.uint8``, ``int8``, ``int32``): :data:`INT_RANGES`.
 
     ``bits`` narrows it to a ``bits``-wide range of the same signedness
     (unsigned: ``[0, 2**bits - 1]``, signed: ``[-2**(bits-1), 2**(bits-1) - 1]``).
@@ -93,13 +102,14 @@ def qrange(dtype: torch.dtype = torch.quint8, *, bits: int | None = None, reduce
     ``vpmaddubsw`` instruction adds two uint8*int8 products into an int16, which
     can overflow at full range (notebook 01 shows when).
     """
-    check_choice("dtype", dtype, _DTYPES)
-    _, lo, hi = _STORAGE[dtype]
+    check_choice("dtype", dtype, list(INT_RANGES))
+    lo, hi = INT_RANGES[dtype]
     signed = lo < 0
+    wide = dtype in (torch.qint32, torch.int32)
     if bits is None:
-        bits = 8 if dtype != torch.qint32 else 32
+        bits = 32 if wide else 8
     else:
-        check_bits("bits", bits, 2, 8 if dtype != torch.qint32 else 32)
+        check_bits("bits", bits, 2, 32 if wide else 8)
     if reduce_range:
         bits -= 1
     if signed:
@@ -108,7 +118,7 @@ def qrange(dtype: torch.dtype = torch.quint8, *, bits: int | None = None, reduce
 
 
 def _resolve_range(dtype, quant_min, quant_max):
-    _, lo, hi = _STORAGE[dtype]
+    lo, hi = INT_RANGES[dtype]
     qmin = lo if quant_min is None else quant_min
     qmax = hi if quant_max is None else quant_max
     for name, v in (("quant_min", qmin), ("quant_max", qmax)):
@@ -238,12 +248,18 @@ def quantize(
     _check_granularity(granularity)
     check_finite("x", x)
     qmin, qmax = _resolve_range(dtype, quant_min, quant_max)
-    s, z, _ = _qparams(x, scale, zero_point, granularity, *_resolve_range(dtype, None, None))
-    inv_scale = 1.0 / s  # float32, as PyTorch: it multiplies by the reciprocal
-    r = torch.round(x * inv_scale) + z.to(torch.float32)  # round half to even; PyTorch adds zp in float32 too
-    r = r.clamp(-(2.0**40), 2.0**40)  # keep the int64 conversion exact; the clamp below decides
-    q = r.to(torch.int64).clamp(qmin, qmax)
-    return q.to(_STORAGE[dtype][0])
+    s, z, _ = _qparams(x, scale, zero_point, granularity, *INT_RANGES[dtype])
+    return _codes(x, 1.0 / s, z, qmin, qmax).to(STORAGE[dtype])  # 1 / s in float32: PyTorch multiplies
+
+
+def _codes(x: torch.Tensor, inv_scale, zero_point, qmin: int, qmax: int) -> torch.Tensor:
+    """Equation (2), the one place qlab turns floats into codes (``qlab.kernels.reference`` uses it too):
+    ``clamp(round_half_even(x * inv_scale) + zero_point, qmin, qmax)`` with PyTorch's float32 steps --
+    multiply by the float32 reciprocal, round, add the zero point *in float32*, clamp. Returns int64;
+    NaN becomes ``qmin`` (the C++ op's convention; :func:`quantize` refuses NaN before it gets here)."""
+    r = torch.round(x * inv_scale) + torch.as_tensor(zero_point).to(torch.float32)
+    r = torch.nan_to_num(r, nan=float(qmin)).clamp(-(2.0**40), 2.0**40)  # an exact int64 conversion; clamp decides
+    return r.to(torch.int64).clamp(qmin, qmax)
 
 
 def dequantize(
@@ -254,11 +270,10 @@ def dequantize(
 ) -> torch.Tensor:
     """Equation (1): integer codes -> float32. Equals PyTorch's ``Tensor.dequantize()`` bit for bit."""
     check_tensor("q", q)
-    storage = {v[0]: (v[1], v[2]) for v in _STORAGE.values()}
-    if q.dtype not in storage:
+    if q.dtype not in STORAGE.values():
         raise TypeError(f"q must have dtype torch.uint8, torch.int8 or torch.int32 (integer codes), got {q.dtype}")
     _check_granularity(granularity)
-    s, z, s64 = _qparams(q, scale, zero_point, granularity, *storage[q.dtype])
+    s, z, s64 = _qparams(q, scale, zero_point, granularity, *INT_RANGES[q.dtype])
     if s64 is None:
         return (q.to(torch.int64) - z).to(torch.float32) * s
     # ATen's per-channel kernel: (float(q) - zero_point) in float32, times the float64 scale.
@@ -287,23 +302,23 @@ def fake_quantize(
     x: torch.Tensor,
     scale,
     zero_point,
-    quant_min: int = 0,
-    quant_max: int = 255,
+    dtype: torch.dtype = torch.quint8,
     granularity: PerTensor | PerChannel = PerTensor(),
+    *,
+    quant_min: int | None = None,
+    quant_max: int | None = None,
 ) -> torch.Tensor:
     """Quantize and dequantize in one step, staying in float32: what QAT trains with.
 
-    ``x_fq = (clamp(round(x / scale) + zero_point, quant_min, quant_max) - zero_point) * scale``.
-    Equals ``torch.fake_quantize_per_tensor_affine`` / ``_per_channel_affine``
+    ``x_fq = (clamp(round(x / scale) + zero_point, quant_min, quant_max) - zero_point) * scale``, the
+    arguments in :func:`quantize`'s order (the codes' dtype gives the range unless ``quant_min``/
+    ``quant_max`` narrow it). Equals ``torch.fake_quantize_per_tensor_affine`` / ``_per_channel_affine``
     bit for bit, forward and backward (straight-through estimator).
     """
     check_float_tensor("x", x)
+    check_choice("dtype", dtype, _DTYPES)
     _check_granularity(granularity)
     check_finite("x", x)
-    for name, v in (("quant_min", quant_min), ("quant_max", quant_max)):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    if not -(2**31) <= quant_min < quant_max <= 2**31 - 1:
-        raise ValueError(f"need quant_min < quant_max within int32, got quant_min={quant_min}, quant_max={quant_max}")
-    s, z, _ = _qparams(x, scale, zero_point, granularity, quant_min, quant_max)
-    return _FakeQuantize.apply(x, s, z, quant_min, quant_max)
+    qmin, qmax = _resolve_range(dtype, quant_min, quant_max)
+    s, z, _ = _qparams(x, scale, zero_point, granularity, qmin, qmax)
+    return _FakeQuantize.apply(x, s, z, qmin, qmax)

@@ -32,7 +32,7 @@ ops have fake kernels). Four rewrites, each counted in the returned report:
 Two clean-ups make the rewritten graph quick to run eagerly:
 
 * ``quantize`` -- ``quantized_decomposed.quantize_per_tensor`` (five float32 passes in
-  Python) becomes :func:`qlab.attention.quantize_activation` (qlab's one-pass kernel,
+  Python) becomes ``qlab::quantize_per_tensor`` (qlab's one-pass kernel,
   the same codes);
 * ``dropout`` -- ``dropout(p=0)`` / ``dropout(train=False)`` nodes (identities) are removed.
 
@@ -46,6 +46,7 @@ import torch
 from torch import fx
 
 from ._checks import check_choice
+from .primitives import INT_RANGES
 
 __all__ = ["lower_to_qlab", "count_targets", "uint8_to_int8"]
 
@@ -275,17 +276,17 @@ def _lower_linears(gm, requant, report) -> None:
 
 
 def _fast_quantize(gm, report) -> None:
-    from .attention import quantize_activation
+    import qlab.kernels  # noqa: F401 -- registers torch.ops.qlab.*
 
     qd = _qd()
-    full = {torch.uint8: (0, 255), torch.int8: (-128, 127)}
+    full = INT_RANGES
     for q in list(gm.graph.nodes):
         if not _is(q, qd.quantize_per_tensor.default):
             continue
         x, scale, zp, lo, hi, dtype = q.args[:6]
         if isinstance(scale, float) and isinstance(zp, int) and full.get(dtype) == (lo, hi):
             with gm.graph.inserting_before(q):
-                new = gm.graph.call_function(quantize_activation, (x, scale, zp, dtype))
+                new = gm.graph.call_function(torch.ops.qlab.quantize_per_tensor.default, (x, scale, zp, dtype))
             new.meta = dict(q.meta)
             q.replace_all_uses_with(new)
             gm.graph.erase_node(q)

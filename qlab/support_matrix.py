@@ -25,23 +25,17 @@ one category each (:func:`support_matrix` returns them all as :class:`Row` s):
    once with the opt-ins it offers (``set_function_type_qconfig(torch.matmul, ...)``);
    an op is listed by what the quantizer actually annotated.
 
-:func:`save` writes the rows as CSV or JSON; :class:`SupportTable` is the
-searchable table of the notebook (a Text filter redrawing one display id).
+:mod:`qlab.support_table` counts, filters, saves and shows the rows (the notebook's searchable table).
 """
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
-import io
-import json
-import pathlib
-import time
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 
-from ._checks import check_choice
+from .timing import speedups, time_interleaved
 
 __all__ = [
     "Row",
@@ -54,12 +48,6 @@ __all__ = [
     "time_vs_fp32",
     "x86_inductor_annotations",
     "support_matrix",
-    "counts",
-    "filter_rows",
-    "to_html",
-    "save",
-    "load",
-    "SupportTable",
 ]
 
 CATEGORIES = (
@@ -290,8 +278,8 @@ def time_vs_fp32(repeats: int = 15, seed: int = 0, shape=(6, 197, 64)) -> dict[s
     """Median time ratio quantized/fp32 for ``quantized::matmul`` (attention's ``q @ kᵀ`` at
     ViT-S/16 size, ``shape`` = heads, tokens, head_dim) and ``quantized::linear`` (same tokens).
 
-    The two calls alternate and the ratio is taken per pair, so a slower stretch of a
-    shared machine slows both. A ratio above 1: the int8 op is slower than float32."""
+    Timed interleaved (:func:`qlab.timing.time_interleaved`), the ratio paired per round, so a slower
+    stretch of a shared machine slows both. A ratio above 1: the int8 op is slower than float32."""
     g = torch.Generator().manual_seed(seed)
     h, n, d = shape
     a = torch.quantize_per_tensor(torch.randn(h, n, d, generator=g), 0.05, 128, torch.quint8)
@@ -302,26 +290,11 @@ def time_vs_fp32(repeats: int = 15, seed: int = 0, shape=(6, 197, 64)) -> dict[s
     w = torch.randn(3 * h * d, h * d, generator=g)
     lin = torch.ao.nn.quantized.Linear(h * d, 3 * h * d)
     lin.set_weight_bias(torch.quantize_per_tensor(w, 0.01, 0, torch.qint8), None)
-    pairs = {
-        "quantized::matmul": (lambda: torch.ops.quantized.matmul(a, b, 0.3, 128), lambda: torch.matmul(af, bf)),
-        "quantized::linear": (lambda: lin(x), lambda: torch.nn.functional.linear(xf, w)),
-    }
-    out = {}
-    with torch.inference_mode():
-        for name, (fq, ff) in pairs.items():
-            for _ in range(3):
-                fq(), ff()
-            ratios = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fq()
-                t1 = time.perf_counter()
-                ff()
-                t2 = time.perf_counter()
-                ratios.append((t1 - t0) / (t2 - t1))
-            ratios.sort()
-            out[name] = ratios[len(ratios) // 2]
-    return out
+    fns = {"quantized::matmul": lambda: torch.ops.quantized.matmul(a, b, 0.3, 128), "matmul": lambda: torch.matmul(af, bf),
+           "quantized::linear": lambda: lin(x), "linear": lambda: torch.nn.functional.linear(xf, w)}
+    sp = speedups(time_interleaved(fns, rounds=repeats), "matmul")
+    sp_lin = sp["linear"]
+    return {"quantized::matmul": 1 / sp["quantized::matmul"], "quantized::linear": sp_lin / sp["quantized::linear"]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -428,120 +401,3 @@ def support_matrix(*, dispatcher: bool = True, probes: bool = True, numerics: bo
     if inductor:
         rows += x86_inductor_annotations()
     return rows
-
-
-def counts(rows: Iterable[Row]) -> dict[str, int]:
-    """Rows per category, in the order of :data:`CATEGORIES` (categories without rows omitted)."""
-    rows = list(rows)
-    return {c: n for c in CATEGORIES if (n := sum(r.category == c for r in rows))}
-
-
-def filter_rows(rows: Iterable[Row], text: str = "", category: str | None = None) -> list[Row]:
-    """Rows whose op, category or detail contains ``text`` (case-insensitive), optionally one category."""
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
-    if category is not None:
-        check_choice("category", category, CATEGORIES)
-    needle = text.strip().lower()
-    return [
-        r for r in rows
-        if (category is None or r.category == category)
-        and (not needle or needle in r.op.lower() or needle in r.category.lower() or needle in r.detail.lower())
-    ]
-
-
-def to_html(rows: Iterable[Row], limit: int = 40) -> str:
-    """An HTML table of at most ``limit`` rows, with a line saying how many matched."""
-    import html
-
-    rows = list(rows)
-    shown = rows[:limit]
-    head = "<tr><th style='text-align:left'>op</th><th style='text-align:left'>category</th><th style='text-align:left'>detail</th></tr>"
-    body = "".join(
-        f"<tr><td style='text-align:left'><code>{html.escape(r.op)}</code></td><td style='text-align:left'>"
-        f"{html.escape(r.category)}</td><td style='text-align:left'>{html.escape(r.detail)}</td></tr>"
-        for r in shown
-    )
-    more = f" (first {limit} shown)" if len(rows) > limit else ""
-    return f"<p>{len(rows)} matching rows{more}</p><table>{head}{body}</table>"
-
-
-def _to_text(rows: list[Row], limit: int) -> str:
-    lines = [f"{len(rows)} matching rows" + (f" (first {limit} shown)" if len(rows) > limit else "")]
-    lines += [f"{r.op:40s} {r.category:28s} {r.detail}" for r in rows[:limit]]
-    return "\n".join(lines)
-
-
-def save(rows: Iterable[Row], path, fmt: str | None = None) -> pathlib.Path:
-    """Write the rows to ``path`` as CSV or JSON (``fmt`` from the suffix unless given); return the path."""
-    path = pathlib.Path(path)
-    fmt = fmt or path.suffix.lstrip(".").lower()
-    check_choice("fmt", fmt, ["csv", "json"])
-    rows = [dataclasses.asdict(r) for r in rows]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__}
-    if fmt == "json":
-        path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    else:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["op", "category", "detail"], lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-        path.write_text(buf.getvalue())
-    return path
-
-
-def load(path) -> list[Row]:
-    """Read a file written by :func:`save`."""
-    path = pathlib.Path(path)
-    if path.suffix.lower() == ".json":
-        return [Row(**r) for r in json.loads(path.read_text())["rows"]]
-    with path.open(newline="") as f:
-        return [Row(**r) for r in csv.DictReader(f)]
-
-
-class SupportTable:
-    """A Text filter (and a category dropdown) driving one HTML table through a display id,
-    the table counterpart of :class:`qlab.widgets.LiveFigure`.
-
-    >>> table = SupportTable(rows).show()
-    >>> table.controls["text"].value = "bmm"      # redraws; table.result holds the matching rows
-    """
-
-    def __init__(self, rows: Iterable[Row], text: str = "", category: str | None = None, limit: int = 40):
-        import ipywidgets as W
-
-        self.rows = list(rows)
-        self.limit = limit
-        cats = [c for c in CATEGORIES if any(r.category == c for r in self.rows)]
-        if category is not None:
-            check_choice("category", category, cats)
-        self.controls = {
-            "text": W.Text(value=text, description="filter", placeholder="op name, category or detail"),
-            "category": W.Dropdown(options=[("all", None)] + [(c, c) for c in cats], value=category,
-                                   description="category"),
-        }
-        self.result: list[Row] = []
-        self.redraws = 0
-        self._handle = None
-        self.redraw()
-        for w in self.controls.values():
-            w.observe(lambda change: self.redraw(), names="value")
-
-    def redraw(self) -> list[Row]:
-        self.result = filter_rows(self.rows, self.controls["text"].value, self.controls["category"].value)
-        self.redraws += 1
-        if self._handle is not None:
-            self._handle.update(self._bundle(), raw=True)
-        return self.result
-
-    def _bundle(self) -> dict:
-        return {"text/html": to_html(self.result, self.limit), "text/plain": _to_text(self.result, self.limit)}
-
-    def show(self) -> "SupportTable":
-        from IPython.display import display
-        import ipywidgets as W
-
-        display(W.HBox(list(self.controls.values())))
-        self._handle = display(self._bundle(), raw=True, display_id=True)
-        return self

@@ -4,8 +4,7 @@ Taught in ``notebooks/08-vit-attention-int8.ipynb``.
 The model is timm's own ``VisionTransformer`` (:data:`DIGITS_VIT`: 32x32 grey
 digits upsampled from ``qlab.data``, 4x4 patches -> 64 patch tokens + a class
 token, 4 blocks of 4 heads of dimension 16), trained by ``scripts/train_vit.py``
-and loaded by :func:`load_pretrained`, which checks the file's SHA-256 against
-``data/vit_models.json``. Its attention is exactly the ``timm.layers.Attention``
+and loaded by ``qlab.checkpoints.load("digits_vit")``. Its attention is exactly the ``timm.layers.Attention``
 of the user report (with ``fused_attn`` off, so that the two matmuls are explicit).
 
 Four fixes, each returning a model that takes the same float input:
@@ -28,14 +27,8 @@ of the logits.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import hashlib
-import json
-import pathlib
-import statistics
-import time
-from typing import Callable, Iterable, Mapping
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -45,37 +38,23 @@ from .attention import (
     Attention,
     DequantAttention,
     FunctionalAttention,
+    Int8Attention,
+    Int8Linear,
     ObservedAttention,
     ObservedLinear,
-    QuantizedAttention,
-    QuantizedLinear,
 )
 
 __all__ = [
-    "DATA_DIR",
-    "REGISTRY",
     "DIGITS_VIT",
     "build",
     "set_fused_attn",
-    "available",
-    "model_info",
-    "load_pretrained",
     "predict",
     "compare",
     "attention_module_names",
     "quantize_vit",
     "eager_quantize_vit",
     "pt2e_quantize",
-    "capture_attention",
-    "check_int8_calls",
-    "spy",
-    "time_interleaved",
-    "draw_attention",
-    "AttentionExplorer",
 ]
-
-DATA_DIR = pathlib.Path(__file__).resolve().parents[1] / "data"
-REGISTRY = "vit_models.json"
 
 #: timm ``VisionTransformer`` arguments of the digits ViT (scripts/train_vit.py trains it).
 DIGITS_VIT = {
@@ -111,45 +90,6 @@ def set_fused_attn(model: nn.Module, enabled: bool) -> nn.Module:
         if isinstance(m, Attention):
             m.fused_attn = bool(enabled)
     return model
-
-
-# ----------------------------------------------------------------------------------------------
-# The trained checkpoint
-
-
-def _registry(data_dir=None) -> dict:
-    path = pathlib.Path(data_dir or DATA_DIR) / REGISTRY
-    if not path.exists():
-        raise FileNotFoundError(f"{REGISTRY} not found in the data directory; run scripts/train_vit.py")
-    return json.loads(path.read_text())
-
-
-def available(data_dir=None) -> list[str]:
-    """Names of the checkpoints listed in ``data/vit_models.json``."""
-    return sorted(_registry(data_dir))
-
-
-def model_info(name: str = "digits_vit", data_dir=None) -> dict:
-    """The ``data/vit_models.json`` entry of ``name``: file, SHA-256, timm arguments, input size,
-    test accuracy recorded after training, recipe, versions."""
-    reg = _registry(data_dir)
-    if name not in reg:
-        raise ValueError(f"name must be one of {sorted(reg)}, got {name!r}")
-    return dict(reg[name])
-
-
-def load_pretrained(name: str = "digits_vit", data_dir=None) -> nn.Module:
-    """The trained ViT ``name`` in eval mode with ``fused_attn`` off, after checking the file's SHA-256."""
-    info = model_info(name, data_dir)
-    path = pathlib.Path(data_dir or DATA_DIR) / info["file"]
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {info['file']} is missing from the data directory")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != info["sha256"]:
-        raise ValueError(f"{info['file']} has SHA-256 {digest[:12]}..., {REGISTRY} records {info['sha256'][:12]}...")
-    model = build(**info["kwargs"])
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return set_fused_attn(model.eval(), False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,8 +177,8 @@ def _check_batches(calibration_batches) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def quantize_vit(model: nn.Module, calibration_batches: Iterable[torch.Tensor], requant: str = "float") -> nn.Module:
-    """A copy of ``model`` with every timm ``Attention`` replaced by :class:`~qlab.attention.QuantizedAttention`
-    and every other ``nn.Linear`` by :class:`~qlab.attention.QuantizedLinear` (qlab.kernels, int8).
+    """A copy of ``model`` with every timm ``Attention`` replaced by :class:`~qlab.attention.Int8Attention`
+    and every other ``nn.Linear`` by :class:`~qlab.attention.Int8Linear` (qlab.kernels, int8).
 
     Calibration: the float model runs ``calibration_batches`` while observers record the
     min/max of each quantized activation. ``requant``: ``"float"`` (PyTorch's rounding) or
@@ -256,9 +196,9 @@ def quantize_vit(model: nn.Module, calibration_batches: Iterable[torch.Tensor], 
     for xb in batches:
         m(xb)
     for n in attn_names:
-        m.set_submodule(n, QuantizedAttention.from_observed(m.get_submodule(n), requant))
+        m.set_submodule(n, Int8Attention.from_observed(m.get_submodule(n), requant))
     for n in lin_names:
-        m.set_submodule(n, QuantizedLinear.from_observed(m.get_submodule(n), requant))
+        m.set_submodule(n, Int8Linear.from_observed(m.get_submodule(n), requant))
     return m
 
 
@@ -306,236 +246,19 @@ def eager_quantize_vit(model: nn.Module, calibration_batches: Iterable[torch.Ten
 
 @torch.no_grad()
 def pt2e_quantize(model: nn.Module, calibration_batches: Iterable[torch.Tensor], matmul: bool = True,
-                  skip: tuple[str, ...] = ("patch_embed",), dynamic_batch: bool = True):
-    """PT2E: ``torch.export``, ``prepare_pt2e`` with ``X86InductorQuantizer`` (default recipe;
-    ``matmul=True`` adds ``set_function_type_qconfig(torch.matmul, ...)``; modules named in
-    ``skip`` stay float), calibration, ``convert_pt2e``. Returns the converted ``GraphModule``:
-    ``quantize_per_tensor``/``dequantize_*`` nodes around float ops. ``dynamic_batch``: any
-    batch size (exported with a batch of 2), else the shape of the first calibration batch."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+                  skip: tuple[str, ...] = ("patch_embed",)) -> torch.fx.GraphModule:
+    """PT2E with ``X86InductorQuantizer`` (default recipe; ``matmul=True`` adds
+    ``set_function_type_qconfig(torch.matmul, ...)``; modules named in ``skip`` stay float) through
+    :func:`qlab.pt2e.pt2e_int8` (export with a dynamic batch, prepare, calibrate, convert). Returns the
+    converted ``GraphModule``: ``quantize_per_tensor``/``dequantize_*`` nodes around float ops."""
+    from .pt2e import pt2e_int8, x86_quantizer
 
     batches = _check_batches(calibration_batches)
     m = set_fused_attn(copy.deepcopy(model).eval(), False)
     attention_module_names(m)
-    if dynamic_batch:
-        example = batches[0][:1].expand(2, *batches[0].shape[1:]).contiguous()  # batch 1 would specialize
-        dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}}
-        gm = torch.export.export(m, (example,), dynamic_shapes=dynamic).module()
-    else:
-        gm = torch.export.export(m, (batches[0],)).module()
-    cfg = xiq.get_default_x86_inductor_quantization_config()
-    quantizer = xiq.X86InductorQuantizer().set_global(cfg)
+    quantizer = x86_quantizer()
     if matmul:
-        quantizer.set_function_type_qconfig(torch.matmul, cfg)
+        quantizer.set_function_type_qconfig(torch.matmul, quantizer.global_config)
     for name in skip:
         quantizer.set_module_name_qconfig(name, None)
-    prepared = prepare_pt2e(gm, quantizer)
-    for xb in batches:
-        prepared(xb)
-    return convert_pt2e(prepared)
-
-
-# ----------------------------------------------------------------------------------------------
-# Looking inside: attention maps and the int8 calls
-
-
-_SOFTMAX = ("aten.softmax.int", "aten._softmax.default")
-
-
-@torch.no_grad()
-def capture_attention(model, x: torch.Tensor) -> list[torch.Tensor]:
-    """The attention probabilities of every layer for input ``x``: a list (one per block) of float
-    ``[B, heads, tokens, tokens]`` tensors. Eager models: hooks on each attention module's
-    ``attn_drop`` (which receives the softmax output; quantized outputs are dequantized).
-    ``GraphModule`` s: the outputs of the softmax nodes, in graph order."""
-    if isinstance(model, torch.fx.GraphModule):
-        seen: list[torch.Tensor] = []
-
-        class _Grab(torch.fx.Interpreter):
-            def run_node(self, n):
-                out = super().run_node(n)
-                if n.op == "call_function" and str(n.target) in _SOFTMAX:
-                    seen.append(out.detach().float())
-                return out
-
-        _Grab(model).run(x)
-        return seen
-    seen = []
-    owners = [m for m in model.modules() if isinstance(m, (Attention, DequantAttention, FunctionalAttention,
-                                                           QuantizedAttention))]
-    fused = [(m, m.fused_attn) for m in owners if isinstance(m, Attention)]
-    hooks = [m.attn_drop.register_forward_hook(
-        lambda mod, inp, out: seen.append((out.dequantize() if out.is_quantized else out).detach().float()))
-        for m in owners]
-    try:
-        for m, _ in fused:
-            m.fused_attn = False
-        model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        for m, f in fused:
-            m.fused_attn = f
-    return seen
-
-
-def check_int8_calls(model, x: torch.Tensor) -> dict:
-    """Run ``model(x)`` and recompute every ``qlab::int8_bmm`` / ``qlab::int8_linear`` call with
-    ``qlab.kernels.reference`` on the same arguments. Returns the number of calls per op and
-    ``all_equal`` (every output ``torch.equal`` to the reference)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    from .kernels import reference
-
-    refs = {"int8_bmm": reference.int8_bmm, "int8_linear": reference.int8_linear}
-    stats = {"int8_bmm": 0, "int8_linear": 0, "all_equal": True}
-
-    class _Check(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            name = func._schema.name
-            if name.startswith("qlab::"):
-                op = name.split("::")[1]
-                if op in refs:
-                    stats[op] += 1
-                    stats["all_equal"] &= bool(torch.equal(out, refs[op](*args, **(kwargs or {}))))
-            return out
-
-    with torch.no_grad(), _Check():
-        model(x)
-    return stats
-
-
-@contextlib.contextmanager
-def spy(obj, method: str):
-    """Record every call of ``obj.method`` inside the ``with`` block as ``(args, result)``::
-
-        with spy(model.blocks[0].attn.qk, "matmul") as calls:
-            model(x)
-        (a, b), out = calls[0]
-    """
-    original = getattr(obj, method)
-    if not callable(original):
-        raise TypeError(f"method must name a callable attribute of {type(obj).__name__}, got {method!r}")
-    calls: list[tuple[tuple, object]] = []
-    had_own = method in vars(obj)
-
-    def wrapper(*args, **kwargs):
-        out = original(*args, **kwargs)
-        calls.append((args, out))
-        return out
-
-    setattr(obj, method, wrapper)
-    try:
-        yield calls
-    finally:
-        if had_own:
-            setattr(obj, method, original)
-        else:
-            delattr(obj, method)
-
-
-@torch.inference_mode()
-def time_interleaved(fns: Mapping[str, Callable[[], object]], repeats: int = 10, warmup: int = 1,
-                     baseline: str | None = None) -> dict[str, dict]:
-    """Time each function ``repeats`` times, in turn (one call of each per round, so a slow spell of a
-    shared machine hits all of them). Returns ``{name: {"median_ms", "ratio"}}`` where ``ratio`` is the
-    median over rounds of ``t / t_baseline`` (``baseline``: the first name unless given)."""
-    if not fns:
-        raise ValueError("fns must be a non-empty dict of name -> callable")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
-    baseline = next(iter(fns)) if baseline is None else baseline
-    check_choice("baseline", baseline, list(fns))
-    for f in fns.values():
-        for _ in range(warmup):
-            f()
-    times: dict[str, list[float]] = {n: [] for n in fns}
-    for _ in range(repeats):
-        for n, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[n].append(time.perf_counter() - t0)
-    return {
-        n: {"median_ms": 1e3 * statistics.median(t),
-            "ratio": statistics.median(a / b for a, b in zip(t, times[baseline]))}
-        for n, t in times.items()
-    }
-
-
-def draw_attention(fig, image: torch.Tensor, maps: Mapping[str, list[torch.Tensor]], layer: int = 0, head: int = 0,
-                   reference: str = "fp32", patch: int = 4) -> dict:
-    """Class-token attention of one ``layer`` and ``head`` for every model in ``maps`` (name ->
-    :func:`capture_attention` result for one image), drawn over the patch grid, and the error of
-    each head against ``reference`` (max |P - P_ref| over the whole token x token matrix).
-
-    Returns ``{"head_error": {name: [per head]}, "cls_attention": {name: [patch weights]},
-    "worst": (name, head)}``: what the figure shows."""
-    if reference not in maps:
-        raise ValueError(f"reference must be one of {list(maps)}, got {reference!r}")
-    ref = maps[reference]
-    layers, heads = len(ref), ref[0].shape[1]
-    if not (isinstance(layer, int) and 0 <= layer < layers):
-        raise ValueError(f"layer must be an int in [0, {layers - 1}], got {layer!r}")
-    if not (isinstance(head, int) and 0 <= head < heads):
-        raise ValueError(f"head must be an int in [0, {heads - 1}], got {head!r}")
-    img = image.squeeze().float()
-    grid = img.shape[-1] // patch
-    names = list(maps)
-    errors = {n: [float((maps[n][layer][0, h] - ref[layer][0, h]).abs().max()) for h in range(heads)] for n in names}
-    cls = {n: maps[n][layer][0, head, 0, -grid * grid:].reshape(grid, grid) for n in names}
-    vmax = float(max(c.max() for c in cls.values()))
-    mosaic = [["img"] + names, ["bars"] * (len(names) + 1)]
-    axes = fig.subplot_mosaic(mosaic, height_ratios=[1.0, 0.8])
-    axes["img"].imshow(img.numpy(), cmap="gray_r")
-    axes["img"].set_title("input", fontsize=8)
-    for n in names:
-        ax = axes[n]
-        ax.imshow(cls[n].numpy(), cmap="viridis", vmin=0.0, vmax=vmax)
-        title = n if n == reference else f"{n}\nmax err {errors[n][head]:.3f}"
-        ax.set_title(title, fontsize=7)
-    for ax in [axes["img"], *(axes[n] for n in names)]:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    others = [n for n in names if n != reference]
-    width = 0.8 / max(len(others), 1)
-    bars = axes["bars"]
-    for i, n in enumerate(others):
-        bars.bar([h + i * width for h in range(heads)], errors[n], width=width, label=n)
-    bars.set_xticks([h + width * (len(others) - 1) / 2 for h in range(heads)], [f"head {h}" for h in range(heads)],
-                    fontsize=7)
-    bars.set_ylabel(f"max |P - P_{reference}|", fontsize=7)
-    bars.set_title(f"block {layer}: attention error per head (chosen head {head})", fontsize=8)
-    bars.legend(fontsize=6, ncols=min(len(others), 5), loc="upper left")
-    bars.tick_params(labelsize=7)
-    worst = max(((n, h) for n in others for h in range(heads)), key=lambda nh: errors[nh[0]][nh[1]], default=None)
-    return {
-        "head_error": errors,
-        "cls_attention": {n: [round(float(v), 6) for v in c.flatten()] for n, c in cls.items()},
-        "worst": worst,
-    }
-
-
-class AttentionExplorer:
-    """The draw function behind notebook 08's attention widget: ``draw(fig, image, layer, head)``
-    over a dict of models, computing (and caching) each image's attention maps on first use."""
-
-    def __init__(self, models: Mapping[str, object], images: torch.Tensor, reference: str = "fp32"):
-        if reference not in models:
-            raise ValueError(f"reference must be one of {list(models)}, got {reference!r}")
-        self.models = dict(models)
-        self.images = images
-        self.reference = reference
-        self._cache: dict[int, dict[str, list[torch.Tensor]]] = {}
-
-    def maps(self, image: int) -> dict[str, list[torch.Tensor]]:
-        if not (isinstance(image, int) and 0 <= image < len(self.images)):
-            raise ValueError(f"image must be an int in [0, {len(self.images) - 1}], got {image!r}")
-        if image not in self._cache:
-            x = self.images[image: image + 1]
-            self._cache[image] = {n: capture_attention(m, x) for n, m in self.models.items()}
-        return self._cache[image]
-
-    def draw(self, fig, image: int = 0, layer: int = 0, head: int = 0) -> dict:
-        return draw_attention(fig, self.images[image], self.maps(image), layer, head, self.reference)
+    return pt2e_int8(m, batches, quantizer)

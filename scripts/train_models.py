@@ -1,22 +1,20 @@
 #!/usr/bin/env python
 """Train the workbook's small models and write them to data/ (seconds on a laptop CPU).
 
-    .venv/bin/python scripts/train_models.py            # (re)write data/*.pt and data/models.json
+    .venv/bin/python scripts/train_models.py            # (re)write data/*.pt and data/checkpoints.json
     .venv/bin/python scripts/train_models.py --check    # retrain in memory, compare with data/
 
 Seeded and deterministic: one torch thread, deterministic algorithms, a seeded
 shuffle. The same torch version on a CPU with the same ISA reproduces every
 checkpoint byte for byte (`--check` verifies it); another ISA may pick other
-float kernels, hence other low bits. models.json records, per model: the file's
+float kernels, hence other low bits. checkpoints.json records, per model: the file's
 SHA-256, the architecture, the input size, the test accuracy measured right
 after training, the recipe, and the versions and ISA used.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
-import json
 import pathlib
 import platform
 import sys
@@ -26,7 +24,7 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qlab import data, models  # noqa: E402
+from qlab import checkpoints, data, models  # noqa: E402
 from qlab._env import isa_summary  # noqa: E402
 
 RECIPES = {
@@ -82,28 +80,7 @@ def train(name: str) -> tuple[bytes, dict]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="retrain and compare with data/ instead of writing")
-    ap.add_argument("names", nargs="*", default=sorted(RECIPES))
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    registry_file = models.DATA_DIR / "models.json"
-    registry = json.loads(registry_file.read_text()) if registry_file.exists() else {}
-    ok = True
-    for name in args.names:
-        blob, info = train(name)
-        print(f"{name}: test accuracy {info['test_correct']}/{info['test_total']}, {len(blob)} bytes, sha256 {info['sha256'][:16]}")
-        if args.check:
-            same = registry.get(name, {}).get("sha256") == info["sha256"]
-            print(f"{name}: {'reproduced exactly' if same else 'DIFFERS from data/'}")
-            ok &= same
-        else:
-            (models.DATA_DIR / info["file"]).write_bytes(blob)
-            registry[name] = info
-    if not args.check:
-        registry_file.write_text(json.dumps(registry, indent=1, sort_keys=True) + "\n")
-    return 0 if ok else 1
+    return checkpoints.train_cli(train, RECIPES, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train the workbook's small ViT on the digits and write it to data/ (a few minutes on one CPU core).
 
-    .venv/bin/python scripts/train_vit.py            # (re)write data/digits_vit.pt and data/vit_models.json
+    .venv/bin/python scripts/train_vit.py            # (re)write data/digits_vit.pt and data/checkpoints.json
     .venv/bin/python scripts/train_vit.py --check    # retrain in memory, compare with data/
 
 The model is timm's own ``VisionTransformer`` (``qlab.vit.DIGITS_VIT``: 32x32
@@ -11,15 +11,13 @@ about. Seeded and deterministic: one torch thread, deterministic algorithms, a
 seeded shuffle and a seeded augmentation (each batch is shifted by a random
 whole number of pixels, ``torch.roll``). The same torch version on a CPU with the
 same ISA reproduces the checkpoint byte for byte (``--check`` verifies it).
-vit_models.json records the file's SHA-256, the architecture, the test accuracy
+checkpoints.json records the file's SHA-256, the architecture, the test accuracy
 measured right after training, the recipe, and the versions and ISA used.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
-import json
 import pathlib
 import platform
 import sys
@@ -29,7 +27,7 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qlab import data, vit  # noqa: E402
+from qlab import checkpoints, data, vit  # noqa: E402
 from qlab._env import isa_summary  # noqa: E402
 
 RECIPES = {
@@ -104,29 +102,7 @@ def train(name: str) -> tuple[bytes, dict]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="retrain and compare with data/ instead of writing")
-    ap.add_argument("names", nargs="*", default=sorted(RECIPES))
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    registry_file = vit.DATA_DIR / vit.REGISTRY
-    registry = json.loads(registry_file.read_text()) if registry_file.exists() else {}
-    ok = True
-    for name in args.names:
-        blob, info = train(name)
-        print(f"{name}: test accuracy {info['test_correct']}/{info['test_total']}, {len(blob)} bytes, "
-              f"sha256 {info['sha256'][:16]}")
-        if args.check:
-            same = registry.get(name, {}).get("sha256") == info["sha256"]
-            print(f"{name}: {'reproduced exactly' if same else 'DIFFERS from data/'}")
-            ok &= same
-        else:
-            (vit.DATA_DIR / info["file"]).write_bytes(blob)
-            registry[name] = info
-    if not args.check:
-        registry_file.write_text(json.dumps(registry, indent=1, sort_keys=True) + "\n")
-    return 0 if ok else 1
+    return checkpoints.train_cli(train, RECIPES, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from torch import nn
 from torch.ao.quantization import QConfigMapping, get_default_qconfig_mapping
 
 from qlab import exercises
+from qlab.exercises import nb02, nb04, nb05, nb08
 
 
 def _ptq_pt2e(*, convert=True, set_global=True, dynamic=True, batches=None, module=True, example_rows=None):
@@ -283,16 +284,16 @@ def test_unanswered_exercise_says_so():
 def test_02_2_answer_holds_on_the_notebooks_activations():
     """02.2's answer, executed on notebook 02's data (features.13 of the digits CNN, 4 batches of 32 images):
     a 100x outlier in the last batch costs MinMax and MSE > 20 dB, the moving average about one bit, the others little."""
-    from qlab import data, models
+    from qlab import checkpoints, data, models
     from qlab import observers as qobs
 
-    cnn = models.load_pretrained("digits_cnn")
+    cnn = checkpoints.load("digits_cnn")
     calib = models.capture_activations(cnn, data.calibration_batches(128, size=16), ["features.13"])["features.13"]
     x_test, _ = data.digits("test", size=16).tensors
     heldout = models.capture_activations(cnn, [x_test], ["features.13"])["features.13"]
     obs = {"MinMax": qobs.MinMaxObserver, "MovingAverage": qobs.MovingAverageMinMaxObserver,
            "Histogram": qobs.HistogramObserver, "Percentile": qobs.PercentileObserver, "MSE": qobs.MSEObserver}
-    assert set(obs) == set(exercises.OBSERVERS_02)
+    assert set(obs) == set(nb02.OBSERVERS_02)
     base = qobs.compare_observers(obs, torch.split(calib, 32), heldout)
     spiked = calib.clone()
     spiked.view(-1)[-1] = 100 * float(calib.abs().max())
@@ -304,7 +305,7 @@ def test_02_2_answer_holds_on_the_notebooks_activations():
 
 
 def test_04_2_truth_is_measured():
-    assert exercises._frozen_qat_step() == exercises.solution("04.2")
+    assert nb04._frozen_qat_step() == exercises.solution("04.2")
 
 
 def test_unknown_exercise_is_named():
@@ -314,12 +315,12 @@ def test_unknown_exercise_is_named():
 
 def test_05_1_truth_is_measured():
     """prepare_fx on Net05: 7 observer calls, 4 distinct observers, 3 module calls fused away (bn1, relu1, relu2)."""
-    assert exercises._observers_05() == (*exercises.solution("05.1"), 3)
+    assert nb05._observers_05() == (*exercises.solution("05.1"), 3)
 
 
 def test_08_3_multiplier_reproduces_the_float_path():
     """The reference multiplier turns the int32 accumulator into the codes of quantize(q·kᵀ·c, s_o) (float rounding
     may move a rare tie by one code)."""
     for s_q, s_k, s_o, d in [(0.02, 0.05, 0.1, 16), (0.013, 0.031, 0.02, 64)]:
-        mine, want = exercises._requant_codes_08(exercises.solution("08.3")(s_q, s_k, s_o, d), s_q, s_k, s_o, d)
+        mine, want = nb08._requant_codes_08(exercises.solution("08.3")(s_q, s_k, s_o, d), s_q, s_k, s_o, d)
         assert (mine != want).float().mean() < 0.01 and (mine - want).abs().max() <= 1

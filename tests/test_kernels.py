@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 import qlab.kernels as qk
 from qlab.kernels import _ops
+from qlab import requant as RQ
 from qlab.kernels import reference as R
 
 NATIVE = qk.backend() == "native"
@@ -480,12 +481,12 @@ def _srdhm_gemmlowp(a: int, b: int) -> int:
 @given(st.integers(-(2**31), 2**31 - 1), st.integers(-(2**31), 2**31 - 1))
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_srdhm_matches_gemmlowp(a, b):
-    got = R.saturating_rounding_doubling_high_mul(torch.tensor([a]), torch.tensor([b]))
+    got = RQ.saturating_rounding_doubling_high_mul(torch.tensor([a]), torch.tensor([b]))
     assert int(got) == _srdhm_gemmlowp(a, b)
 
 
 def test_srdhm_known_values():
-    f = lambda a, b: int(R.saturating_rounding_doubling_high_mul(torch.tensor([a]), torch.tensor([b])))  # noqa: E731
+    f = lambda a, b: int(RQ.saturating_rounding_doubling_high_mul(torch.tensor([a]), torch.tensor([b])))  # noqa: E731
     assert f(2**30, 2**30) == 2**29  # 0.5 * 0.5 = 0.25 of 2^31
     assert f(1, 2**30) == 1  # +0.5 rounds up
     assert f(-1, 2**30) == 0  # -0.5 rounds up too (gemmlowp's nudge)
@@ -495,7 +496,7 @@ def test_srdhm_known_values():
 @given(st.integers(-(2**31), 2**31 - 1), st.integers(0, 31))
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_rounding_divide_by_pot_rounds_half_away_from_zero(x, e):
-    got = int(R.rounding_divide_by_pot(torch.tensor([x]), torch.tensor([e])))
+    got = int(RQ.rounding_divide_by_pot(torch.tensor([x]), torch.tensor([e])))
     q = Fraction(x, 2**e)
     want = math.floor(abs(q) + Fraction(1, 2)) * (1 if q >= 0 else -1)
     assert got == want
@@ -504,7 +505,7 @@ def test_rounding_divide_by_pot_rounds_half_away_from_zero(x, e):
 @given(st.floats(1e-12, 1e12) | st.sampled_from([0.0, 1.0, 0.5, 2.0**-32, 2.0**-33, 1 - 2.0**-33, 2.0**30, 0.75]))
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_quantize_multiplier(m):
-    qmul, shift = R.quantize_multiplier(m)
+    qmul, shift = RQ.quantize_multiplier(m)
     if m < 2.0**-32:  # includes 0: the product is 0
         assert (qmul, shift) == (0, 0)
     elif m >= 2.0**30:  # saturates
@@ -520,8 +521,8 @@ def test_quantize_multiplier(m):
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_fixed_requant_is_round_of_exact_product(acc, m):
     """The integer pipeline equals round(acc * qmul * 2^(shift-31)) up to the two roundings (at most 1 off)."""
-    qmul, shift = R.quantize_multiplier(m)
-    got = int(R.multiply_by_quantized_multiplier(torch.tensor([acc]), torch.tensor([qmul]), torch.tensor([shift])))
+    qmul, shift = RQ.quantize_multiplier(m)
+    got = int(RQ.multiply_by_quantized_multiplier(torch.tensor([acc]), torch.tensor([qmul]), torch.tensor([shift])))
     exact = Fraction(acc) * qmul * Fraction(2) ** (shift - 31)
     assert abs(got - exact) <= 1
 

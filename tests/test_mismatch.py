@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qlab import mismatch as mm
+from qlab import mismatch_sources as src
 from qlab.widgets import LiveFigure
 
 REPORTED_REAL = list(range(128)) + list(range(127, 255))
@@ -54,37 +55,37 @@ def test_fused_kernel_qparams_matches_the_kernel(a, b, cfg):
 
 
 def test_isolated_sources_measure_what_they_claim():
-    fused = mm.exp_fused_qparams()
+    fused = src.exp_fused_qparams()
     assert fused.detail["weights_differ"] > 0 and fused.max_lsb >= 1
-    rq = mm.exp_requant_rounding()
+    rq = src.exp_requant_rounding()
     assert rq["fbgemm"].n_diff == 0  # the reference is the kernel
-    ties = mm.exp_requant_rounding(ties=True)
+    ties = src.exp_requant_rounding(ties=True)
     assert ties["fbgemm"].n_diff == 0 and ties["fixed_point"].n_diff > 0 and ties["fake"].n_diff > 0
-    bias = mm.exp_int32_bias()
+    bias = src.exp_int32_bias()
     assert bias["qnnpack vs int32 ref"].n_diff == 0
-    assert mm.exp_reduce_range().max_lsb > 10
-    sat = mm.exp_saturation()
+    assert src.exp_reduce_range().max_lsb > 10
+    sat = src.exp_saturation()
     assert sat.detail["saturated_pairs"] > 0 and sat.max_lsb > 1
-    assert mm.exp_saturation(act_max=127).n_diff == 0
-    pool = mm.exp_avgpool()
+    assert src.exp_saturation(act_max=127).n_diff == 0
+    pool = src.exp_avgpool()
     assert pool["eager (no requant)"].max_lsb == 0.5
-    bn = mm.exp_bn_folding()
+    bn = src.exp_bn_folding()
     assert bn["eval"].max_lsb <= 1 and bn["train"].max_lsb > 10
 
 
 def test_simulation_switches():
-    assert mm.simulate(1.0, 1.0)["stats"].n_diff == 0
-    assert mm.simulate(1.0, 1.0, fused_qparams=True)["stats"].n_diff > 0
-    assert mm.simulate(1.0, 1.5, reduce_range=True)["stats"].max_lsb > 10
-    assert mm.simulate(1.0, 1.0, avgpool=True)["stats"].max_lsb == 0.5
+    assert src.simulate(1.0, 1.0)["stats"].n_diff == 0
+    assert src.simulate(1.0, 1.0, fused_qparams=True)["stats"].n_diff > 0
+    assert src.simulate(1.0, 1.5, reduce_range=True)["stats"].max_lsb > 10
+    assert src.simulate(1.0, 1.0, avgpool=True)["stats"].max_lsb == 0.5
     with pytest.raises(ValueError, match="source must be one of"):
-        mm.simulate(1.0, 1.0, warp_drive=True)
+        src.simulate(1.0, 1.0, warp_drive=True)
 
 
 def test_draw_mismatch_in_a_live_figure():
     controls = {"k": W.FloatSlider(1.0, min=0.1, max=4.0), "input_max": W.FloatSlider(1.0, min=0.5, max=2.0)}
-    controls.update({s: W.Checkbox(False, description=s) for s in mm.SOURCES})
-    lf = LiveFigure(mm.draw_mismatch, controls, layout="v")
+    controls.update({s: W.Checkbox(False, description=s) for s in src.SOURCES})
+    lf = LiveFigure(src.draw_mismatch, controls, layout="v")
     assert lf.result["n_diff"] == 0 and lf.result["sources"] == []
     png = lf.png()
     lf.controls["fused_qparams"].value = True

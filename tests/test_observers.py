@@ -407,7 +407,7 @@ def test_mse_choice_is_a_coordinatewise_grid_minimum(batches, sym):
 
 def _true_mse(x, obs):
     scale, zp = obs.calculate_qparams()
-    return float(((fake_quantize(x, scale, zp, obs.quant_min, obs.quant_max) - x) ** 2).mean())
+    return float(((fake_quantize(x, scale, zp, obs.dtype, quant_min=obs.quant_min, quant_max=obs.quant_max) - x) ** 2).mean())
 
 
 @pytest.mark.parametrize("dist", ["normal", "laplace", "relu", "uniform", "outliers"])

@@ -130,7 +130,7 @@ def test_fake_quantize_per_tensor_forward_backward_match_torch(data, scale, qr):
     x1 = x.clone().requires_grad_()
     x2 = x.clone().requires_grad_()
     ref = torch.fake_quantize_per_tensor_affine(x1, scale, zp, qmin, qmax)
-    out = qlab.fake_quantize(x2, scale, zp, qmin, qmax)
+    out = qlab.fake_quantize(x2, scale, zp, torch.qint32, quant_min=qmin, quant_max=qmax)
     if _int32_overflow(x, scale, zp):
         return  # see test_int32_overflow_differs_on_purpose
     assert torch.equal(out, ref)
@@ -152,7 +152,7 @@ def test_fake_quantize_per_channel_forward_backward_match_torch(data, qr):
     x1 = x.clone().requires_grad_()
     x2 = x.clone().requires_grad_()
     ref = torch.fake_quantize_per_channel_affine(x1, scale, zp, axis, qmin, qmax)
-    out = qlab.fake_quantize(x2, scale, zp, qmin, qmax, PerChannel(axis))
+    out = qlab.fake_quantize(x2, scale, zp, torch.qint32, PerChannel(axis), quant_min=qmin, quant_max=qmax)
     shape = [1] * x.dim()
     shape[axis] = -1
     if _int32_overflow(x, scale.reshape(shape), zp.reshape(shape)):
@@ -276,17 +276,18 @@ X = torch.randn(4, 3)
          TypeError, "zero_point must be an integer tensor"),
         (lambda: qlab.dequantize(X, 0.1, 0), TypeError, "q must have dtype torch.uint8, torch.int8 or torch.int32"),
         (lambda: qlab.dequantize(torch.zeros(3, dtype=torch.uint8), 0.1, 300), ValueError, r"zero_point must lie in \[0, 255\]"),
-        (lambda: qlab.fake_quantize(X, 0.1, 0, 10, 5), ValueError, "need quant_min < quant_max"),
-        (lambda: qlab.fake_quantize(X, 0.1, 20, 0, 15), ValueError, r"zero_point must lie in \[0, 15\]"),
-        (lambda: qlab.fake_quantize(X, 0.1, 0, 0.0, 15), TypeError, "quant_min must be an int"),
+        (lambda: qlab.fake_quantize(X, 0.1, 0, quant_min=10, quant_max=5), ValueError, "quant_min must be < quant_max"),
+        (lambda: qlab.fake_quantize(X, 0.1, 20, quant_max=15), ValueError, r"zero_point must lie in \[0, 15\]"),
+        (lambda: qlab.fake_quantize(X, 0.1, 0, quant_min=0.0, quant_max=15), TypeError, "quant_min must be an int"),
+        (lambda: qlab.fake_quantize(X, 0.1, 0, 0, 15), ValueError, "dtype must be one of"),
         (lambda: qlab.choose_qparams(torch.tensor(1.0), torch.tensor(0.0)), ValueError, "min_val must be <= max_val"),
         (lambda: qlab.choose_qparams(torch.tensor(float("nan")), torch.tensor(0.0)), ValueError, "min_val contains NaN"),
         (lambda: qlab.choose_qparams(torch.tensor(0.0), torch.tensor(float("inf"))), ValueError, "max_val contains inf"),
         (lambda: qlab.choose_qparams(torch.zeros(2), torch.zeros(3)), ValueError, "one shape"),
         (lambda: qlab.choose_qparams(0.0, 1.0, dtype=torch.qint32), ValueError, "dtype must be one of"),
         (lambda: qlab.choose_qparams(0.0, 1.0, reduce_range=True, quant_max=100), ValueError, "reduce_range cannot"),
-        (lambda: qlab.qrange(torch.qint8, bits=9), ValueError, "bits must be between 2 and 8"),
-        (lambda: qlab.qrange(torch.qint8, bits=1), ValueError, "bits must be between 2 and 8"),
+        (lambda: qlab.qrange(torch.qint8, bits=9), ValueError, r"bits must be an int in \[2, 8\]"),
+        (lambda: qlab.qrange(torch.qint8, bits=1), ValueError, r"bits must be an int in \[2, 8\]"),
         (lambda: qlab.qrange(torch.float32), ValueError, "dtype must be one of"),
         (lambda: qlab.setup(seed=-1, quiet=True), ValueError, "seed must be"),
         (lambda: qlab.setup(threads=0, quiet=True), ValueError, "threads must be"),

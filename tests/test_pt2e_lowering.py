@@ -10,12 +10,12 @@ from hypothesis import strategies as st
 from torch import fx
 
 import qlab.kernels  # noqa: F401 -- registers torch.ops.qlab.*
-from qlab import data, vit
+from qlab import data, vit, vit_inspect
 from qlab import pt2e_lowering as pl
 
 qd = pl._qd()
 
-# Quantized tensors are deprecated in PyTorch 2.15 (notebook 01); quantize_activation uses their kernel.
+# Quantized tensors are deprecated in PyTorch 2.15 (notebook 01); the decomposed quantize op uses their kernel.
 pytestmark = pytest.mark.filterwarnings("ignore:.*quantized tensor creation functions.*deprecated:UserWarning")
 
 
@@ -47,10 +47,10 @@ def test_lowering_replaces_every_matmul_and_linear(converted):
     assert "aten.matmul.default" not in targets and "aten.linear.default" not in targets
     assert "aten.mul.Tensor" not in targets  # the softmax scale is folded into a quantize
     assert not any(k.startswith("quantized_decomposed") for k in targets) and "aten.dropout.default" not in targets
-    assert targets["quantize_activation"] == 15
+    assert targets["qlab.quantize_per_tensor.default"] == 15
     after = low(x)
     torch.testing.assert_close(after, before, rtol=0, atol=1e-4)  # the same codes, exact integer accumulation
-    assert vit.check_int8_calls(low, x[:2]) == {"int8_bmm": 4, "int8_linear": 9, "all_equal": True}
+    assert vit_inspect.check_int8_calls(low, x[:2]) == {"int8_bmm": 4, "int8_linear": 9, "all_equal": True}
     # any batch size still works (the graph was exported with a dynamic batch)
     assert low(cal[0][:1]).shape == (1, 10)
 
@@ -100,9 +100,10 @@ def test_fast_quantize_equals_the_decomposed_op(scale, zp, signed, seed):
     x = torch.randn(300, generator=torch.Generator().manual_seed(seed)) * 50 * scale
     dtype, lo, hi = (torch.int8, -128, 127) if signed else (torch.uint8, 0, 255)
     zp = zp if signed else zp + 128
-    from qlab.attention import quantize_activation
+    import qlab.kernels  # noqa: F401 -- the op the lowering writes into the graph
 
-    assert torch.equal(quantize_activation(x, scale, zp, dtype), qd.quantize_per_tensor(x, scale, zp, lo, hi, dtype))
+    got = torch.ops.qlab.quantize_per_tensor(x, scale, zp, dtype)
+    assert torch.equal(got, qd.quantize_per_tensor(x, scale, zp, lo, hi, dtype))
 
 
 @settings(max_examples=30, deadline=None)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from qlab import support_matrix as sm
+from qlab import support_table as st
 
 # Quantized tensors are deprecated in PyTorch 2.15 (notebook 01 explains it); the probes need them.
 pytestmark = pytest.mark.filterwarnings("ignore:.*quantized tensor creation functions.*deprecated:UserWarning")
@@ -90,37 +91,37 @@ ROWS = [
 
 
 def test_filter_and_counts():
-    assert sm.filter_rows(ROWS, "BMM") == [ROWS[2]]
-    assert sm.filter_rows(ROWS, "") == ROWS
-    assert sm.filter_rows(ROWS, "", category="float inside") == [ROWS[1]]
-    assert sm.filter_rows(ROWS, "codes", category="fails") == []
-    assert sm.counts(ROWS) == {"QuantizedCPU kernel": 1, "fails": 1, "float inside": 1}
-    assert list(sm.counts(ROWS)) == ["QuantizedCPU kernel", "fails", "float inside"]  # CATEGORIES order
+    assert st.filter_rows(ROWS, "BMM") == [ROWS[2]]
+    assert st.filter_rows(ROWS, "") == ROWS
+    assert st.filter_rows(ROWS, "", category="float inside") == [ROWS[1]]
+    assert st.filter_rows(ROWS, "codes", category="fails") == []
+    assert st.counts(ROWS) == {"QuantizedCPU kernel": 1, "fails": 1, "float inside": 1}
+    assert list(st.counts(ROWS)) == ["QuantizedCPU kernel", "fails", "float inside"]  # CATEGORIES order
     with pytest.raises(ValueError, match="category must be one of"):
-        sm.filter_rows(ROWS, "", category="nope")
+        st.filter_rows(ROWS, "", category="nope")
     with pytest.raises(TypeError, match="text must be a str"):
-        sm.filter_rows(ROWS, 3)
+        st.filter_rows(ROWS, 3)
 
 
 @pytest.mark.parametrize("suffix", ["csv", "json"])
 def test_save_and_load_round_trip(tmp_path, suffix):
-    path = sm.save(ROWS, tmp_path / "sub" / f"matrix.{suffix}")
-    assert path.exists() and sm.load(path) == ROWS
+    path = st.save(ROWS, tmp_path / "sub" / f"matrix.{suffix}")
+    assert path.exists() and st.load(path) == ROWS
 
 
 def test_save_rejects_unknown_format(tmp_path):
     with pytest.raises(ValueError, match="fmt must be one of"):
-        sm.save(ROWS, tmp_path / "m.txt")
+        st.save(ROWS, tmp_path / "m.txt")
 
 
 def test_html_escapes_and_limits():
-    html = sm.to_html(ROWS * 20, limit=5)
+    html = st.to_html(ROWS * 20, limit=5)
     assert "60 matching rows (first 5 shown)" in html and html.count("<tr>") == 6
     assert "&#x27;aten::bmm.out&#x27;" in html
 
 
 def test_support_table_filters_and_updates_its_display():
-    table = sm.SupportTable(ROWS, text="matmul")
+    table = st.SupportTable(ROWS, text="matmul")
     assert table.result == [ROWS[1]] and table.redraws == 1
     updates = []
 
@@ -136,4 +137,4 @@ def test_support_table_filters_and_updates_its_display():
     bundle, raw = updates[-1]
     assert raw and "1 matching rows" in bundle["text/plain"] and "<table>" in bundle["text/html"]
     with pytest.raises(ValueError, match="category must be one of"):
-        sm.SupportTable(ROWS, category="X86Inductor: default")
+        st.SupportTable(ROWS, category="X86Inductor: default")

@@ -1,21 +1,16 @@
 """qlab.vit and qlab.attention: the digits ViT, the eager int8 fixes, the converter on other timm ViTs."""
 from __future__ import annotations
 
-import json
-import shutil
 
 import ipywidgets as W
 import pytest
 import timm
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from matplotlib.figure import Figure
 from torch import nn
 
-import qlab
 from qlab import attention as qa
-from qlab import data, vit
+from qlab import checkpoints, data, vit, vit_inspect
 from qlab.widgets import LiveFigure
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*quantized tensor creation functions.*deprecated:UserWarning")
@@ -23,7 +18,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*quantized tensor creation func
 
 @pytest.fixture(scope="module")
 def digits_model():
-    return vit.load_pretrained()
+    return checkpoints.load("digits_vit")
 
 
 @pytest.fixture(scope="module")
@@ -37,34 +32,6 @@ def calib():
 
 
 # ----------------------------------------------------------------------------------------------
-# the checkpoint
-
-
-def test_checkpoint_is_small_and_reproduces_its_recorded_accuracy(digits_model, test_set):
-    info = vit.model_info()
-    assert (vit.DATA_DIR / info["file"]).stat().st_size < 2_000_000
-    assert info["kwargs"] == vit.DIGITS_VIT and info["input_size"] == 32
-    x, y = test_set
-    correct = int((vit.predict(digits_model, x).argmax(1) == y).sum())
-    assert correct == info["test_correct"] and info["test_total"] == len(y) == 364
-    assert all(not m.fused_attn for m in digits_model.modules() if isinstance(m, qa.Attention))
-
-
-def test_load_checks_the_sha256(tmp_path):
-    info = vit.model_info()
-    shutil.copy(vit.DATA_DIR / vit.REGISTRY, tmp_path / vit.REGISTRY)
-    blob = bytearray((vit.DATA_DIR / info["file"]).read_bytes())
-    blob[-1] ^= 1
-    (tmp_path / info["file"]).write_bytes(bytes(blob))
-    with pytest.raises(ValueError, match="SHA-256"):
-        vit.load_pretrained(data_dir=tmp_path)
-    with pytest.raises(ValueError, match="name must be one of"):
-        vit.model_info("nope")
-    reg = json.loads((tmp_path / vit.REGISTRY).read_text())
-    assert vit.available(tmp_path) == sorted(reg)
-
-
-# ----------------------------------------------------------------------------------------------
 # the user's module fails exactly as reported
 
 
@@ -72,7 +39,7 @@ def test_quant_attention_reproduces_both_failures():
     import torch.ao.quantization as tq
 
     torch.manual_seed(0)
-    m = qa.QuantAttention(128, num_heads=8).eval()
+    m = qa.ReportedAttention(128, num_heads=8).eval()
     m.qconfig = tq.get_default_qconfig("x86")
     m = tq.prepare(m)
     for _ in range(3):
@@ -90,30 +57,6 @@ def test_quant_attention_reproduces_both_failures():
 # building blocks
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    st.floats(1e-4, 10.0),
-    st.integers(0, 255),
-    st.integers(1, 300),
-    st.floats(0.1, 1000.0),
-    st.integers(0, 2**31 - 1),
-)
-def test_quantize_activation_is_bit_exact_with_torch(scale, zp, n, spread, seed):
-    x = torch.randn(n, generator=torch.Generator().manual_seed(seed)) * spread
-    got = qa.quantize_activation(x, scale, zp)
-    assert torch.equal(got, torch.quantize_per_tensor(x, scale, zp, torch.quint8).int_repr())
-    assert torch.equal(got, qlab.quantize(x, scale, zp, torch.quint8))
-    assert torch.equal(got, qa.quantize_activation_reference(x, scale, zp))
-    assert got.dtype == torch.uint8 and not got.is_quantized
-    zs = zp - 128
-    got8 = qa.quantize_activation(x, scale, zs, torch.int8)
-    assert torch.equal(got8, torch.quantize_per_tensor(x, scale, zs, torch.qint8).int_repr())
-    assert torch.equal(got8, qa.quantize_activation_reference(x, scale, zs, torch.int8))
-    # strided inputs (attention's permuted views) too
-    xt = x[: n - n % 2].reshape(2, -1).t() if n > 1 else x
-    assert torch.equal(qa.quantize_activation(xt, scale, zp), qa.quantize_activation_reference(xt, scale, zp))
-
-
 def test_fix_modules_in_float_match_timm_attention():
     torch.manual_seed(0)
     attn = qa.Attention(64, num_heads=4, qkv_bias=True).eval()
@@ -124,19 +67,6 @@ def test_fix_modules_in_float_match_timm_attention():
         torch.testing.assert_close(cls(attn).eval()(x), ref, rtol=1e-5, atol=1e-6)  # before convert: float32
 
 
-def test_minmax_qparams_match_pytorchs_observer():
-    from torch.ao.quantization import MinMaxObserver
-
-    x = torch.randn(1000) * 3 + 1
-    mm = qa.MinMax()
-    mm.update(x[:500])
-    mm.update(x[500:])
-    obs = MinMaxObserver()
-    obs(x)
-    s, z = obs.calculate_qparams()
-    assert mm.qparams() == (float(s), int(z))
-    with pytest.raises(RuntimeError, match="no data observed"):
-        qa.MinMax().qparams()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,13 +77,13 @@ def test_fix4_eager_is_int8_exact_and_accurate(digits_model, test_set, calib):
     x, y = test_set
     q = vit.quantize_vit(digits_model, calib)
     kinds = [type(m) for m in q.modules()]
-    assert kinds.count(qa.QuantizedAttention) == 4 and nn.Linear not in kinds
-    assert kinds.count(qa.QuantizedLinear) == 4 * 2 + 1  # fc1, fc2 per block, head
+    assert kinds.count(qa.Int8Attention) == 4 and nn.Linear not in kinds
+    assert kinds.count(qa.Int8Linear) == 4 * 2 + 1  # fc1, fc2 per block, head
     ref = vit.predict(digits_model, x)
     got = vit.compare(vit.predict(q, x), ref, y)
     fp32 = vit.compare(ref, ref, y)
     assert got["accuracy"] >= fp32["accuracy"] - 0.01 and got["cosine"] > 0.99
-    calls = vit.check_int8_calls(q, x[:4])
+    calls = vit_inspect.check_int8_calls(q, x[:4])
     assert calls == {"int8_bmm": 8, "int8_linear": 4 * 6 + 1, "all_equal": True}  # q, k, v, proj, fc1, fc2; head
 
 
@@ -172,7 +102,7 @@ def test_eager_fixes(digits_model, test_set, calib, attention):
 def test_floatfunctional_matmul_runs_in_float_inside(digits_model, calib):
     q = vit.eager_quantize_vit(digits_model, calib, "functional")
     qk = q.blocks[0].attn.qk
-    with vit.spy(qk, "matmul") as calls:
+    with vit_inspect.spy(qk, "matmul") as calls:
         q(calib[0][:2])
     assert "matmul" not in vars(qk) and len(calls) == 1  # the spy is gone again
     (a, b), out = calls[0]
@@ -181,24 +111,18 @@ def test_floatfunctional_matmul_runs_in_float_inside(digits_model, calib):
     assert torch.equal(out.int_repr(), want.int_repr())
 
 
-def test_spy_and_time_interleaved():
+def test_spy_records_calls_and_restores():
     class Box:
         def twice(self, v):
             return 2 * v
 
     box = Box()
-    with vit.spy(box, "twice") as calls:
+    with vit_inspect.spy(box, "twice") as calls:
         assert box.twice(3) == 6
     assert calls == [((3,), 6)] and "twice" not in vars(box)
     with pytest.raises(TypeError, match="method must name a callable"):
-        with vit.spy(box, "__doc__"):
+        with vit_inspect.spy(box, "__doc__"):
             pass
-    t = vit.time_interleaved({"a": lambda: sum(range(100)), "b": lambda: sum(range(10))}, repeats=3)
-    assert set(t) == {"a", "b"} and t["a"]["ratio"] == 1.0 and t["b"]["median_ms"] > 0
-    with pytest.raises(ValueError, match="repeats must be a positive int"):
-        vit.time_interleaved({"a": int}, repeats=0)
-    with pytest.raises(ValueError, match="baseline must be one of"):
-        vit.time_interleaved({"a": int}, baseline="b")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,16 +156,16 @@ def test_quantize_vit_on_other_timm_vits(name):
     x = torch.randn(6, 3, 32, 32, generator=g)
     q = vit.quantize_vit(model, cal)
     depth = len(model.blocks)
-    assert sum(isinstance(m, qa.QuantizedAttention) for m in q.modules()) == depth
+    assert sum(isinstance(m, qa.Int8Attention) for m in q.modules()) == depth
     assert not any(type(m) is nn.Linear for m in q.modules())
     ref, got = model(x), q(x)
     ref, got = (ref[0], got[0]) if isinstance(ref, tuple) else (ref, got)
     cos = torch.nn.functional.cosine_similarity(got.flatten(), ref.flatten(), dim=0)
     assert cos > 0.98, (name, float(cos))
-    calls = vit.check_int8_calls(q, x[:2])
+    calls = vit_inspect.check_int8_calls(q, x[:2])
     assert calls["int8_bmm"] == 2 * depth and calls["all_equal"]
     # the maps the widget draws exist for every block
-    maps = vit.capture_attention(q, x[:1])
+    maps = vit_inspect.capture_attention(q, x[:1])
     assert len(maps) == depth and maps[0].shape[1] == model.blocks[0].attn.num_heads
 
 
@@ -257,7 +181,7 @@ def _gated():
         (_gated, "model.blocks.1.attn", "gated attention"),
         (lambda: _small(global_pool="map"), "model.attn_pool", "AttentionPoolLatent"),
         (lambda: nn.Sequential(nn.MultiheadAttention(8, 2)), "model.0", "MultiheadAttention"),
-        (lambda: nn.Sequential(qa.QuantAttention(8, 2)), "model.0", "a subclass of timm.layers.Attention"),
+        (lambda: nn.Sequential(qa.ReportedAttention(8, 2)), "model.0", "a subclass of timm.layers.Attention"),
         (lambda: nn.Sequential(nn.Linear(3, 3)), "model must contain timm.layers.Attention", ""),
     ],
 )
@@ -290,39 +214,39 @@ def test_int8_attention_refuses_masks(digits_model, calib):
 
 def test_capture_attention_eager_and_graph(digits_model, calib):
     x = calib[0][:2]
-    maps = vit.capture_attention(digits_model, x)
+    maps = vit_inspect.capture_attention(digits_model, x)
     assert len(maps) == 4 and maps[0].shape == (2, 4, 65, 65)
     torch.testing.assert_close(maps[2].sum(-1), torch.ones(2, 4, 65))
     # fused attention is switched off for the capture, then restored
     fused = vit.set_fused_attn(vit.build(**vit.DIGITS_VIT).eval(), True)
-    assert len(vit.capture_attention(fused, x)) == 4
+    assert len(vit_inspect.capture_attention(fused, x)) == 4
     assert all(m.fused_attn for m in fused.modules() if isinstance(m, qa.Attention))
     g = torch.export.export(digits_model, (x,)).module()
-    gmaps = vit.capture_attention(g, x)
+    gmaps = vit_inspect.capture_attention(g, x)
     assert len(gmaps) == 4
     torch.testing.assert_close(gmaps[1], maps[1])
 
 
 def test_draw_attention_returns_what_it_shows(digits_model, calib):
     x = calib[0][:1]
-    ref = vit.capture_attention(digits_model, x)
+    ref = vit_inspect.capture_attention(digits_model, x)
     noisy = [m + 0.01 * (i + 1) for i, m in enumerate(ref)]
-    res = vit.draw_attention(Figure(), x[0], {"fp32": ref, "other": noisy}, layer=1, head=2)
+    res = vit_inspect.draw_attention(Figure(), x[0], {"fp32": ref, "other": noisy}, layer=1, head=2)
     assert res["head_error"]["fp32"] == [0.0] * 4
     assert res["head_error"]["other"] == pytest.approx([0.02] * 4, abs=1e-6)
     assert len(res["cls_attention"]["fp32"]) == 64 and res["worst"][0] == "other"
     with pytest.raises(ValueError, match="layer must be an int in"):
-        vit.draw_attention(Figure(), x[0], {"fp32": ref}, layer=4)
+        vit_inspect.draw_attention(Figure(), x[0], {"fp32": ref}, layer=4)
     with pytest.raises(ValueError, match="head must be an int in"):
-        vit.draw_attention(Figure(), x[0], {"fp32": ref}, head=-1)
+        vit_inspect.draw_attention(Figure(), x[0], {"fp32": ref}, head=-1)
     with pytest.raises(ValueError, match="reference must be one of"):
-        vit.draw_attention(Figure(), x[0], {"a": ref})
+        vit_inspect.draw_attention(Figure(), x[0], {"a": ref})
 
 
 def test_attention_explorer_in_a_live_figure(digits_model, calib):
     q = vit.quantize_vit(digits_model, calib[:1])
     images = calib[0][:3]
-    ex = vit.AttentionExplorer({"fp32": digits_model, "int8": q}, images)
+    ex = vit_inspect.AttentionExplorer({"fp32": digits_model, "int8": q}, images)
     lf = LiveFigure(ex.draw, {"image": W.IntSlider(0, 0, 2), "layer": W.IntSlider(0, 0, 3), "head": W.IntSlider(0, 0, 3)})
     first = lf.result
     assert first["head_error"]["fp32"] == [0.0] * 4 and max(first["head_error"]["int8"]) > 0

@@ -85,7 +85,7 @@ def test_draw_quantization_zero_point_offset_and_clip():
     "call, exc, match",
     [
         (lambda: sqnr_db(torch.zeros(3), torch.zeros(4)), ValueError, "one shape"),
-        (lambda: quantization_error(torch.zeros(3), bits=9), ValueError, "bits must be between 2 and 8"),
+        (lambda: quantization_error(torch.zeros(3), bits=9), ValueError, r"bits must be an int in \[2, 8\]"),
         (lambda: vpmaddubsw(torch.zeros(2, dtype=torch.int8), torch.zeros(2, dtype=torch.int8)), TypeError, "a_u8 must have dtype torch.uint8"),
         (lambda: vpmaddubsw(torch.zeros(3, dtype=torch.uint8), torch.zeros(3, dtype=torch.int8)), ValueError, "even last dimension"),
         (lambda: saturation_rate(300), ValueError, r"activation_max must be an int in \[1, 255\]"),

@@ -47,7 +47,7 @@ import torch
 
 from .._checks import check_choice, check_positive_scale
 from . import _build, _ops, _validate, reference
-from .reference import quantize_multiplier
+
 
 __all__ = [
     "int8_bmm",
@@ -59,7 +59,6 @@ __all__ = [
     "set_isa",
     "use_isa",
     "build",
-    "quantize_multiplier",
     "reference",
 ]
 

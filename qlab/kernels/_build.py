@@ -76,7 +76,9 @@ def compile_and_load(verbose: bool = False) -> tuple[Path, bool]:
         return so, False
     if not sources():
         raise FileNotFoundError(f"no C++ sources in {CSRC}")
-    from torch.utils import cpp_extension  # imported only to build: it is slow and chatty
+    from torch.utils import (
+        cpp_extension,  # imported only to build: it is slow and chatty
+    )
 
     d.mkdir(parents=True, exist_ok=True)
     lock = d / "lock"  # torch's build lock; a killed build leaves it behind and the next one would wait forever

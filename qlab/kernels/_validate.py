@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from ..primitives import INT_RANGES
 from .._checks import check_choice, check_positive_scale, check_tensor, check_zero_point
 
-QRANGE = {torch.uint8: (0, 255), torch.int8: (-128, 127)}
+QRANGE = {d: INT_RANGES[d] for d in (torch.uint8, torch.int8)}  # the 8-bit codes the ops take
 OUT_DTYPES = [torch.uint8, torch.int8, torch.int32, torch.float32]
 REQUANT = ["float", "fixed"]
 

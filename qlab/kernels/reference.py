@@ -23,7 +23,7 @@ Step (3) needs the real number ``M = sa * sb / so`` and comes in two flavours:
   *before* the multiply, as ``bias / float32(sa * sb)`` (per-channel weights) or
   ``bias * float32(1 / (sa * sb))`` (per-tensor weights).
 * ``requant="fixed"`` -- gemmlowp/TFLite: integers only, ``M = qmul * 2^(shift - 31)``
-  with a 31-bit ``qmul``; see :func:`quantize_multiplier` and :func:`requantize_fixed`.
+  with a 31-bit ``qmul``; see :func:`qlab.requant.quantize_multiplier` and :func:`qlab.requant.requantize_fixed`.
 
 The functions :func:`int8_bmm` and :func:`int8_linear` take the same arguments, in
 the same order, as ``torch.ops.qlab.int8_bmm`` / ``int8_linear``; they also serve
@@ -31,27 +31,15 @@ those ops when the C++ extension cannot be built (``QLAB_NO_EXT=1``).
 """
 from __future__ import annotations
 
-import math
 
 import torch
 
+from ..primitives import _codes
+from ..requant import requantize_fixed, requantize_float
 from . import _validate
 
-__all__ = [
-    "INT32_MIN",
-    "INT32_MAX",
-    "wrap_int32",
-    "quantize_multiplier",
-    "saturating_rounding_doubling_high_mul",
-    "rounding_divide_by_pot",
-    "multiply_by_quantized_multiplier",
-    "requantize_float",
-    "requantize_fixed",
-    "int8_bmm",
-    "int8_linear",
-]
+__all__ = ["wrap_int32", "int8_bmm", "int8_linear", "quantize_per_tensor"]
 
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 _QRANGE = _validate.QRANGE  # {torch.uint8: (0, 255), torch.int8: (-128, 127)}
 
 
@@ -63,100 +51,6 @@ def _f32(x: float) -> torch.Tensor:
 def wrap_int32(x: torch.Tensor) -> torch.Tensor:
     """int64 -> int32 modulo 2^32, as int32 hardware addition wraps."""
     return ((x + 2**31) % 2**32 - 2**31).to(torch.int32)
-
-
-# ----------------------------------------------------------------------------------------------
-# Fixed-point requantization (gemmlowp / TFLite)
-
-
-def quantize_multiplier(m: float) -> tuple[int, int]:
-    """TFLite's ``QuantizeMultiplier``: ``m ≈ qmul * 2**(shift - 31)`` with ``2**30 <= qmul < 2**31``.
-
-    ``m = q * 2**shift`` with ``q`` in [0.5, 1) (``math.frexp``); ``qmul = round(q * 2**31)``
-    (half away from zero). Multipliers below 2^-32 become ``(0, 0)`` (the product is 0);
-    above 2^30 they saturate.
-    """
-    if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or m < 0:
-        raise ValueError(f"m must be a finite non-negative float, got {m!r}")
-    if m == 0:
-        return 0, 0
-    q, shift = math.frexp(m)
-    qmul = math.floor(q * 2**31 + 0.5)  # exact in double: q has 53 bits
-    if qmul == 2**31:  # q rounded up to 1.0
-        qmul //= 2
-        shift += 1
-    if shift < -31:
-        return 0, 0
-    if shift > 30:
-        return 2**31 - 1, 30
-    return qmul, shift
-
-
-def saturating_rounding_doubling_high_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """gemmlowp's ``SaturatingRoundingDoublingHighMul``: ``round(a * b / 2**31)`` on int32 values held in int64.
-
-    The nudge ``2**30`` (or ``1 - 2**30`` for negative products) followed by a truncating
-    division rounds to nearest; the single overflow, ``a == b == INT32_MIN``, saturates.
-    """
-    ab = a * b
-    nudge = torch.where(ab >= 0, 2**30, 1 - 2**30)
-    high = torch.div(ab + nudge, 2**31, rounding_mode="trunc")
-    return torch.where((a == INT32_MIN) & (b == INT32_MIN), INT32_MAX, high)
-
-
-def rounding_divide_by_pot(x: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
-    """gemmlowp's ``RoundingDivideByPOT``: ``x / 2**exponent`` rounded to nearest, ties away from zero."""
-    mask = (1 << exponent) - 1
-    remainder = x & mask
-    threshold = (mask >> 1) + (x < 0).to(x.dtype)
-    return (x >> exponent) + (remainder > threshold).to(x.dtype)
-
-
-def multiply_by_quantized_multiplier(x: torch.Tensor, qmul: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """TFLite's ``MultiplyByQuantizedMultiplier``: ``x * qmul * 2**(shift - 31)``, rounded, in integers.
-
-    ``x`` holds int32 values (as int64). A positive ``shift`` is a left shift first
-    (saturated to int32 here; TFLite leaves that overflow undefined), a negative one
-    a rounding right shift after the high multiply.
-    """
-    left = shift.clamp(min=0)
-    right = (-shift).clamp(min=0)
-    x = (x << left).clamp(INT32_MIN, INT32_MAX)
-    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x, qmul), right)
-
-
-def requantize_fixed(acc, multiplier, zero_point: int, qmin: int, qmax: int) -> torch.Tensor:
-    """``clamp(multiply_by_quantized_multiplier(acc, M) + zero_point, qmin, qmax)``, integers only.
-
-    ``multiplier``: one float (or one per column, a 1-D float64 tensor / list) = ``sa * sb / so``.
-    Returns int64 codes.
-    """
-    ms = multiplier.tolist() if isinstance(multiplier, torch.Tensor) else multiplier
-    ms = ms if isinstance(ms, list) else [ms]
-    qs = [quantize_multiplier(m) for m in ms]
-    qmul = torch.tensor([q for q, _ in qs], dtype=torch.int64)
-    shift = torch.tensor([s for _, s in qs], dtype=torch.int64)
-    y = multiply_by_quantized_multiplier(acc.to(torch.int64), qmul, shift)
-    return (y + zero_point).clamp(qmin, qmax)
-
-
-# ----------------------------------------------------------------------------------------------
-# Float requantization (PyTorch / fbgemm)
-
-
-def requantize_float(acc, multiplier, zero_point: int, qmin: int, qmax: int, bias_term=None) -> torch.Tensor:
-    """``clamp(round_half_even((float32(acc) [+ bias_term]) * multiplier) + zero_point, qmin, qmax)``.
-
-    ``multiplier`` (and ``bias_term``): float32 tensors broadcasting against ``acc``'s columns.
-    ``acc.to(float32)`` rounds to nearest-even above 2^24, like the x86 instruction ``cvtdq2ps``;
-    every step is one float32 operation, as in fbgemm's requantization. Returns int64 codes.
-    """
-    f = acc.to(torch.float32)
-    if bias_term is not None:
-        f = f + bias_term
-    f = f * multiplier
-    q = torch.round(f) + zero_point  # torch.round: half to even. Beyond 2^24 the clamp decides anyway.
-    return q.clamp(qmin, qmax).to(torch.int64)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -276,8 +170,5 @@ def quantize_per_tensor(x: torch.Tensor, scale: float, zero_point: int, dtype: t
     """``clamp(nearbyint(x * float32(1 / scale)) + zero_point, qmin, qmax)``, every step in float32 (PyTorch's
     ``quantize_per_tensor`` arithmetic on x86, bit for bit); NaN gives qmin. Returns plain uint8/int8 codes."""
     _validate.quantize_args(x, scale, zero_point, dtype)
-    lo, hi = _validate.QRANGE[dtype]
-    inv = float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(scale, dtype=torch.float32))
-    y = torch.mul(x, inv).round_().add_(zero_point)
-    y = torch.nan_to_num(y, nan=float(lo)).clamp_(lo, hi)
-    return y.to(dtype)
+    inv = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(scale, dtype=torch.float32)
+    return _codes(x, inv, zero_point, *_QRANGE[dtype]).to(dtype)

@@ -1,31 +1,19 @@
-"""The figures the notebooks draw. Each is a plain function ``draw(fig, ...) -> result``:
-it draws on a ``matplotlib.figure.Figure`` (never pyplot) and returns what it shows,
-so a notebook cell or a test can assert the figure's message, and
-:class:`qlab.widgets.LiveFigure` can redraw it from widget callbacks.
-
-* :func:`observer_ranges`, :func:`observer_explorer`, :func:`channel_ranges` --
-  ``notebooks/02-observers-and-calibration.ipynb``
-* :func:`engine_comparison` -- ``notebooks/03-eager-mode-ptq.ipynb``
-* :func:`fake_quant_ranges`, :func:`accuracy_bars` -- ``notebooks/04-eager-mode-qat.ipynb``
-"""
+"""The observer figures of ``notebooks/02-observers-and-calibration.ipynb``. Each is a plain
+function ``draw(fig, ...) -> result`` on a ``matplotlib.figure.Figure`` (never pyplot) that returns
+what it shows, so a cell or a test can assert the figure's message and
+:class:`qlab.widgets.LiveFigure` can redraw it from widget callbacks."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from ._checks import check_float_tensor
+from .._checks import check_float_tensor, check_int, check_number
+from .measure import compare_observers
 
-__all__ = [
-    "observer_ranges",
-    "observer_explorer",
-    "channel_ranges",
-    "engine_comparison",
-    "fake_quant_ranges",
-    "accuracy_bars",
-]
+__all__ = ["draw_ranges", "draw_explorer", "draw_channel_ranges"]
 
 _COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 
@@ -58,11 +46,11 @@ def _histogram_and_ranges(ax_hist, ax_rng, values: torch.Tensor, ranges: Mapping
     return counts
 
 
-def observer_ranges(fig: Figure, values: torch.Tensor, report: Mapping[str, dict], *, title: str = "") -> dict:
+def draw_ranges(fig: Figure, values: torch.Tensor, report: Mapping[str, dict], *, title: str = "") -> dict:
     """The histogram of ``values`` (log counts) above the range ``[lo, hi]`` each observer chose.
 
     ``report`` is :func:`qlab.observers.compare_observers`'s result; per-channel entries are
-    skipped (see :func:`channel_ranges`). Returns ``{"ranges": name -> (lo, hi), "min", "max"}``.
+    skipped (see :func:`draw_channel_ranges`). Returns ``{"ranges": name -> (lo, hi), "min", "max"}``.
     """
     _check_fig(fig)
     check_float_tensor("values", values)
@@ -73,7 +61,7 @@ def observer_ranges(fig: Figure, values: torch.Tensor, report: Mapping[str, dict
     return {"ranges": ranges, "min": float(values.min()), "max": float(values.max())}
 
 
-def observer_explorer(
+def draw_explorer(
     fig: Figure,
     *,
     calibration: torch.Tensor,
@@ -95,17 +83,12 @@ def observer_explorer(
     SQNR in dB per observer (right). Returns ``{"report", "outlier_value", "n_images", "bits"}``
     with ``report`` from :func:`qlab.observers.compare_observers`.
     """
-    from .observers import compare_observers
-
     _check_fig(fig)
     check_float_tensor("calibration", calibration)
     check_float_tensor("heldout", heldout)
-    if isinstance(n_images, bool) or not isinstance(n_images, int) or not 1 <= n_images <= len(calibration):
-        raise ValueError(f"n_images must be an int in [1, {len(calibration)}], got {n_images!r}")
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
-        raise ValueError(f"bits must be an int in [2, 8], got {bits!r}")
-    if not (isinstance(outlier, (int, float)) and outlier >= 0):
-        raise ValueError(f"outlier must be a number >= 0, got {outlier!r}")
+    check_int("n_images", n_images, 1, len(calibration))
+    check_int("bits", bits, 2, 8)
+    check_number("outlier", outlier, 0)
     x = calibration[:n_images].clone()
     outlier_value = float(outlier) * float(x.abs().max())
     if outlier > 0:
@@ -133,7 +116,7 @@ def observer_explorer(
     return {"report": report, "outlier_value": outlier_value, "n_images": n_images, "bits": bits}
 
 
-def channel_ranges(fig: Figure, lo: torch.Tensor, hi: torch.Tensor, *, title: str = "") -> dict:
+def draw_channel_ranges(fig: Figure, lo: torch.Tensor, hi: torch.Tensor, *, title: str = "") -> dict:
     """Per-channel ranges ``[lo[c], hi[c]]`` as bars, with the per-tensor range ``[min lo, max hi]``
     dashed. Returns ``{"channels", "per_tensor": (lo, hi), "narrowest_fraction"}``: the
     narrowest channel's width as a fraction of the per-tensor width."""
@@ -153,86 +136,3 @@ def channel_ranges(fig: Figure, lo: torch.Tensor, hi: torch.Tensor, *, title: st
     ax.set_title(title or "per-channel ranges; dashed: the per-tensor range", fontsize=10)
     width = float((hi - lo).min()) / (t_hi - t_lo) if t_hi > t_lo else 1.0
     return {"channels": len(lo), "per_tensor": (t_lo, t_hi), "narrowest_fraction": width}
-
-
-def engine_comparison(fig: Figure, rows: Sequence[Mapping]) -> dict:
-    """Notebook 03's engine comparison: int8 accuracy, size and latency relative to fp32.
-
-    ``rows``: one mapping per engine with ``engine``, ``accuracy``, ``fp32_accuracy``,
-    ``size_ratio`` and ``latency_ratio``. Returns ``{"fastest", "best_accuracy"}`` engine names.
-    """
-    _check_fig(fig)
-    if not rows:
-        raise ValueError("rows must hold at least one engine")
-    names = [r["engine"] for r in rows]
-    axes = fig.subplots(1, 3)
-    panels = [
-        ("top-1 accuracy (%)", [100 * r["accuracy"] for r in rows], 100 * rows[0]["fp32_accuracy"]),
-        ("size / fp32", [r["size_ratio"] for r in rows], 1.0),
-        ("latency / fp32", [r["latency_ratio"] for r in rows], 1.0),
-    ]
-    for ax, (label, vals, ref) in zip(axes, panels):
-        ax.bar(names, vals, color=[_COLOURS[i % len(_COLOURS)] for i in range(len(names))])
-        ax.axhline(ref, color="0.2", ls="--", lw=1)
-        ax.set_title(label, fontsize=10)
-        ax.tick_params(axis="x", labelrotation=45)
-    lo = min(panels[0][1] + [panels[0][2]])
-    axes[0].set_ylim(max(0.0, lo - 3), 100)
-    fastest = names[int(np.argmin([r["latency_ratio"] for r in rows]))]
-    best = names[int(np.argmax([r["accuracy"] for r in rows]))]
-    return {"fastest": fastest, "best_accuracy": best}
-
-
-def fake_quant_ranges(
-    fig: Figure, history: Mapping[str, Sequence[tuple[float, float]]], *, freeze_at: int | None = None, title: str = ""
-) -> dict:
-    """The range ``[lo, hi]`` of each fake-quant module, step by step during QAT: one column per
-    module, ``hi`` on top and ``lo`` below, each on its own scale so small drifts show; a dashed
-    line marks ``freeze_at`` (the step after which the observers were disabled).
-
-    ``history``: name -> list of ``(lo, hi)``, one per training step. Returns
-    ``{"steps", "start": name -> (lo, hi), "end": name -> (lo, hi)}``.
-    """
-    _check_fig(fig)
-    if not history:
-        raise ValueError("history must hold at least one module")
-    names = list(history)
-    axes = np.asarray(fig.subplots(2, len(names), sharex=True, squeeze=False))
-    for i, name in enumerate(names):
-        h = np.asarray(history[name], dtype=float)
-        if h.ndim != 2 or h.shape[1] != 2:
-            raise ValueError(f"history[{name!r}] must be a list of (lo, hi) pairs")
-        steps = np.arange(1, len(h) + 1)
-        c = _COLOURS[i % len(_COLOURS)]
-        for row, (col, label) in enumerate(((1, "hi"), (0, "lo"))):
-            ax = axes[row, i]
-            ax.plot(steps, h[:, col], color=c, marker=".", ms=3)
-            ax.ticklabel_format(useOffset=False)
-            if freeze_at is not None:
-                ax.axvline(freeze_at, color="0.4", ls="--", lw=1)
-            if i == 0:
-                ax.set_ylabel(label)
-        axes[0, i].set_title(name, fontsize=9)
-        axes[1, i].set_xlabel("step")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    start = {n: tuple(map(float, history[n][0])) for n in names}
-    end = {n: tuple(map(float, history[n][-1])) for n in names}
-    return {"steps": len(history[names[0]]), "start": start, "end": end}
-
-
-def accuracy_bars(fig: Figure, results: Mapping[str, float], *, title: str = "") -> dict:
-    """Top-1 accuracy (fraction in [0, 1]) per variant as labelled bars. Returns ``{"best", "worst"}``."""
-    _check_fig(fig)
-    if not results:
-        raise ValueError("results must hold at least one entry")
-    names = list(results)
-    vals = [100 * float(results[n]) for n in names]
-    ax = fig.add_subplot()
-    bars = ax.bar(names, vals, color=[_COLOURS[i % len(_COLOURS)] for i in range(len(names))])
-    ax.bar_label(bars, fmt="%.1f", fontsize=8)
-    ax.set_ylim(max(0.0, min(vals) - 10), 101)
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.tick_params(axis="x", labelrotation=20)
-    ax.set_title(title, fontsize=10)
-    return {"best": names[int(np.argmax(vals))], "worst": names[int(np.argmin(vals))]}

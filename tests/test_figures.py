@@ -1,4 +1,4 @@
-"""qlab.plots (the figures of notebooks 02-04): each draws on a Figure and returns what it shows."""
+"""The figures of notebooks 02-04 (qlab.observers.figures, qlab.eager): each draws on a Figure and returns what it shows."""
 from __future__ import annotations
 
 import matplotlib
@@ -7,7 +7,8 @@ import torch
 from matplotlib.figure import Figure
 
 import qlab.observers as qobs
-from qlab import plots
+from qlab import eager
+from qlab.observers import figures
 from qlab.widgets import LiveFigure
 
 matplotlib.use("Agg")
@@ -24,7 +25,7 @@ def test_observer_ranges_returns_the_ranges_it_draws():
     x = _acts()
     report = qobs.compare_observers({**OBS, "PerChannel": qobs.PerChannelMinMaxObserver.with_args(ch_axis=1)}, [x], x)
     fig = Figure()
-    shown = plots.observer_ranges(fig, x, report, title="t")
+    shown = figures.draw_ranges(fig, x, report, title="t")
     assert set(shown["ranges"]) == set(OBS)  # per-channel entries are not drawn as one range
     assert shown["ranges"]["MinMax"] == (0.0, float(x.max())) and shown["max"] == float(x.max())
     assert len(fig.axes) == 2
@@ -33,16 +34,16 @@ def test_observer_ranges_returns_the_ranges_it_draws():
 
 def test_observer_explorer_outlier_images_and_bits():
     calib, held = _acts(64, 0), _acts(32, 1)
-    base = plots.observer_explorer(Figure(), calibration=calib, heldout=held, observers=OBS, n_images=64)
-    spiked = plots.observer_explorer(Figure(), calibration=calib, heldout=held, observers=OBS, outlier=100.0, n_images=64)
+    base = figures.draw_explorer(Figure(), calibration=calib, heldout=held, observers=OBS, n_images=64)
+    spiked = figures.draw_explorer(Figure(), calibration=calib, heldout=held, observers=OBS, outlier=100.0, n_images=64)
     assert spiked["outlier_value"] == pytest.approx(100 * float(calib.max()))
     assert spiked["report"]["MinMax"]["hi"] == pytest.approx(spiked["outlier_value"])
     assert spiked["report"]["MinMax"]["sqnr_db"] < base["report"]["MinMax"]["sqnr_db"] - 20
     assert spiked["report"]["Percentile"]["hi"] < 10
     assert torch.equal(calib, _acts(64, 0))  # the outlier went into a copy
-    few = plots.observer_explorer(Figure(), calibration=calib, heldout=held, observers=OBS, n_images=4)
+    few = figures.draw_explorer(Figure(), calibration=calib, heldout=held, observers=OBS, n_images=4)
     assert few["report"]["MinMax"]["hi"] == float(calib[:4].max())
-    four = plots.observer_explorer(Figure(), calibration=calib, heldout=held, observers=OBS, n_images=64, bits=4)
+    four = figures.draw_explorer(Figure(), calibration=calib, heldout=held, observers=OBS, n_images=64, bits=4)
     assert four["report"]["MinMax"]["sqnr_db"] < base["report"]["MinMax"]["sqnr_db"] - 15
     assert float(four["report"]["MinMax"]["scale"]) == pytest.approx(float(base["report"]["MinMax"]["scale"]) * 255 / 15)
 
@@ -52,7 +53,7 @@ def test_observer_explorer_in_a_live_figure_redraws():
 
     calib, held = _acts(64, 0), _acts(32, 1)
     live = LiveFigure(
-        lambda fig, outlier: plots.observer_explorer(fig, calibration=calib, heldout=held, observers=OBS, outlier=outlier, n_images=64),
+        lambda fig, outlier: figures.draw_explorer(fig, calibration=calib, heldout=held, observers=OBS, outlier=outlier, n_images=64),
         {"outlier": W.SelectionSlider(options=[0, 100], value=0)},
     )
     before = live.result["report"]["MinMax"]["hi"]
@@ -67,16 +68,16 @@ def test_observer_explorer_in_a_live_figure_redraws():
 )
 def test_observer_explorer_checks_arguments(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
-        plots.observer_explorer(Figure(), calibration=_acts(8), heldout=_acts(8), observers=OBS, **{"n_images": 8, **kwargs})
+        figures.draw_explorer(Figure(), calibration=_acts(8), heldout=_acts(8), observers=OBS, **{"n_images": 8, **kwargs})
 
 
 def test_channel_ranges():
     lo, hi = torch.tensor([-1.0, -0.5, -0.1]), torch.tensor([1.0, 0.4, 0.1])
-    shown = plots.channel_ranges(Figure(), lo, hi)
+    shown = figures.draw_channel_ranges(Figure(), lo, hi)
     assert shown["channels"] == 3 and shown["per_tensor"] == (-1.0, 1.0)
     assert shown["narrowest_fraction"] == pytest.approx(0.1)
     with pytest.raises(ValueError, match="1-D"):
-        plots.channel_ranges(Figure(), lo, hi[:2])
+        figures.draw_channel_ranges(Figure(), lo, hi[:2])
 
 
 def test_engine_comparison():
@@ -85,27 +86,27 @@ def test_engine_comparison():
         {"engine": "qnnpack", "accuracy": 0.99, "fp32_accuracy": 0.99, "size_ratio": 0.28, "latency_ratio": 0.9},
     ]
     fig = Figure()
-    assert plots.engine_comparison(fig, rows) == {"fastest": "x86", "best_accuracy": "qnnpack"}
+    assert eager.draw_engines(fig, rows) == {"fastest": "x86", "best_accuracy": "qnnpack"}
     assert len(fig.axes) == 3
     with pytest.raises(ValueError, match="at least one engine"):
-        plots.engine_comparison(Figure(), [])
+        eager.draw_engines(Figure(), [])
 
 
 def test_fake_quant_ranges():
     history = {"a": [(0.0, 1.0), (0.0, 2.0), (0.0, 2.0)], "b": [(-1.0, 1.0)] * 3}
     fig = Figure()
-    shown = plots.fake_quant_ranges(fig, history, freeze_at=2, title="t")
+    shown = eager.draw_fake_quant_ranges(fig, history, freeze_at=2, title="t")
     assert shown == {"steps": 3, "start": {"a": (0.0, 1.0), "b": (-1.0, 1.0)}, "end": {"a": (0.0, 2.0), "b": (-1.0, 1.0)}}
     assert len(fig.axes) == 4  # hi and lo rows, one column per module
     with pytest.raises(ValueError, match="pairs"):
-        plots.fake_quant_ranges(Figure(), {"a": [1.0, 2.0]})
+        eager.draw_fake_quant_ranges(Figure(), {"a": [1.0, 2.0]})
 
 
 def test_accuracy_bars():
-    shown = plots.accuracy_bars(Figure(), {"fp32": 0.99, "PTQ": 0.95, "QAT": 0.98})
+    shown = eager.draw_accuracy(Figure(), {"fp32": 0.99, "PTQ": 0.95, "QAT": 0.98})
     assert shown == {"best": "fp32", "worst": "PTQ"}
 
 
 def test_figures_only():
     with pytest.raises(TypeError, match="matplotlib.figure.Figure"):
-        plots.accuracy_bars(None, {"a": 1.0})
+        eager.draw_accuracy(None, {"a": 1.0})

@@ -1,4 +1,4 @@
-"""qlab.intref against PyTorch's quantized conv (fbgemm, qnnpack) and its own arithmetic."""
+"""qlab.int_conv against PyTorch's quantized conv (fbgemm, qnnpack) and its own arithmetic."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +8,7 @@ import torch.ao.nn.quantized as nnq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qlab.intref import REQUANT_MODES, conv2d_acc, conv2d_int, fixed_point_multiplier, requantize
+from qlab.int_conv import REQUANT_MODES, conv2d_acc, conv2d_int, requantize
 
 
 def _torch_conv(engine, xc, xs, xz, wc, ws, b, ys, yz, relu, stride, padding):
@@ -73,11 +73,6 @@ def test_int32_bias_mode_is_bit_exact_with_qnnpack(p):
     assert torch.equal(real, ref)
 
 
-@given(st.floats(1e-6, 1e3))
-def test_fixed_point_multiplier_is_close(m):
-    q, shift = fixed_point_multiplier(m)
-    assert 2**30 <= q < 2**31
-    assert abs(q / 2**shift - m) <= m * 2**-30
 
 
 def test_requant_modes_agree_away_from_ties():
@@ -102,7 +97,6 @@ def test_int16_pairs_saturate_only_large_pairs():
     [
         (lambda: conv2d_acc(torch.zeros(1, 2, 2, 2), 0, torch.zeros(1, 2, 1, 1, dtype=torch.int8)), TypeError, "x_q must have dtype"),
         (lambda: requantize(torch.zeros(1, 1), 1.0, 1.0, 1.0, 0, requant="magic"), ValueError, "requant must be one of"),
-        (lambda: fixed_point_multiplier(-1.0), ValueError, "m must be a positive"),
         (
             lambda: conv2d_acc(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), 0, torch.zeros(1, 3, 1, 1, dtype=torch.int8), int16_pairs=True),
             ValueError,

@@ -20,7 +20,7 @@ Step (1) is exact integer arithmetic. Step (2) is where implementations differ;
   ``x_s * w_s`` (as QNNPACK does), then ``round_half_even(float32(acc + bias_q) * M)``.
 * ``"int32_bias_trunc"`` -- the same with the bias truncated toward zero, as
   PyTorch's ONNX (TorchScript) exporter writes it for ``QLinearConv``/``QGemm``.
-* ``"fixed_point"`` -- ``M`` becomes a 31-bit integer multiplier and a shift;
+* ``"fixed_point"`` -- ``M`` becomes a 31-bit integer multiplier and a shift (:func:`qlab.requant.quantize_multiplier`);
   ``(acc * m + 2**(s-1)) >> s`` rounds once, half up.
 * ``"fixed_point_double"`` -- the gemmlowp/TFLite style: a rounding
   high-multiply, then a rounding right shift (two roundings, half away from zero).
@@ -34,14 +34,14 @@ and each pair sum saturates to int16 before it is added to the int32 accumulator
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 
 from ._checks import check_choice, check_tensor
+from .requant import multiply_by_quantized_multiplier, quantize_multiplier
 
-__all__ = ["REQUANT_MODES", "conv2d_acc", "requantize", "conv2d_int", "fixed_point_multiplier"]
+__all__ = ["REQUANT_MODES", "conv2d_acc", "requantize", "conv2d_int"]
 
 REQUANT_MODES = ("fbgemm", "float64", "int32_bias", "int32_bias_trunc", "fixed_point", "fixed_point_double")
 
@@ -104,27 +104,6 @@ def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def fixed_point_multiplier(m: float) -> tuple[int, int]:
-    """``m`` (positive) as ``(q, shift)`` with ``m ~= q / 2**shift`` and ``q`` in ``[2**30, 2**31)``."""
-    if not (isinstance(m, float) and math.isfinite(m) and m > 0):
-        raise ValueError(f"m must be a positive finite float, got {m!r}")
-    mant, exp = math.frexp(m)  # m = mant * 2**exp, mant in [0.5, 1)
-    q = round(mant * 2**31)
-    if q == 2**31:
-        q //= 2
-        exp += 1
-    return q, 31 - exp
-
-
-def _round_half_away(num: torch.Tensor, shift: int) -> torch.Tensor:
-    """round(num / 2**shift), ties away from zero, exactly (int64)."""
-    if shift <= 0:
-        return num * (1 << -shift)
-    half = 1 << (shift - 1)
-    mag = (num.abs() + half) >> shift
-    return torch.where(num < 0, -mag, mag)
-
-
 def requantize(
     acc: torch.Tensor,
     x_scale: float,
@@ -175,13 +154,13 @@ def requantize(
         outs = []
         n_ch = acc.shape[1]
         for c in range(n_ch):
-            q, shift = fixed_point_multiplier(float(mult[c if len(mult) > 1 else 0]))
+            qmul, shift = quantize_multiplier(float(mult[c if len(mult) > 1 else 0]))  # M = qmul * 2**(shift - 31)
             a = acc[:, c] + bq[c if bq.numel() > 1 else 0]
             if requant == "fixed_point":  # one rounding, half up
-                r_c = (a * q + (1 << (shift - 1))) >> shift
-            else:  # gemmlowp: rounding doubling high-mul (2**31), then rounding shift
-                hi = _round_half_away(a * q, 31)
-                r_c = _round_half_away(hi, shift - 31)
+                right = 31 - shift
+                r_c = (a * qmul + (1 << (right - 1))) >> right
+            else:  # gemmlowp: rounding doubling high-mul (2**31), then a rounding shift
+                r_c = multiply_by_quantized_multiplier(a, torch.tensor(qmul), torch.tensor(shift))
             outs.append(r_c)
         r = torch.stack(outs, 1)
     lo = max(qmin, int(y_zp)) if relu else qmin
