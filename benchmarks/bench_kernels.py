@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -45,53 +44,53 @@ sys.path.insert(0, str(ROOT))
 import qlab  # noqa: E402
 import qlab.kernels as qk  # noqa: E402
 from qlab import _env  # noqa: E402
+from qlab.timing import time_interleaved  # noqa: E402
 
 MODELS = {"ViT-Tiny": (3, 192), "ViT-Small": (6, 384), "ViT-Base": (12, 768)}  # heads, embedding dim
 HEAD_DIM = 64
 
 
+def probes():
+    """``torch.ops.qlab_probes``: the clock and peak probes of ``benchmarks/probes.cpp`` (not part of qlab's ops),
+    compiled once into qlab's build cache."""
+    from torch.utils import cpp_extension
+
+    from qlab.kernels import _build
+
+    build = _build.cache_root() / "probes"
+    build.mkdir(parents=True, exist_ok=True)
+    cpp_extension.load(name="qlab_probes", sources=[str(Path(__file__).with_name("probes.cpp"))],
+                       extra_cflags=["-O2"], build_directory=str(build), is_python_module=False)
+    return torch.ops.qlab_probes
+
+
 def measure_clock_ghz() -> float:
-    if qk.backend() != "native":
-        return float("nan")
     n = 150_000  # 3.6 M cycles, about 1 ms
     best = 0.0
     for _ in range(60):
         t0 = time.perf_counter()
-        torch.ops.qlab._dependent_muls(n)
+        probes().dependent_muls(n)
         best = max(best, 24 * n / (time.perf_counter() - t0) / 1e9)
     return best
 
 
 def measure_peak_gmacs(isa: str) -> float:
     """Multiply-adds per second (in G) of one core running the path's instruction on registers."""
-    if qk.backend() != "native" or isa == "scalar":
+    if isa in ("scalar", "reference"):
         return float("nan")
     n = 20_000
     best = 0.0
     for _ in range(40):
         t0 = time.perf_counter()
-        macs = torch.ops.qlab._macs_burst(isa, n)
+        macs = probes().macs_burst(isa, n)
         best = max(best, macs / (time.perf_counter() - t0) / 1e9)
     return best
 
 
-def time_methods(methods: dict, repeats: int, min_time: float = 0.003) -> dict:
-    """Median seconds per call of each method; the methods take turns within every repeat."""
-    iters = {}
-    for name, fn in methods.items():
-        fn()  # warm-up (and first-call allocations)
-        t0 = time.perf_counter()
-        fn()
-        one = max(time.perf_counter() - t0, 1e-6)
-        iters[name] = max(1, min(200, int(min_time / one)))
-    samples = {name: [] for name in methods}
-    for _ in range(repeats):
-        for name, fn in methods.items():
-            t0 = time.perf_counter()
-            for _ in range(iters[name]):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / iters[name])
-    return {name: (statistics.median(v), min(v)) for name, v in samples.items()}
+def time_methods(methods: dict, repeats: int) -> dict:
+    """``(median, fastest)`` seconds per call of each method, timed interleaved (:func:`qlab.timing.time_interleaved`)."""
+    t = time_interleaved(methods, rounds=repeats, warmup=1, target_s=0.003, max_number=200)
+    return {name: (v.median / 1e3, min(v.samples) / 1e3) for name, v in t.items()}
 
 
 def attention_cases(tokens_list, models):

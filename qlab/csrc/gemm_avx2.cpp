@@ -400,31 +400,12 @@ void gemm_avx2(const Task& t, const Epilogue& e) {
   }
 }
 
-// For the benchmark's peak: n rounds of 8 independent vpmaddwd (8 lanes x 2 int16 products each)
-// with their vpaddd, the inner loop's instruction pair, on registers only. Returns the MACs done.
-QLAB_AVX2 int64_t macs_burst_avx2(int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    asm volatile(
-        "vpmaddwd %%ymm14, %%ymm15, %%ymm8\n\tvpaddd %%ymm8, %%ymm0, %%ymm0\n\t"
-        "vpmaddwd %%ymm14, %%ymm15, %%ymm9\n\tvpaddd %%ymm9, %%ymm1, %%ymm1\n\t"
-        "vpmaddwd %%ymm14, %%ymm15, %%ymm10\n\tvpaddd %%ymm10, %%ymm2, %%ymm2\n\t"
-        "vpmaddwd %%ymm14, %%ymm15, %%ymm11\n\tvpaddd %%ymm11, %%ymm3, %%ymm3\n\t"
-        "vpmaddwd %%ymm14, %%ymm15, %%ymm8\n\tvpaddd %%ymm8, %%ymm4, %%ymm4\n\t"
-        "vpmaddwd %%ymm14, %%ymm15, %%ymm9\n\tvpaddd %%ymm9, %%ymm5, %%ymm5\n\t"
-        "vpmaddwd %%ymm14, %%ymm15, %%ymm10\n\tvpaddd %%ymm10, %%ymm6, %%ymm6\n\t"
-        "vpmaddwd %%ymm14, %%ymm15, %%ymm11\n\tvpaddd %%ymm11, %%ymm7, %%ymm7"
-        ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11");
-  }
-  return n * 8 * 16;
-}
-
 }  // namespace qlab
 
 #else  // not x86: never selected (ops.cpp only offers the scalar path)
 
 namespace qlab {
 void gemm_avx2(const Task& t, const Epilogue& e) { gemm_scalar(t, e); }
-int64_t macs_burst_avx2(int64_t n) { return 0; }
 }  // namespace qlab
 
 #endif

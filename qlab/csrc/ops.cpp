@@ -118,43 +118,6 @@ std::tuple<int64_t, int64_t> quantize_multiplier_op(double m) {
   return {q, s};
 }
 
-// For benchmarks/bench_kernels.py: n iterations of 8 dependent 64-bit multiplications. imul r64 has a
-// 3-cycle latency on every x86 core of the last decade (Intel and AMD), so 24n / elapsed time is the clock.
-// (A chain of adds no longer works: recent Intel cores execute some immediate adds at register rename.)
-int64_t dependent_muls_op(int64_t n) {
-  uint64_t x = 3;
-  for (int64_t i = 0; i < n; ++i) {
-#if defined(__x86_64__)
-    asm volatile(
-        "imul %0, %0\n\timul %0, %0\n\timul %0, %0\n\timul %0, %0\n\t"
-        "imul %0, %0\n\timul %0, %0\n\timul %0, %0\n\timul %0, %0"
-        : "+r"(x));
-#else
-    x *= x;
-    asm volatile("" : "+r"(x));
-#endif
-  }
-  return static_cast<int64_t>(x);
-}
-
-// For benchmarks/bench_kernels.py: n rounds of the path's multiply-add instruction on registers
-// (no memory), the ceiling of that path on this core; returns the multiply-adds done.
-int64_t macs_burst_op(std::string name, int64_t n) {
-  if (name == "scalar") return 0;  // no SIMD instruction to measure
-  for (int i = 1; i < kNumIsas; ++i) {
-    if (name == kIsaNames[i]) {
-      TORCH_CHECK_VALUE(cpu_supports(static_cast<Isa>(i)), "isa '", name, "' is not supported by this CPU");
-      switch (static_cast<Isa>(i)) {
-        case Isa::Avx2: return macs_burst_avx2(n);
-        case Isa::Avx512Vnni: return macs_burst_vnni(n);
-        case Isa::Amx: return macs_burst_amx(n);
-        default: return 0;
-      }
-    }
-  }
-  TORCH_CHECK_VALUE(false, "isa must be one of ['scalar', 'avx2', 'avx512_vnni', 'amx'], got '", name, "'");
-}
-
 std::string build_info_op() {
   std::string s = "compiler: ";
 #if defined(__clang__)
@@ -563,8 +526,6 @@ TORCH_LIBRARY(qlab, m) {
   m.def("_supported_isas() -> str[]", &supported_isas_op);
   m.def("_quantize_multiplier(float m) -> (int, int)", &quantize_multiplier_op);
   m.def("_build_info() -> str", &build_info_op);
-  m.def("_dependent_muls(int n) -> int", &dependent_muls_op);
-  m.def("_macs_burst(str isa, int n) -> int", &macs_burst_op);
 }
 
 TORCH_LIBRARY_IMPL(qlab, CPU, m) {

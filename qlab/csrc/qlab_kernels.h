@@ -7,8 +7,8 @@
 //   out[m, n]  = epilogue(acc[m, n])                              (see Epilogue below)
 //
 // A holds uint8 or int8 activations, B int8 weights/keys/values. The four
-// implementations of the product (gemm_scalar.cpp, gemm_avx2.cpp, and the AVX-512
-// VNNI and AMX paths in gemm_avx512_vnni.cpp) compute the *same integers* in different orders; as
+// implementations of the product (gemm_scalar.cpp, gemm_avx2.cpp, gemm_avx512_vnni.cpp and
+// gemm_amx.cpp) compute the *same integers* in different orders; as
 // int32 addition is exact modulo 2^32, every path, thread count and blocking
 // gives bit-identical results. ops.cpp owns argument checking, threading and
 // the choice of path; these files only see raw pointers.
@@ -92,16 +92,10 @@ struct Task {
 void gemm_scalar(const Task& t, const Epilogue& e);
 void gemm_avx2(const Task& t, const Epilogue& e);
 void gemm_avx512_vnni(const Task& t, const Epilogue& e);
-void gemm_amx(const Task& t, const Epilogue& e);  // in gemm_avx512_vnni.cpp, shares its packing
+void gemm_amx(const Task& t, const Epilogue& e);  // shares the VNNI path's packing (vnni_common.h)
 
 // AMX-INT8 reported by CPUID and tile state granted by the OS (asks Linux for it; call once).
 bool amx_usable();
-
-// Register-only bursts of each path's multiply-add instruction (the benchmark's measured peak):
-// n rounds, returns the number of multiply-adds done.
-int64_t macs_burst_avx2(int64_t n);
-int64_t macs_burst_vnni(int64_t n);
-int64_t macs_burst_amx(int64_t n);
 
 // float32 -> 8-bit codes (quantize.cpp): q = clamp(nearbyint(x * inv) + zp, lo, hi), all in float32.
 struct QuantizeArgs {
