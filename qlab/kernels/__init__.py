@@ -177,13 +177,9 @@ def build(verbose: bool = False) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------
-# The typed wrappers
-
-
-def _on_cpu(**tensors) -> None:
-    for name, t in tensors.items():
-        if isinstance(t, torch.Tensor) and t.device.type != "cpu":
-            raise ValueError(f"{name} must be on the CPU (device 'cpu'), got device '{t.device}'")
+# The typed wrappers. They turn keyword arguments and Python numbers into the op's schema; the
+# arguments are checked once, by the op itself -- in C++ (native) or by ``_validate`` (the reference
+# and the fake kernels) -- with the same messages.
 
 
 def _out_qparams(out_dtype, out_scale, out_zero_point):
@@ -228,10 +224,10 @@ def int8_bmm(
     ``requant``: ``"float"`` (PyTorch's float32 multiplier) or ``"fixed"`` (gemmlowp integers).
     Notebook: ``notebooks/08-vit-attention-int8.ipynb``.
     """
-    _on_cpu(a=a, b=b)
     out_scale, out_zero_point = _out_qparams(out_dtype, out_scale, out_zero_point)
-    _validate.bmm_args(a, b, a_scale, a_zero_point, b_scale, b_zero_point, out_scale, out_zero_point, out_dtype,
-                       transpose_b, requant)
+    _validate.python_types(a=(a, "tensor"), b=(b, "tensor"), a_scale=(a_scale, "float"), a_zero_point=(a_zero_point, "int"),
+                           b_scale=(b_scale, "float"), b_zero_point=(b_zero_point, "int"), out_scale=(out_scale, "float"),
+                           out_zero_point=(out_zero_point, "int"), transpose_b=(transpose_b, "bool"), requant=(requant, "str"))
     return torch.ops.qlab.int8_bmm(a, b, a_scale, a_zero_point, b_scale, b_zero_point, out_scale, out_zero_point,
                                    out_dtype, transpose_b, requant)
 
@@ -265,17 +261,15 @@ def int8_linear(
     ``requant="float"`` the result equals ``torch.ao.nn.quantized.Linear`` (x86 engine) bit for bit.
     Notebook: ``notebooks/08-vit-attention-int8.ipynb``.
     """
-    _on_cpu(x=x, weight=weight, weight_scale=weight_scale, bias=bias)
     if isinstance(weight_scale, torch.Tensor):
         if weight_scale.dtype == torch.float64:
             weight_scale = weight_scale.to(torch.float32)
     else:
         weight_scale = torch.tensor(check_positive_scale("weight_scale", weight_scale), dtype=torch.float32)
     out_scale, out_zero_point = _out_qparams(out_dtype, out_scale, out_zero_point)
-    # Shapes, dtypes and Python values here; the op itself checks the tensor *values* (positive
-    # weight scales, a finite bias), in C++ or in the reference, without extra tensor ops.
-    _validate.linear_args(x, weight, weight_scale, bias, x_scale, x_zero_point, out_scale, out_zero_point, out_dtype,
-                          relu, requant, check_values=False)
+    _validate.python_types(x=(x, "tensor"), weight=(weight, "tensor"), bias=(bias, "tensor?"), x_scale=(x_scale, "float"),
+                           x_zero_point=(x_zero_point, "int"), out_scale=(out_scale, "float"),
+                           out_zero_point=(out_zero_point, "int"), relu=(relu, "bool"), requant=(requant, "str"))
     return torch.ops.qlab.int8_linear(x, weight, weight_scale, bias, x_scale, x_zero_point, out_scale, out_zero_point,
                                       out_dtype, relu, requant)
 
@@ -288,8 +282,7 @@ def quantize_per_tensor(x: torch.Tensor, scale: float, zero_point: int, dtype: t
     pass and without a quantized tensor. NaN gives qmin. Returns a contiguous tensor of ``x``'s shape.
     Notebook: ``notebooks/08-vit-attention-int8.ipynb`` (fix 4).
     """
-    _on_cpu(x=x)
-    _validate.quantize_args(x, scale, zero_point, dtype)
+    _validate.python_types(x=(x, "tensor"), scale=(scale, "float"), zero_point=(zero_point, "int"), dtype=(dtype, "dtype"))
     return torch.ops.qlab.quantize_per_tensor(x, scale, zero_point, dtype)
 
 

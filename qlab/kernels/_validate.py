@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..primitives import INT_RANGES
-from .._checks import check_choice, check_positive_scale, check_tensor, check_zero_point
+from .._checks import check_choice, check_tensor
 
 QRANGE = {d: INT_RANGES[d] for d in (torch.uint8, torch.int8)}  # the 8-bit codes the ops take
 OUT_DTYPES = [torch.uint8, torch.int8, torch.int32, torch.float32]
@@ -43,12 +43,41 @@ _F32_HUGE = 3.4028235677973366e38
 
 def scale_f32(name: str, s) -> float:
     """A positive finite Python float that stays positive and finite when rounded to float32."""
-    s = check_positive_scale(name, s)
-    if isinstance(s, torch.Tensor):
-        raise TypeError(f"{name} must be a Python float, got a tensor")
-    if not _F32_TINY < s < _F32_HUGE:
-        raise ValueError(f"{name} must be a positive finite float (representable in float32), got {s}")
-    return s
+    if isinstance(s, bool) or not isinstance(s, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(s).__name__}")
+    if not _F32_TINY < s < _F32_HUGE:  # also false for NaN
+        raise ValueError(f"{name} must be a positive finite float (representable in float32), got {float(s):g}")
+    return float(s)
+
+
+def zero_point_in(name: str, z, dtype) -> int:
+    lo, hi = QRANGE[dtype]
+    if isinstance(z, bool) or not isinstance(z, int):
+        raise TypeError(f"{name} must be an int, got {type(z).__name__}")
+    if not lo <= z <= hi:
+        raise ValueError(f"{name} must lie in [{lo}, {hi}] for {dtype}, got {z}")
+    return z
+
+
+def python_types(**args) -> None:
+    """The wrappers' check: the arguments the op's schema types (``Tensor``, ``float``, ``int``, ``bool``,
+    ``str``) have those Python types, so that a wrong one is a ``TypeError`` naming it rather than the
+    dispatcher's cast error. Values, shapes and dtypes are the op's to check (C++ or the reference)."""
+    for name, (value, kind) in args.items():
+        if kind == "tensor" and not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        if kind == "tensor?" and value is not None and not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(value).__name__}")
+        if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+        if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if kind == "bool" and not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+        if kind == "str" and not isinstance(value, str):
+            raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+        if kind == "dtype" and not isinstance(value, torch.dtype):
+            raise TypeError(f"{name} must be a torch.dtype, got {type(value).__name__}")
 
 
 def _output(out_dtype, requant, out_scale, out_zero_point) -> None:
@@ -56,7 +85,7 @@ def _output(out_dtype, requant, out_scale, out_zero_point) -> None:
     check_choice("requant", requant, REQUANT)
     if out_dtype in QRANGE:
         scale_f32("out_scale", out_scale)
-        check_zero_point("out_zero_point", out_zero_point, *QRANGE[out_dtype])
+        zero_point_in("out_zero_point", out_zero_point, out_dtype)
 
 
 def _ok_scale(s) -> bool:
@@ -110,8 +139,8 @@ def bmm_args(a, b, a_scale, a_zero_point, b_scale, b_zero_point, out_scale, out_
         )
     scale_f32("a_scale", a_scale)
     scale_f32("b_scale", b_scale)
-    check_zero_point("a_zero_point", a_zero_point, *QRANGE[a.dtype])
-    check_zero_point("b_zero_point", b_zero_point, -128, 127)
+    zero_point_in("a_zero_point", a_zero_point, a.dtype)
+    zero_point_in("b_zero_point", b_zero_point, torch.int8)
     _output(out_dtype, requant, out_scale, out_zero_point)
     return M, N, K
 
@@ -158,7 +187,7 @@ def linear_args(x, weight, weight_scale, bias, x_scale, x_zero_point, out_scale,
     if not isinstance(relu, bool):
         raise TypeError(f"relu must be a bool, got {type(relu).__name__}")
     scale_f32("x_scale", x_scale)
-    check_zero_point("x_zero_point", x_zero_point, *QRANGE[x.dtype])
+    zero_point_in("x_zero_point", x_zero_point, x.dtype)
     _output(out_dtype, requant, out_scale, out_zero_point)
     if bias is not None:
         check_tensor("bias", bias)
@@ -186,4 +215,4 @@ def quantize_args(x, scale, zero_point, dtype) -> None:
         raise TypeError(f"x must have dtype torch.float32, got {x.dtype}")
     check_choice("dtype", dtype, list(QRANGE))
     scale_f32("scale", scale)
-    check_zero_point("zero_point", zero_point, *QRANGE[dtype])
+    zero_point_in("zero_point", zero_point, dtype)
