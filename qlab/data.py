@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from ._checks import check_int
+
 __all__ = ["MEAN", "STD", "NUM_CLASSES", "split_indices", "digits", "loaders", "calibration_batches"]
 
 NUM_CLASSES = 10
@@ -60,9 +62,7 @@ MEAN, STD = 0.3054160033583391, 0.3762522201774761
 
 
 def _check_size(size):
-    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 64:
-        raise ValueError(f"size must be an int in [8, 64] (8 is the original resolution), got {size!r}")
-    return size
+    return check_int("size", size, 8, 64)  # 8 is the original resolution
 
 
 def digits(split: str = "train", size: int = 8, normalize: bool = True) -> TensorDataset:
@@ -86,8 +86,7 @@ def digits(split: str = "train", size: int = 8, normalize: bool = True) -> Tenso
 def loaders(size: int = 8, batch_size: int = 64, seed: int = 0, test_batch_size: int = 512):
     """``(train_loader, test_loader)``: shuffled train batches (seeded), the test split in order."""
     for name, v in (("batch_size", batch_size), ("test_batch_size", test_batch_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+        check_int(name, v, 1)
     g = torch.Generator().manual_seed(seed)
     train = DataLoader(digits("train", size), batch_size=batch_size, shuffle=True, generator=g)
     test = DataLoader(digits("test", size), batch_size=test_batch_size, shuffle=False)
@@ -96,9 +95,7 @@ def loaders(size: int = 8, batch_size: int = 64, seed: int = 0, test_batch_size:
 
 def calibration_batches(n_images: int = 256, size: int = 8, batch_size: int = 32) -> list[torch.Tensor]:
     """The first ``n_images`` train images (fixed order), as a list of input batches for calibration."""
-    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
-        raise ValueError(f"n_images must be a positive int, got {n_images!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_int("n_images", n_images, 1)
+    check_int("batch_size", batch_size, 1)
     x = digits("train", size).tensors[0][:n_images]
     return list(torch.split(x, batch_size))

@@ -9,7 +9,13 @@ import math
 import torch
 from matplotlib.figure import Figure
 
-from ._checks import check_bits, check_float_tensor, check_tensor
+from ._checks import (
+    check_bits,
+    check_float_tensor,
+    check_int,
+    check_number,
+    check_tensor,
+)
 from .primitives import choose_qparams, dequantize, fake_quantize, qrange, quantize
 
 __all__ = [
@@ -84,8 +90,7 @@ def vpmaddubsw(a_u8: torch.Tensor, b_s8: torch.Tensor) -> tuple[torch.Tensor, to
 def saturation_rate(activation_max: int, n: int = 200_000, seed: int = 0) -> float:
     """Fraction of ``vpmaddubsw`` pairs that saturate for uniform activations in [0, activation_max]
     and uniform int8 weights in [-128, 127]."""
-    if isinstance(activation_max, bool) or not isinstance(activation_max, int) or not 1 <= activation_max <= 255:
-        raise ValueError(f"activation_max must be an int in [1, 255], got {activation_max!r}")
+    check_int("activation_max", activation_max, 1, 255)
     g = torch.Generator().manual_seed(seed)
     a = torch.randint(0, activation_max + 1, (n, 2), generator=g, dtype=torch.int32).to(torch.uint8)
     b = torch.randint(-128, 128, (n, 2), generator=g, dtype=torch.int32).to(torch.int8)
@@ -102,8 +107,7 @@ def draw_quantization(fig: Figure, signal: torch.Tensor, bits: int = 8, clip: fl
     """
     check_float_tensor("signal", signal)
     check_bits("bits", bits, 2, 8)
-    if not (isinstance(clip, (int, float)) and 0.05 <= clip <= 4.0):
-        raise ValueError(f"clip must be a number in [0.05, 4.0], got {clip!r}")
+    check_number("clip", clip, 0.05, 4.0)
     qmin, qmax = qrange(torch.quint8, bits=bits)
     lo, hi = float(signal.min()) * clip, float(signal.max()) * clip
     scale, zp = choose_qparams(torch.tensor(lo), torch.tensor(hi), quant_min=qmin, quant_max=qmax)

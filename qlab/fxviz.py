@@ -22,6 +22,8 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
+from ._checks import check_int
+
 __all__ = ["KINDS", "COLORS", "node_kinds", "node_label", "graph_summary", "draw_graph", "draw_graphs"]
 
 KINDS = ("input", "observer", "quantize", "dequantize", "int8 op", "float op", "output")
@@ -211,8 +213,8 @@ def draw_graph(fig: Figure, gm, title: str | None = None, rows: int | None = Non
     if not isinstance(fig, Figure):
         raise TypeError(f"fig must be a matplotlib.figure.Figure, got {type(fig).__name__}")
     gm = _check_gm("gm", gm)
-    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
-        raise ValueError(f"rows must be a positive int or None, got {rows!r}")
+    if rows is not None:
+        check_int("rows", rows, 1)
     ax = fig.add_subplot(1, 1, 1)
     out = _draw_on(ax, gm, title, rows, fontsize)
     _legend(fig, out["kinds"])

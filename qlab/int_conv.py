@@ -34,7 +34,6 @@ and each pair sum saturates to int16 before it is added to the int32 accumulator
 """
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 

@@ -34,7 +34,7 @@ import torch
 import torch.ao.quantization as tq
 from torch import nn
 
-from ._checks import check_choice, check_tensor
+from ._checks import check_choice, check_number, check_tensor
 from ._env import scoped
 
 __all__ = [
@@ -185,9 +185,7 @@ def run_seed(
     """
     check_choice("engine", engine, [e for e in torch.backends.quantized.supported_engines if e != "none"])
     check_choice("qparams", qparams, ["reported", "observers"])
-    if not (isinstance(k, (int, float)) and not isinstance(k, bool) and k > 0):
-        raise ValueError(f"k must be a positive number, got {k!r}")
-    k = float(k)
+    k = check_number("k", k, 0, lo_open=True)
     with scoped(engine=engine):
         return _run_seed(k, fake_quant, weight_quant_min, qparams, seed_input() if x is None else x)
 

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from . import int_conv
-from ._checks import check_choice
+from ._checks import check_choice, check_number
 from ._env import scoped
 from .mismatch import SourceResult, fused_kernel_qparams, lsb_stats, output_codes
 from .primitives import choose_qparams, fake_quantize, quantize
@@ -354,8 +354,8 @@ def simulate(k: float = 1.0, input_max: float = 1.0, **sources: bool) -> dict:
     for name in sources:
         check_choice("source", name, SOURCES)
     on = {s: bool(sources.get(s, False)) for s in SOURCES}
-    if not (isinstance(k, (int, float)) and k > 0 and isinstance(input_max, (int, float)) and input_max > 0):
-        raise ValueError(f"k and input_max must be positive numbers, got k={k!r}, input_max={input_max!r}")
+    check_number("k", k, 0, lo_open=True)
+    check_number("input_max", input_max, 0, lo_open=True)
     w, b, (gamma, beta, mean, var, eps) = _sim_layer(k)
     if on["bn_folding"]:
         sf = gamma / torch.sqrt(var + eps)  # QAT's scale factor

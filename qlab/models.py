@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.ao.quantization import DeQuantStub, QuantStub
 
+from ._checks import check_int
+
 __all__ = ["DigitsCNN", "evaluate", "train_epoch", "state_dict_bytes", "capture_activations"]
 
 
@@ -34,8 +36,7 @@ class DigitsCNN(nn.Module):
         w = list(widths)
         if len(w) != 4 or not all(isinstance(c, int) and c > 0 for c in w):
             raise ValueError(f"widths must be four positive ints, got {widths!r}")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        check_int("num_classes", num_classes, 2)
         self.quant = QuantStub()
 
         def block(cin, cout):

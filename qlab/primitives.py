@@ -41,6 +41,7 @@ from ._checks import (
     check_choice,
     check_finite,
     check_float_tensor,
+    check_int,
     check_positive_scale,
     check_tensor,
     check_zero_point,
@@ -122,8 +123,7 @@ def _resolve_range(dtype, quant_min, quant_max):
     qmin = lo if quant_min is None else quant_min
     qmax = hi if quant_max is None else quant_max
     for name, v in (("quant_min", qmin), ("quant_max", qmax)):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+        check_int(name, v)
         if not lo <= v <= hi:
             raise ValueError(f"{name} must lie in the {dtype} range [{lo}, {hi}], got {v}")
     if qmin >= qmax:

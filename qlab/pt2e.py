@@ -19,7 +19,7 @@ from typing import Iterable
 
 import torch
 
-from ._checks import check_tensor
+from ._checks import check_int, check_tensor
 
 __all__ = ["export_batch_dynamic", "x86_quantizer", "pt2e_int8", "lower", "graph_tensors", "graph_bytes",
            "drop_log_message"]
@@ -33,8 +33,7 @@ def export_batch_dynamic(model: torch.nn.Module, example: torch.Tensor, max_batc
     check_tensor("example", example)
     if example.dim() == 0 or example.shape[0] < 2:
         raise ValueError(f"example must have a batch dimension of at least 2, got shape {tuple(example.shape)}")
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < example.shape[0]:
-        raise ValueError(f"max_batch must be an int >= the example's batch ({example.shape[0]}), got {max_batch!r}")
+    check_int("max_batch", max_batch, example.shape[0])
     name = torch.export.export(model, (example,), strict=False).graph_signature.user_inputs[0]
     batch = torch.export.Dim("batch", max=max_batch)
     return torch.export.export(model, (example,), dynamic_shapes={name: {0: batch}})

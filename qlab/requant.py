@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from ._checks import check_number
+
 __all__ = [
     "INT32_MIN",
     "INT32_MAX",
@@ -38,8 +40,7 @@ def quantize_multiplier(m: float) -> tuple[int, int]:
     (half away from zero). Multipliers below 2^-32 become ``(0, 0)`` (the product is 0);
     above 2^30 they saturate.
     """
-    if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or m < 0:
-        raise ValueError(f"m must be a finite non-negative float, got {m!r}")
+    check_number("m", m, 0)
     if m == 0:
         return 0, 0
     q, shift = math.frexp(m)

@@ -62,15 +62,15 @@ def test_calibration_batches():
 
 
 @pytest.mark.parametrize(
-    "call,msg",
+    "call,exc,msg",
     [
-        (lambda: data.digits("val"), "split must be"),
-        (lambda: data.digits("train", 7), "size must be an int in"),
-        (lambda: data.digits("train", 16.0), "size must be an int in"),
-        (lambda: data.loaders(batch_size=0), "batch_size must be"),
-        (lambda: data.calibration_batches(0), "n_images must be"),
+        (lambda: data.digits("val"), ValueError, "split must be"),
+        (lambda: data.digits("train", 7), ValueError, r"size must be an int in \[8, 64\], got 7"),
+        (lambda: data.digits("train", 16.0), TypeError, "size must be an int in .*, got float 16.0"),
+        (lambda: data.loaders(batch_size=0), ValueError, "batch_size must be an int >= 1"),
+        (lambda: data.calibration_batches(0), ValueError, "n_images must be"),
     ],
 )
-def test_bad_arguments(call, msg):
-    with pytest.raises(ValueError, match=msg):
+def test_bad_arguments(call, exc, msg):
+    with pytest.raises(exc, match=msg):
         call()

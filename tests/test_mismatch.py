@@ -96,7 +96,7 @@ def test_draw_mismatch_in_a_live_figure():
 @pytest.mark.parametrize(
     "call, exc, match",
     [
-        (lambda: mm.run_seed(-1.0), ValueError, "k must be a positive"),
+        (lambda: mm.run_seed(-1.0), ValueError, r"k must be a finite number > 0, got -1.0"),
         (lambda: mm.run_seed(1.0, engine="tpu"), ValueError, "engine must be one of"),
         (lambda: mm.seed_qconfig("magic"), ValueError, "fake_quant must be one of"),
         (lambda: mm.output_codes([1.0], 1.0, 0), TypeError, "y must be a torch.Tensor"),

@@ -295,7 +295,7 @@ def test_float64_input_is_refused():
         ({"quant_min": 0, "quant_max": 1, "reduce_range": True}, ValueError, "halves the custom range"),
         ({"qscheme": torch.per_tensor_symmetric, "reduce_range": True}, ValueError, "reduce_range cannot be combined"),
         ({"reduce_range": 1}, TypeError, "reduce_range must be a bool"),
-        ({"eps": 0.0}, ValueError, "eps must be a positive float"),
+        ({"eps": 0.0}, ValueError, "eps must be a finite number > 0"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, exc, msg):

@@ -48,7 +48,6 @@ import torch
 from .._checks import check_choice, check_positive_scale
 from . import _build, _ops, _validate, reference
 
-
 __all__ = [
     "int8_bmm",
     "int8_linear",

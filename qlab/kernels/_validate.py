@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ..primitives import INT_RANGES
 from .._checks import check_choice, check_tensor
+from ..primitives import INT_RANGES
 
 QRANGE = {d: INT_RANGES[d] for d in (torch.uint8, torch.int8)}  # the 8-bit codes the ops take
 OUT_DTYPES = [torch.uint8, torch.int8, torch.int32, torch.float32]

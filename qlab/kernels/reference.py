@@ -31,7 +31,6 @@ those ops when the C++ extension cannot be built (``QLAB_NO_EXT=1``).
 """
 from __future__ import annotations
 
-
 import torch
 
 from ..primitives import _codes

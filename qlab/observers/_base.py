@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from torch.ao.quantization.observer import ObserverBase
 
-from .._checks import check_choice, check_finite, check_float_tensor
+from .._checks import (
+    check_choice,
+    check_finite,
+    check_float_tensor,
+    check_int,
+    check_number,
+)
 from ..primitives import INT_RANGES, choose_qparams
 
 _PER_TENSOR = (torch.per_tensor_affine, torch.per_tensor_symmetric)
@@ -36,8 +42,7 @@ class _Observer(ObserverBase):
         check_choice("qscheme", qscheme, list(self._qschemes))
         if not isinstance(reduce_range, bool):
             raise TypeError(f"reduce_range must be a bool, got {type(reduce_range).__name__}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-            raise ValueError(f"eps must be a positive float, got {eps!r}")
+        check_number("eps", eps, 0, lo_open=True)
         super().__init__(dtype=dtype)
         self.qscheme = qscheme
         self.reduce_range = reduce_range
@@ -114,8 +119,7 @@ def _custom_range(dtype, quant_min, quant_max, reduce_range):
         )
     lo, hi = _DTYPE_RANGE[dtype]
     for name, v in (("quant_min", quant_min), ("quant_max", quant_max)):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+        check_int(name, v)
         if not lo <= v <= hi:
             raise ValueError(f"{name} must lie in the {dtype} range [{lo}, {hi}], got {v}")
     if not quant_min <= 0 <= quant_max or quant_min >= quant_max:
@@ -127,6 +131,5 @@ def _custom_range(dtype, quant_min, quant_max, reduce_range):
     return quant_min, quant_max
 
 def _check_averaging_constant(c):
-    if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c <= 1:
-        raise ValueError(f"averaging_constant must be a float in (0, 1], got {c!r}")
+    check_number("averaging_constant", c, 0, 1, lo_open=True)
     return c

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .._checks import check_int, check_number
 from .histogram import HistogramObserver
 
 
@@ -31,8 +32,7 @@ class PercentileObserver(HistogramObserver):
         is_dynamic=False,
     ):
         super().__init__(bins, dtype, qscheme, reduce_range, quant_min, quant_max, factory_kwargs, eps, is_dynamic)
-        if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 50 < percentile <= 100:
-            raise ValueError(f"percentile must be a number in (50, 100], got {percentile!r}")
+        check_number("percentile", percentile, 50, 100, lo_open=True)
         self.percentile = float(percentile)
 
     def chosen_range(self):
@@ -95,10 +95,8 @@ class MSEObserver(HistogramObserver):
         is_dynamic=False,
     ):
         super().__init__(bins, dtype, qscheme, reduce_range, quant_min, quant_max, factory_kwargs, eps, is_dynamic)
-        if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 2:
-            raise ValueError(f"candidates must be an int >= 2, got {candidates!r}")
-        if isinstance(smallest, bool) or not isinstance(smallest, (int, float)) or not 0 < smallest < 1:
-            raise ValueError(f"smallest must be a float in (0, 1), got {smallest!r}")
+        check_int("candidates", candidates, 2)
+        check_number("smallest", smallest, 0, 1, lo_open=True, hi_open=True)
         self.candidates = candidates
         self.smallest = float(smallest)
 

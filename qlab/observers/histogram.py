@@ -4,9 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._base import (
-    _Observer,
-)
+from .._checks import check_int
+from ._base import _Observer
 
 
 class HistogramObserver(_Observer):
@@ -41,8 +40,7 @@ class HistogramObserver(_Observer):
         is_dynamic=False,
     ):
         super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, factory_kwargs, eps, is_dynamic)
-        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-            raise ValueError(f"bins must be a positive int, got {bins!r}")
+        check_int("bins", bins, 1)
         self.bins = bins
         self.register_buffer("histogram", torch.zeros(bins))
         self.register_buffer("min_val", torch.tensor(float("inf")))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_axis
+from .._checks import check_axis, check_int
 from ._base import (
     _PER_CHANNEL,
     _check_averaging_constant,
@@ -116,8 +116,7 @@ class PerChannelMinMaxObserver(_Observer):
         is_dynamic=False,
     ):
         super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, factory_kwargs, eps, is_dynamic)
-        if isinstance(ch_axis, bool) or not isinstance(ch_axis, int):
-            raise TypeError(f"ch_axis must be an int, got {type(ch_axis).__name__}")
+        check_int("ch_axis", ch_axis)
         self.ch_axis = ch_axis
         self.register_buffer("min_val", torch.tensor([]))
         self.register_buffer("max_val", torch.tensor([]))
