@@ -241,7 +241,8 @@ def fused_kernel_qparams(min_val: float, max_val: float, quant_min: int, quant_m
         lo, hi = _f32(m * sym_min), _f32(m * sym_max)
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     scale = (hi - lo) / (quant_max - quant_min)
-    if _f32(scale) == 0.0 or _f32(scale) < 1e-38:
+    f = torch.tensor(scale, dtype=torch.float32)
+    if f == 0 or torch.isinf(1.0 / f):  # C++: float(scale) == 0.0f || isinf(1.0f / float(scale))
         scale = 0.1
     if scale < _SMALL_SCALE:  # tiny ranges: the scale is raised to 6.1e-5 and the range widened to match
         amp = _SMALL_SCALE / _f32(scale)
