@@ -1,21 +1,55 @@
 """qlab: the support package of the INT8 quantization workbook.
 
-Small, readable modules a learner can open next to the notebook that uses them:
+Small modules a learner can open next to the notebook that uses them. Every module, and where it is taught:
 
-* :mod:`qlab.primitives` -- ``choose_qparams``, ``quantize``, ``dequantize``,
-  ``fake_quantize`` (bit-exact with PyTorch; notebook 01)
-* :mod:`qlab.observers`, :mod:`qlab.fake_quant` -- torch.ao's observers and
-  FakeQuantize re-implemented bit for bit, plus Percentile and MSE (notebooks 02-04)
-* :mod:`qlab.data`, :mod:`qlab.models` -- sklearn's digits offline, small trained models in data/
-* :mod:`qlab.diagnose`, :mod:`qlab.mismatch`, :mod:`qlab.int_conv` -- fake-vs-real analysis (notebook 09)
-* :mod:`qlab.widgets` -- the live-figure pattern behind every interactive plot
-* :mod:`qlab.plots` -- the figures the notebooks draw
-* :mod:`qlab.exercises` -- workshop exercise checkers
+========================================  ==========================================================  ========
+module                                    what it holds                                               notebook
+========================================  ==========================================================  ========
+:mod:`qlab.primitives`                    ``choose_qparams``, ``quantize``, ``dequantize``,            01
+                                          ``fake_quantize``, the integer-range table (bit-exact
+                                          with PyTorch)
+:mod:`qlab.fundamentals`                  SQNR, error vs bits, ``vpmaddubsw`` saturation, the          01
+                                          interactive quantization figure
+:mod:`qlab.observers`                     torch.ao's observers bit for bit, Percentile, MSE, and       02 (03, 04)
+                                          their figures (``observers.figures``)
+:mod:`qlab.data`                          scikit-learn's digits, offline                               02-09
+:mod:`qlab.models`                        the digits CNN; evaluate, train, capture activations         02-06
+:mod:`qlab.checkpoints`                   the trained checkpoints in ``data/`` (one registry)          02-09
+:mod:`qlab.eager`                         eager PTQ/QAT in a few calls, models run on their engine,    03, 04
+                                          the engine and QAT figures
+:mod:`qlab.fake_quant`                    ``FakeQuantize``, torch.ao's twin                            04
+:mod:`qlab.fxviz`                         FX graphs classified and drawn                               05, 06
+:mod:`qlab.pt2e`                          the PT2E flow: export with a dynamic batch, quantize,        06-08
+                                          lower with Inductor, graph sizes
+:mod:`qlab.timing`                        the one timer: interleaved rounds, medians with spread       03-08
+:mod:`qlab.perf`                          benchmark results and their figures; which oneDNN kernels    07
+                                          an engine runs
+:mod:`qlab.kernels`                       C++ int8 kernels (``int8_bmm``, ``int8_linear``,              07, 08
+                                          ``quantize_per_tensor``) and their pure-PyTorch reference
+:mod:`qlab.requant`                       requantization arithmetic, float and fixed point             08, 09
+:mod:`qlab.attention`                     the report's attention module and four int8 versions         08
+:mod:`qlab.vit`                           the digits ViT and the four fixes of seed 000                 08
+:mod:`qlab.vit_inspect`                   attention maps, int8 call checks, the attention figure       08
+:mod:`qlab.pt2e_lowering`                 a PT2E graph lowered to qlab's kernels                        08
+:mod:`qlab.support_matrix`                which ops run on quantized tensors, generated                08
+:mod:`qlab.support_table`                 the support matrix filtered, saved, shown                     08
+:mod:`qlab.mismatch`                      seed 001: the fake-vs-real off-by-one and its cause          09
+:mod:`qlab.mismatch_sources`              every other source of fake-vs-real difference, measured      09
+:mod:`qlab.int_conv`                      an integer reference of a quantized convolution              09
+:mod:`qlab.diagnose`                      fake vs real, layer by layer                                 09
+:mod:`qlab.onnx_check`                    the same integers on ONNX Runtime                            09
+:mod:`qlab.widgets`                       the live-figure pattern behind every interactive plot        01-09
+:mod:`qlab.check`                         the environment checks of notebook 00                         00
+:mod:`qlab.exercises`                     the exercise checkers, one module per notebook               01-09
+========================================  ==========================================================  ========
+
+Global state (the quantized engine, the random generators, threads, Inductor's flags) changes only
+inside :func:`qlab.scoped`, which restores it.
 """
 __version__ = "0.1.0"
 
 from . import data, fake_quant, models, observers  # noqa: E402
-from ._env import env_info, isa_summary, setup  # noqa: E402
+from ._env import env_info, isa_summary, scoped, setup  # noqa: E402
 from .fake_quant import FakeQuantize  # noqa: E402
 from .primitives import (  # noqa: E402
     PerChannel,
@@ -30,6 +64,7 @@ from .primitives import (  # noqa: E402
 __all__ = [
     "__version__",
     "setup",
+    "scoped",
     "env_info",
     "isa_summary",
     "qrange",

@@ -80,7 +80,8 @@ def load(name: str, data_dir=None) -> nn.Module:
     digest = sha256(path)
     if digest != entry["sha256"]:
         raise ValueError(f"{entry['file']} has SHA-256 {digest[:12]}..., {REGISTRY} records {entry['sha256'][:12]}...")
-    model = _build(entry["arch"], entry["kwargs"])
+    with scoped():  # the random initial weights are overwritten: drawing them must not shift the caller's RNG
+        model = _build(entry["arch"], entry["kwargs"])
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval()
 

@@ -20,6 +20,7 @@ from torch import nn
 from torch.ao.quantization import DeQuantStub, QuantStub
 
 from ._checks import check_int
+from ._env import scoped
 
 __all__ = ["DigitsCNN", "evaluate", "train_epoch", "state_dict_bytes", "capture_activations"]
 
@@ -69,13 +70,17 @@ class DigitsCNN(nn.Module):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader) -> tuple[int, int]:
-    """``(correct, total)`` top-1 predictions of ``model`` over ``loader`` (eval mode, no grad)."""
+    """``(correct, total)`` top-1 predictions of ``model`` over ``loader`` (eval mode, no grad).
+
+    Iterating a ``DataLoader`` draws its worker seed from torch's generator; that happens inside
+    :func:`qlab.scoped`, so evaluating never shifts the caller's random numbers."""
     was_training = model.training
     model.eval()
     correct = total = 0
-    for x, y in loader:
-        correct += int((model(x).argmax(dim=1) == y).sum())
-        total += len(y)
+    with scoped():
+        for x, y in loader:
+            correct += int((model(x).argmax(dim=1) == y).sum())
+            total += len(y)
     model.train(was_training)
     return correct, total
 

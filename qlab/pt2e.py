@@ -20,6 +20,7 @@ from typing import Iterable
 import torch
 
 from ._checks import check_int, check_tensor
+from ._env import scoped
 
 __all__ = ["export_batch_dynamic", "x86_quantizer", "pt2e_int8", "lower", "graph_tensors", "graph_bytes",
            "drop_log_message"]
@@ -58,12 +59,13 @@ def pt2e_int8(model: torch.nn.Module, calibration: Iterable[torch.Tensor], quant
     for i, b in enumerate(batches):
         check_tensor(f"calibration[{i}]", b)
     example = batches[0] if batches[0].shape[0] >= 2 else torch.cat([batches[0]] * 2)
-    gm = export_batch_dynamic(model, example).module()
-    prepared = prepare_pt2e(gm, quantizer if quantizer is not None else x86_quantizer())
-    with torch.no_grad():
-        for b in batches:
-            prepared(b)
-    return convert_pt2e(prepared)
+    with scoped():  # export and prepare draw from torch's generator; the caller's random numbers stay put
+        gm = export_batch_dynamic(model, example).module()
+        prepared = prepare_pt2e(gm, quantizer if quantizer is not None else x86_quantizer())
+        with torch.no_grad():
+            for b in batches:
+                prepared(b)
+        return convert_pt2e(prepared)
 
 
 def lower(module: torch.nn.Module, example: torch.Tensor, freezing: bool = True):
@@ -74,11 +76,9 @@ def lower(module: torch.nn.Module, example: torch.Tensor, freezing: bool = True)
     Inductor's config: compiling the same GraphModule twice would silently reuse the first compile.
     Later calls must use the same input shape and grad mode, or Dynamo compiles again.
     """
-    import torch._inductor.config as inductor_config
-
     check_tensor("example", example)
     compiled = torch.compile(copy.deepcopy(module), dynamic=False)
-    with inductor_config.patch(freezing=bool(freezing)), torch.no_grad():
+    with scoped(inductor={"freezing": bool(freezing)}), torch.no_grad():
         compiled(example)
     return compiled
 

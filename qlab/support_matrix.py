@@ -35,6 +35,7 @@ from typing import Callable
 
 import torch
 
+from ._env import scoped
 from .timing import speedups, time_interleaved
 
 __all__ = [
@@ -346,9 +347,10 @@ def x86_inductor_annotations() -> list[Row]:
     or ``fp32`` (never annotated: it stays float between dequantize and quantize)."""
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
 
-    example = (torch.randn(1, 3, 8, 8), torch.randn(2, 4, 8))
     skip = {"aten::transpose.int"}  # a view, not compute
-    exported = torch.export.export(_AllOps().eval(), example).module()
+    with scoped(seed=0):
+        example = (torch.randn(1, 3, 8, 8), torch.randn(2, 4, 8))
+        exported = torch.export.export(_AllOps().eval(), example).module()
 
     def annotated(opt_in: bool) -> dict[str, bool]:
         gm = copy.deepcopy(exported)

@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import qlab.kernels as qk
-from qlab.kernels import _ops
 from qlab import requant as RQ
+from qlab.kernels import _ops
 from qlab.kernels import reference as R
 
 NATIVE = qk.backend() == "native"

@@ -10,7 +10,6 @@ import torch.ao.quantization as tq
 from qlab import checkpoints, data, models
 
 
-
 @pytest.fixture(scope="module")
 def cnn():
     return checkpoints.load("digits_cnn")

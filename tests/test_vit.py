@@ -1,7 +1,6 @@
 """qlab.vit and qlab.attention: the digits ViT, the eager int8 fixes, the converter on other timm ViTs."""
 from __future__ import annotations
 
-
 import ipywidgets as W
 import pytest
 import timm

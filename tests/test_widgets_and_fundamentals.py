@@ -6,7 +6,14 @@ import pytest
 import torch
 
 import qlab
-from qlab.fundamentals import draw_quantization, error_vs_bits, quantization_error, saturation_rate, sqnr_db, vpmaddubsw
+from qlab.fundamentals import (
+    draw_quantization,
+    error_vs_bits,
+    quantization_error,
+    saturation_rate,
+    sqnr_db,
+    vpmaddubsw,
+)
 from qlab.widgets import LiveFigure
 
 SIGNAL = torch.sin(torch.linspace(0, 6.28, 200)) * 2 + 0.5

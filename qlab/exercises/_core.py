@@ -9,6 +9,8 @@ from typing import Any, Callable
 
 import torch
 
+from .._env import scoped
+
 __all__ = ["Feedback", "check", "exercises", "solution", "exercise"]
 
 SOLUTIONS = pathlib.Path(__file__).resolve().parents[2] / "notebooks" / "solutions"
@@ -60,7 +62,8 @@ def check(exercise: str, answer) -> Feedback:
     if exercise not in _REGISTRY:
         raise ValueError(f"exercise must be one of {sorted(_REGISTRY)}, got {exercise!r}")
     try:
-        problems = _REGISTRY[exercise].checker(answer)
+        with scoped():  # a checker (and the learner's code it runs) never shifts the notebook's state
+            problems = _REGISTRY[exercise].checker(answer)
     except NotImplementedError:
         problems = ["not answered yet: replace `raise NotImplementedError` with your code"]
     return Feedback(exercise, problems)

@@ -1,0 +1,49 @@
+"""qlab.eager: eager PTQ under the engine it packs for, models that run on their engine, QAT fine-tuning."""
+from __future__ import annotations
+
+import torch
+import torch.ao.quantization as tq
+
+import pytest
+
+from qlab import checkpoints, data, eager, models
+from qlab.fake_quant import FakeQuantize
+
+pytestmark = [pytest.mark.filterwarnings("ignore:.*quantized tensor creation functions.*deprecated:UserWarning")]
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    return checkpoints.load("digits_cnn")
+
+
+def test_ptq_runs_under_its_engine_and_keeps_the_callers(cnn):
+    calib = data.calibration_batches(64, size=16)
+    x, y = data.digits("test", 16).tensors
+    before = torch.backends.quantized.engine
+    q = eager.ptq(cnn, calib, engine="fbgemm")
+    assert isinstance(q, eager.OnEngine) and q.engine == "fbgemm" and torch.backends.quantized.engine == before
+    assert "engine='fbgemm'" in repr(q)
+    with torch.no_grad():
+        agree = (q(x).argmax(1) == cnn(x).argmax(1)).float().mean()
+    assert agree > 0.98 and torch.backends.quantized.engine == before
+    with pytest.raises(TypeError, match="fuse_spec"):
+        eager.ptq(torch.nn.Linear(2, 2), calib)
+    with pytest.raises(TypeError, match="calibration must be"):
+        eager.ptq(cnn, [])
+
+
+def test_qat_finetune_records_ranges_and_freezes(cnn):
+    model = tq.fuse_modules_qat(cnn.__class__().train(), cnn.fuse_spec())
+    model.load_state_dict(tq.fuse_modules_qat(checkpoints.load("digits_cnn").train(), cnn.fuse_spec()).state_dict())
+    model.qconfig = tq.QConfig(activation=FakeQuantize.with_args(quant_min=0, quant_max=255),
+                               weight=tq.default_per_channel_weight_fake_quant)
+    model = tq.prepare_qat(model)
+    loader = [b for b, _ in zip(data.loaders(size=16, batch_size=32)[0], range(5))]
+    loss, history = eager.qat_finetune(model, loader, {"input": "quant", "fc": "fc"}, freeze_at=3)
+    assert loss > 0 and [len(h) for h in history.values()] == [5, 5]
+    assert history["fc"][2] == history["fc"][4] != history["fc"][0]  # frozen after step 3
+    with pytest.raises(ValueError, match=r"watch\['x'\] must name a module"):
+        eager.qat_finetune(model, loader, {"x": "nope"}, freeze_at=1)
+    with pytest.raises(ValueError, match="freeze_at must be an int >= 1"):
+        eager.qat_finetune(model, loader, {"fc": "fc"}, freeze_at=0)
