@@ -1,5 +1,6 @@
 """Root pytest plugin: the per-notebook wall-time budget for nbval runs (it must sit at the root
 to see the notebooks/ items as well as tests/)."""
+
 from __future__ import annotations
 
 import collections

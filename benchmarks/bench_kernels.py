@@ -1,6 +1,7 @@
 """Benchmark qlab's int8 kernels against PyTorch on ViT shapes (not part of the test suite).
 
-    .venv/bin/python benchmarks/bench_kernels.py                 # 1 and 2 threads, writes benchmarks/results/kernels.json
+    .venv/bin/python benchmarks/bench_kernels.py                 # 1 and 2 threads, writes
+    benchmarks/results/kernels.json
     .venv/bin/python benchmarks/bench_kernels.py --threads 1 --repeats 5 --quick
 
 Attention (per image: batch = heads, head dim 64, 197 or 785 tokens), both products:
@@ -16,7 +17,8 @@ Linear (197 tokens): fp32 F.linear, torch.ao.nn.quantized.Linear (x86 engine, pe
 float bias) and qlab.kernels.int8_linear on the same codes (asserted bit-exact).
 
 Timings depend on the machine and its load (the JSON records the load average before and after);
-only ratios measured in one run are meaningful. Reported: median time over repeats (methods interleaved, so a busy machine slows all alike),
+only ratios measured in one run are meaningful. Reported: median time over repeats (methods interleaved, so a busy
+machine slows all alike),
 GOP/s (2 ops per multiply-add), speed-up over fp32, and percent of the int8 peak of the path qlab runs:
   peak = 2 * (multiply-adds per second of that path's instruction, measured on registers only:
   12 independent vpdpbusd for avx512_vnni, 4 tdpbusd tiles for amx, 8 vpmaddwd+vpaddd for avx2) * threads.
@@ -24,6 +26,7 @@ It is a measured ceiling of this core, not a datasheet figure; MACs/cycle = that
 The clock is measured with a chain of dependent 64-bit multiplies (3 cycles each), the best of many bursts.
 When the best path is amx, the AVX-512 VNNI path is timed too ("qlab-vnni"), on the same inputs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +62,13 @@ def probes():
 
     build = _build.cache_root() / "probes"
     build.mkdir(parents=True, exist_ok=True)
-    cpp_extension.load(name="qlab_probes", sources=[str(Path(__file__).with_name("probes.cpp"))],
-                       extra_cflags=["-O2"], build_directory=str(build), is_python_module=False)
+    cpp_extension.load(
+        name="qlab_probes",
+        sources=[str(Path(__file__).with_name("probes.cpp"))],
+        extra_cflags=["-O2"],
+        build_directory=str(build),
+        is_python_module=False,
+    )
     return torch.ops.qlab_probes
 
 
@@ -88,7 +96,8 @@ def measure_peak_gmacs(isa: str) -> float:
 
 
 def time_methods(methods: dict, repeats: int) -> dict:
-    """``(median, fastest)`` seconds per call of each method, timed interleaved (:func:`qlab.timing.time_interleaved`)."""
+    """``(median, fastest)`` seconds per call of each method, timed interleaved
+    (:func:`qlab.timing.time_interleaved`)."""
     t = time_interleaved(methods, rounds=repeats, warmup=1, target_s=0.003, max_number=200)
     return {name: (v.median / 1e3, min(v.samples) / 1e3) for name, v in t.items()}
 
@@ -131,17 +140,36 @@ def bench_attention(model, T, name, a_f, b_f, b_is_kT, repeats):
 
     def qlab_bmm(requant):
         if b_is_kT:
-            return lambda: qk.int8_bmm(a_u8, k_rows, a_scale=a_scale, a_zero_point=a_zp, b_scale=b_scale,
-                                       out_scale=out_scale, out_zero_point=0, out_dtype=torch.int8,
-                                       transpose_b=True, requant=requant)
-        return lambda: qk.int8_bmm(a_u8, b_i8, a_scale=a_scale, a_zero_point=a_zp, b_scale=b_scale,
-                                   out_scale=out_scale, out_zero_point=0, out_dtype=torch.int8, requant=requant)
+            return lambda: qk.int8_bmm(
+                a_u8,
+                k_rows,
+                a_scale=a_scale,
+                a_zero_point=a_zp,
+                b_scale=b_scale,
+                out_scale=out_scale,
+                out_zero_point=0,
+                out_dtype=torch.int8,
+                transpose_b=True,
+                requant=requant,
+            )
+        return lambda: qk.int8_bmm(
+            a_u8,
+            b_i8,
+            a_scale=a_scale,
+            a_zero_point=a_zp,
+            b_scale=b_scale,
+            out_scale=out_scale,
+            out_zero_point=0,
+            out_dtype=torch.int8,
+            requant=requant,
+        )
 
     methods = {
         "fp32": lambda: torch.bmm(a_f, b_f),
         "q.matmul": lambda: torch.ops.quantized.matmul(qa, qb_u8, out_scale, 128),
-        "deq-bmm-q": lambda: torch.quantize_per_tensor(torch.bmm(qa.dequantize(), qb.dequantize()), out_scale, 0,
-                                                       torch.qint8),
+        "deq-bmm-q": lambda: torch.quantize_per_tensor(
+            torch.bmm(qa.dequantize(), qb.dequantize()), out_scale, 0, torch.qint8
+        ),
         "int_mm": lambda: [torch._int_mm(a_i8[h], b_int_mm[h]) for h in range(H)],
         "qlab": qlab_bmm("float"),
         "qlab-fixed": qlab_bmm("fixed"),
@@ -153,12 +181,14 @@ def bench_attention(model, T, name, a_f, b_f, b_is_kT, repeats):
 
 def on_vnni(fn):
     """fn on the AVX-512 VNNI path (to compare it with AMX in the same run)."""
+
     def run():
         torch.ops.qlab._set_isa("avx512_vnni")
         try:
             return fn()
         finally:
             torch.ops.qlab._set_isa("auto")
+
     return run
 
 
@@ -186,8 +216,9 @@ def bench_linear(K, N, repeats, M=197):
     x_u8, w_i8, ws = qx.int_repr(), qw.int_repr(), qw.q_per_channel_scales().float()
 
     def ours():
-        return qk.int8_linear(x_u8, w_i8, ws, bias, x_scale=qx.q_scale(), x_zero_point=128, out_scale=out_scale,
-                              out_zero_point=128)
+        return qk.int8_linear(
+            x_u8, w_i8, ws, bias, x_scale=qx.q_scale(), x_zero_point=128, out_scale=out_scale, out_zero_point=128
+        )
 
     assert torch.equal(ours(), lin(qx).int_repr()), "qlab int8_linear differs from torch.ao.nn.quantized.Linear"
     methods = {"fp32": lambda: F.linear(x, w, bias), "torch.ao": lambda: lin(qx), "qlab": ours}
@@ -251,12 +282,14 @@ def main(argv=None) -> int:
         "peak": "2 ops x measured multiply-adds/s of the path's instruction (registers only) x threads",
         "measured_peak_per_core": per_core,
         "note": "avx512_vnni: vpdpbusd (16 lanes x 4 uint8*int8 products); amx: tdpbusd (16x16x64 per tile); "
-                "avx2: vpmaddwd (8 lanes x 2 int16 products)",
+        "avx2: vpmaddwd (8 lanes x 2 int16 products)",
     }
     peak_core = peaks.get(isa, float("nan"))
-    print(f"CPU: {machine['cpu']} | ISA path: {isa} ({', '.join(machine['cpu_int8_isa'])}) | torch {torch.__version__}"
-          f" | clock {ghz:.2f} GHz | measured int8 peak per core: "
-          + ", ".join(f"{k} {v['gmacs_per_s']:.0f} GMAC/s ({v['macs_per_cycle']:.0f}/cycle)" for k, v in per_core.items()))
+    print(
+        f"CPU: {machine['cpu']} | ISA path: {isa} ({', '.join(machine['cpu_int8_isa'])}) | torch {torch.__version__}"
+        f" | clock {ghz:.2f} GHz | measured int8 peak per core: "
+        + ", ".join(f"{k} {v['gmacs_per_s']:.0f} GMAC/s ({v['macs_per_cycle']:.0f}/cycle)" for k, v in per_core.items())
+    )
 
     results = []
     for threads in args.threads:
@@ -264,30 +297,50 @@ def main(argv=None) -> int:
         peak = 2 * peak_core * threads
         peak_of = {"qlab-vnni": 2 * peaks.get("avx512_vnni", float("nan")) * threads}  # each path against its own
         print(f"\n== {threads} thread(s): int8 peak {peak:.0f} GOP/s ==")
-        print(f"{'attention':34s} " + " ".join(f"{m:>11s}" for m in ("fp32", "q.matmul", "deq-bmm-q", "int_mm",
-                                                                    "qlab", "qlab-fixed")) + (" qlab-vnni" if isa == "amx" else "") + "   qlab GOP/s  %peak  x fp32  x int_mm")
+        print(
+            f"{'attention':34s} "
+            + " ".join(f"{m:>11s}" for m in ("fp32", "q.matmul", "deq-bmm-q", "int_mm", "qlab", "qlab-fixed"))
+            + (" qlab-vnni" if isa == "amx" else "")
+            + "   qlab GOP/s  %peak  x fp32  x int_mm"
+        )
         cases = list(attention_cases(tokens, models))
-        for model, T, name, a_f, b_f, is_kT in tqdm(cases, desc=f"attention, {threads} thread(s)", unit="shape",
-                                                     leave=False, dynamic_ncols=True):
+        for model, T, name, a_f, b_f, is_kT in tqdm(
+            cases, desc=f"attention, {threads} thread(s)", unit="shape", leave=False, dynamic_ncols=True
+        ):
             macs, t = bench_attention(model, T, name, a_f, b_f, is_kT, args.repeats)
             shape = f"{name} H={a_f.shape[0]} T={T}"
             for m, s in t.items():
                 results.append(row("attention", model, shape, threads, m, s, macs, t["fp32"], peak_of.get(m, peak)))
             q = next(r for r in results[::-1] if r["method"] == "qlab")
-            tqdm.write(f"{model + ' ' + shape:34s} " + " ".join(f"{t[m][0] * 1e3:9.3f}ms" for m in t)
-                  + f"   {q['gops']:9.1f} {q['pct_int8_peak']:6.1f} {q['speedup_vs_fp32']:6.2f}x"
-                  + f" {t['int_mm'][0] / t['qlab'][0]:6.2f}x")
-        print(f"\n{'linear (197 tokens)':34s} {'fp32':>11s} {'torch.ao':>11s} {'qlab':>11s}" + (" qlab-vnni" if isa == "amx" else "") + "   qlab GOP/s  %peak  x fp32  x torch.ao")
-        for model, layer, K, N in tqdm(list(linear_cases(models)), desc=f"linear, {threads} thread(s)", unit="shape",
-                                       leave=False, dynamic_ncols=True):
+            tqdm.write(
+                f"{model + ' ' + shape:34s} "
+                + " ".join(f"{t[m][0] * 1e3:9.3f}ms" for m in t)
+                + f"   {q['gops']:9.1f} {q['pct_int8_peak']:6.1f} {q['speedup_vs_fp32']:6.2f}x"
+                + f" {t['int_mm'][0] / t['qlab'][0]:6.2f}x"
+            )
+        print(
+            f"\n{'linear (197 tokens)':34s} {'fp32':>11s} {'torch.ao':>11s} {'qlab':>11s}"
+            + (" qlab-vnni" if isa == "amx" else "")
+            + "   qlab GOP/s  %peak  x fp32  x torch.ao"
+        )
+        for model, layer, K, N in tqdm(
+            list(linear_cases(models)),
+            desc=f"linear, {threads} thread(s)",
+            unit="shape",
+            leave=False,
+            dynamic_ncols=True,
+        ):
             macs, t = bench_linear(K, N, args.repeats)
             shape = f"{layer} {K}->{N}"
             for m, s in t.items():
                 results.append(row("linear", model, shape, threads, m, s, macs, t["fp32"], peak_of.get(m, peak)))
             q = next(r for r in results[::-1] if r["method"] == "qlab")
-            tqdm.write(f"{model + ' ' + shape:34s} " + " ".join(f"{t[m][0] * 1e3:9.3f}ms" for m in t)
-                  + f"   {q['gops']:9.1f} {q['pct_int8_peak']:6.1f} {q['speedup_vs_fp32']:6.2f}x"
-                  + f" {t['torch.ao'][0] / t['qlab'][0]:6.2f}x")
+            tqdm.write(
+                f"{model + ' ' + shape:34s} "
+                + " ".join(f"{t[m][0] * 1e3:9.3f}ms" for m in t)
+                + f"   {q['gops']:9.1f} {q['pct_int8_peak']:6.1f} {q['speedup_vs_fp32']:6.2f}x"
+                + f" {t['torch.ao'][0] / t['qlab'][0]:6.2f}x"
+            )
 
     machine["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
     targets = check_targets(results)
@@ -295,8 +348,10 @@ def main(argv=None) -> int:
     for k, v in targets.items():
         print(f"  {k}: {v}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine, "assumptions": assumptions, "targets": targets,
-                                    "results": results}, indent=1) + "\n")
+    args.out.write_text(
+        json.dumps({"machine": machine, "assumptions": assumptions, "targets": targets, "results": results}, indent=1)
+        + "\n"
+    )
     print(f"\nsaved {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
     return 0
 
@@ -307,8 +362,11 @@ def check_targets(results) -> dict:
         return {"note": "targets are defined for 1 thread; run with --threads 1"}
 
     def times(kind, method, key):
-        return {r["shape"]: r[key] for r in results if r["kind"] == kind and r["model"] == "ViT-Base"
-                and r["threads"] == 1 and r["method"] == method}
+        return {
+            r["shape"]: r[key]
+            for r in results
+            if r["kind"] == kind and r["model"] == "ViT-Base" and r["threads"] == 1 and r["method"] == method
+        }
 
     def ratio(kind, num, den, target):
         out = {}

@@ -33,6 +33,7 @@ are skipped (``--retry-failed`` re-runs failures; quick results never count for 
 Then a sweep of a single Linear (over batch rows, and over width at batch 1) and a Conv2d
 (over image size) finds where int8 starts to beat fp32.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from qlab import perf  # noqa: E402
+from qlab import _env  # noqa: E402
 from qlab import pt2e as qpt2e  # noqa: E402
+from qlab.timing import time_interleaved  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "models.json"
 
@@ -93,8 +95,14 @@ MODELS = {
     "deit_tiny_patch16_224": ModelSpec("deit_tiny_patch16_224", "vit", (3, 224, 224)),
     "deit_small_patch16_224": ModelSpec("deit_small_patch16_224", "vit", (3, 224, 224)),
 }
-DEFAULT_MODELS = ["digits_cnn", "resnet18", "mobilenetv3_large_100", "convnext_atto", "deit_tiny_patch16_224",
-                  "deit_small_patch16_224"]
+DEFAULT_MODELS = [
+    "digits_cnn",
+    "resnet18",
+    "mobilenetv3_large_100",
+    "convnext_atto",
+    "deit_tiny_patch16_224",
+    "deit_small_patch16_224",
+]
 DEFAULT_BATCHES = [1, 16]
 QUICK_MODELS = ["digits_cnn", "resnet18"]
 
@@ -241,8 +249,17 @@ def build_path(path: str, ctx: ModelCtx, x: torch.Tensor) -> Built:
     raise ValueError(f"path must be one of {PATHS}, got {path!r}")
 
 
-PATHS = ["fp32", "eager_x86", "eager_fbgemm", "fx_x86", "fx_fbgemm", "pt2e_inductor", "pt2e_nofreeze",
-         "fp32_inductor", "qlab_vit"]
+PATHS = [
+    "fp32",
+    "eager_x86",
+    "eager_fbgemm",
+    "fx_x86",
+    "fx_fbgemm",
+    "pt2e_inductor",
+    "pt2e_nofreeze",
+    "fp32_inductor",
+    "qlab_vit",
+]
 
 
 def applies(path: str, spec: ModelSpec) -> bool:
@@ -273,7 +290,7 @@ def digits_accuracy(fn, batch: int) -> float:
 
     x, y = digits("test", 16).tensors
     n = (len(y) // batch) * batch
-    correct = sum(int((fn(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum()) for i in range(0, n, batch))
+    correct = sum(int((fn(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()) for i in range(0, n, batch))
     return round(correct / n, 6)
 
 
@@ -342,8 +359,15 @@ def run_models(args, data, out, run_id) -> None:
         built, records = {}, {}
         for path in ["fp32"] + [p for p in todo if p != "fp32"]:
             bar.set_postfix_str(f"{spec.name} b{batch}: {path}")
-            base = {"model": spec.name, "family": spec.family, "path": path, "batch": batch,
-                    "input": [batch, *spec.input_shape], "run": run_id, "quick": args.quick}
+            base = {
+                "model": spec.name,
+                "family": spec.family,
+                "path": path,
+                "batch": batch,
+                "input": [batch, *spec.input_shape],
+                "run": run_id,
+                "quick": args.quick,
+            }
             try:
                 with warnings.catch_warnings(record=True) as caught:  # what a path warns about is data too
                     warnings.simplefilter("always")
@@ -353,8 +377,16 @@ def run_models(args, data, out, run_id) -> None:
                     with torch.no_grad():
                         y = b.fn(x)
                 said = sorted({str(w.message).splitlines()[0][:200] for w in caught})
-                rec = dict(base, status="ok", build_s=round(b.build_s, 1), notes=b.notes, warnings=said,
-                           bytes=b.nbytes, fp32_bytes=ctx.fp32_bytes, agreement=agreement(ref, y))
+                rec = dict(
+                    base,
+                    status="ok",
+                    build_s=round(b.build_s, 1),
+                    notes=b.notes,
+                    warnings=said,
+                    bytes=b.nbytes,
+                    fp32_bytes=ctx.fp32_bytes,
+                    agreement=agreement(ref, y),
+                )
                 if spec.name == "digits_cnn":
                     rec["accuracy"] = digits_accuracy(b.fn, batch)
                 built[path] = b
@@ -364,8 +396,12 @@ def run_models(args, data, out, run_id) -> None:
                 first = (str(e).strip().splitlines() or [""])[0][:300]
                 rec = dict(base, status="failed", reason=f"{type(e).__name__}: {first}")
             records[path] = rec
-        timings = perf.time_interleaved({p: (lambda f=b.fn: f(x)) for p, b in built.items()},
-                                        rounds=args.rounds, target_s=args.target_s, max_number=20)
+        timings = time_interleaved(
+            {p: (lambda f=b.fn, x=x: f(x)) for p, b in built.items()},
+            rounds=args.rounds,
+            target_s=args.target_s,
+            max_number=20,
+        )
         fp32_ms = timings["fp32"].median
         for path, rec in records.items():
             if path not in todo:
@@ -373,8 +409,13 @@ def run_models(args, data, out, run_id) -> None:
             if rec["status"] == "ok":
                 t = timings[path]
                 lo, hi = t.iqr
-                rec.update(ms=round(t.median, 4), iqr_ms=[round(lo, 4), round(hi, 4)], samples=len(t.samples),
-                           fp32_ms=round(fp32_ms, 4), speedup=round(fp32_ms / t.median, 4))
+                rec.update(
+                    ms=round(t.median, 4),
+                    iqr_ms=[round(lo, 4), round(hi, 4)],
+                    samples=len(t.samples),
+                    fp32_ms=round(fp32_ms, 4),
+                    speedup=round(fp32_ms / t.median, 4),
+                )
                 msg = f"{spec.name:24s} b{batch:<3d} {path:14s} {t.median:9.2f} ms  x{fp32_ms / t.median:5.2f} vs fp32"
             else:
                 msg = f"{spec.name:24s} b{batch:<3d} {path:14s} {rec['status']}: {rec['reason'][:90]}"
@@ -432,8 +473,11 @@ def run_sweep(args, data, out, run_id) -> None:
         if layer == "linear":
             m = _Linear(LINEAR_K, LINEAR_N).eval()
             x = torch.randn(xval, LINEAR_K, generator=g)
-            meta = {"xlabel": "rows (batch x tokens)", "title": f"Linear {LINEAR_K}->{LINEAR_N}",
-                    "macs": xval * LINEAR_K * LINEAR_N}
+            meta = {
+                "xlabel": "rows (batch x tokens)",
+                "title": f"Linear {LINEAR_K}->{LINEAR_N}",
+                "macs": xval * LINEAR_K * LINEAR_N,
+            }
         elif layer == "linear_width":
             m = _Linear(xval, xval).eval()
             x = torch.randn(1, xval, generator=g)
@@ -441,8 +485,11 @@ def run_sweep(args, data, out, run_id) -> None:
         else:
             m = _Conv(CONV_C).eval()
             x = torch.randn(1, CONV_C, xval, xval, generator=g)
-            meta = {"xlabel": "image side (pixels), batch 1", "title": f"Conv2d {CONV_C}->{CONV_C} 3x3",
-                    "macs": xval * xval * CONV_C * CONV_C * 9}
+            meta = {
+                "xlabel": "image side (pixels), batch 1",
+                "title": f"Conv2d {CONV_C}->{CONV_C} 3x3",
+                "macs": xval * xval * CONV_C * CONV_C * 9,
+            }
         p = prepare_fx(copy.deepcopy(m), get_default_qconfig_mapping("x86"), (x,))
         with torch.no_grad():
             p(x)
@@ -450,16 +497,31 @@ def run_sweep(args, data, out, run_id) -> None:
         qlayer = q.layer
         scale, zp = float(q.layer_input_scale_0), int(q.layer_input_zero_point_0)
         xq = torch.quantize_per_tensor(x, scale, zp, torch.quint8)
-        t = perf.time_interleaved({"fp32": lambda: m(x), "int8": lambda: q(x), "int8_op": lambda: qlayer(xq)},
-                                  rounds=args.rounds, target_s=args.target_s / 2, max_number=200)
+        t = time_interleaved(
+            {"fp32": lambda m=m, x=x: m(x), "int8": lambda q=q, x=x: q(x), "int8_op": lambda f=qlayer, xq=xq: f(xq)},
+            rounds=args.rounds,
+            target_s=args.target_s / 2,
+            max_number=200,
+        )
         with torch.no_grad():
             agree = agreement(m(x), q(x))
-        row = dict(layer=layer, x=xval, **meta, fp32_ms=round(t["fp32"].median, 5), int8_ms=round(t["int8"].median, 5),
-                   int8_op_ms=round(t["int8_op"].median, 5), cosine=agree["cosine"], engine="x86", run=run_id,
-                   quick=args.quick)
+        row = dict(
+            layer=layer,
+            x=xval,
+            **meta,
+            fp32_ms=round(t["fp32"].median, 5),
+            int8_ms=round(t["int8"].median, 5),
+            int8_op_ms=round(t["int8_op"].median, 5),
+            cosine=agree["cosine"],
+            engine="x86",
+            run=run_id,
+            quick=args.quick,
+        )
         data["sweep"] = [r for r in data.get("sweep", []) if (r["layer"], r["x"]) != (layer, xval)] + [row]
-        tqdm.write(f"{layer:6s} {xval:4d}: fp32 {row['fp32_ms']:.4f} ms, int8 {row['int8_ms']:.4f} ms "
-                   f"(x{row['fp32_ms'] / row['int8_ms']:.2f}), kernel alone x{row['fp32_ms'] / row['int8_op_ms']:.2f}")
+        tqdm.write(
+            f"{layer:6s} {xval:4d}: fp32 {row['fp32_ms']:.4f} ms, int8 {row['int8_ms']:.4f} ms "
+            f"(x{row['fp32_ms'] / row['int8_ms']:.2f}), kernel alone x{row['fp32_ms'] / row['int8_op_ms']:.2f}"
+        )
         save(data, out)
 
 
@@ -486,19 +548,28 @@ def _csv(kind, allowed=None):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     ap.add_argument("--models", type=_csv(str, list(MODELS)), help=f"default: {','.join(DEFAULT_MODELS)}")
     ap.add_argument("--batches", type=_csv(int), help=f"default: {','.join(map(str, DEFAULT_BATCHES))}")
     ap.add_argument("--paths", type=_csv(str, PATHS), default=PATHS, help="default: all")
-    ap.add_argument("--quick", action="store_true", help="smoke test: digits_cnn and resnet18, batch 1, 2 rounds, short sweep")
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke test: digits_cnn and resnet18, batch 1, 2 rounds, short sweep"
+    )
     ap.add_argument("--out", type=pathlib.Path, default=OUT, help="results file (default: %(default)s)")
-    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads (default: %(default)s)")
+    ap.add_argument(
+        "--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads (default: %(default)s)"
+    )
     ap.add_argument("--rounds", type=int, help="interleaved timing rounds (default 5, quick 2)")
-    ap.add_argument("--target-s", type=float, default=0.3, help="seconds per candidate per round (default: %(default)s)")
+    ap.add_argument(
+        "--target-s", type=float, default=0.3, help="seconds per candidate per round (default: %(default)s)"
+    )
     ap.add_argument("--no-sweep", action="store_true", help="skip the Linear/Conv crossover sweep")
     ap.add_argument("--sweep-only", action="store_true", help="run only the sweep")
-    ap.add_argument("--retry-failed", action="store_true", help="re-run (model, path, batch) triples recorded as failed")
+    ap.add_argument(
+        "--retry-failed", action="store_true", help="re-run (model, path, batch) triples recorded as failed"
+    )
     ap.add_argument("--force", action="store_true", help="append to a results file recorded on another machine/setup")
     ap.add_argument("--list", action="store_true", help="list models and paths, then exit")
     args = ap.parse_args(argv)
@@ -523,17 +594,27 @@ def main(argv=None) -> int:
 
     out = args.out if args.out.is_absolute() else (pathlib.Path.cwd() / args.out)
     data = load(out)
-    machine = perf.machine_info()
+    machine = _env.machine_info()
     if data["machine"] and not _same_machine(data["machine"], machine) and not args.force:
-        print(f"{out} was recorded on another machine or set-up:\n  {data['machine']}\nthis one:\n  {machine}\n"
-              "use another --out, or --force to mix them", file=sys.stderr)
+        print(
+            f"{out} was recorded on another machine or set-up:\n  {data['machine']}\nthis one:\n  {machine}\n"
+            "use another --out, or --force to mix them",
+            file=sys.stderr,
+        )
         return 2
     data["machine"] = machine
     run_id = len(data["runs"]) + 1
-    data["runs"].append({"id": run_id, "started": _dt.datetime.now().isoformat(timespec="seconds"),
-                         "command": " ".join([pathlib.Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:])),
-                         "machine": machine})
-    print(f"{machine['cpu']} | ISA {' '.join(machine['isa'])} | torch {machine['torch']} | threads {machine['threads']}")
+    data["runs"].append(
+        {
+            "id": run_id,
+            "started": _dt.datetime.now().isoformat(timespec="seconds"),
+            "command": " ".join([pathlib.Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:])),
+            "machine": machine,
+        }
+    )
+    print(
+        f"{machine['cpu']} | ISA {' '.join(machine['isa'])} | torch {machine['torch']} | threads {machine['threads']}"
+    )
     t0 = time.perf_counter()
     if not args.sweep_only:
         run_models(args, data, out, run_id)

@@ -17,6 +17,7 @@ Timings depend on the machine and its load: the JSON records the ISA, the thread
 count, torch/torchao/timm versions and the load average before and after. Only the
 ratios measured in one run are meaningful.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,11 @@ from qlab import data, pt2e_lowering, vit  # noqa: E402
 from qlab._env import _version, isa_summary  # noqa: E402
 
 # Announced and explained in notebook 08; silenced here so the log stays readable.
-for msg in (".*torch.ao.quantization.*deprecated", "Please use quant_min and quant_max",
-            ".*quantized tensor creation functions.*deprecated"):
+for msg in (
+    ".*torch.ao.quantization.*deprecated",
+    "Please use quant_min and quant_max",
+    ".*quantized tensor creation functions.*deprecated",
+):
     warnings.filterwarnings("ignore", message=msg)
 
 
@@ -111,8 +115,12 @@ def latency_section(repeats: int, calib: int, compile_fix3: bool) -> dict:
     explicit.load_state_dict(fp32.state_dict())
     variants = {"fp32 eager (SDPA)": fp32, "fp32 eager (explicit attention)": explicit}
     compile_s = {}
-    bar = tqdm(total=5 if compile_fix3 else 2, desc=f"latency setup ({torch.get_num_threads()} thr)", unit="step",
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=5 if compile_fix3 else 2,
+        desc=f"latency setup ({torch.get_num_threads()} thr)",
+        unit="step",
+        dynamic_ncols=True,
+    )
     bar.set_postfix_str("fixes 1-3")
     t0 = time.perf_counter()
     variants["fix1 eager dequant"] = vit.eager_quantize_vit(explicit, cal, "dequant")
@@ -121,9 +129,11 @@ def latency_section(repeats: int, calib: int, compile_fix3: bool) -> dict:
     compile_s["quantize fixes 1-3"] = time.perf_counter() - t0
     bar.update()
     if compile_fix3:
-        for name, freezing, model in (("fp32 + Inductor (freezing)", True, explicit),
-                                      ("fix3 PT2E + Inductor (freezing)", True, g3),
-                                      ("fix3 PT2E + Inductor (no freezing)", False, copy.deepcopy(g3))):
+        for name, freezing, model in (
+            ("fp32 + Inductor (freezing)", True, explicit),
+            ("fix3 PT2E + Inductor (freezing)", True, g3),
+            ("fix3 PT2E + Inductor (no freezing)", False, copy.deepcopy(g3)),
+        ):
             bar.set_postfix_str(f"compiling {name}")
             t0 = time.perf_counter()
             c = compile_inductor(model, freezing)
@@ -134,28 +144,40 @@ def latency_section(repeats: int, calib: int, compile_fix3: bool) -> dict:
             variants[name] = c
             bar.update()
     bar.set_postfix_str("fix 4")
-    variants["fix4 PT2E lowered to qlab"] = pt2e_lowering.lower_to_qlab(vit.pt2e_quantize(explicit, cal, dynamic_batch=False))[0]
+    variants["fix4 PT2E lowered to qlab"] = pt2e_lowering.lower_to_qlab(
+        vit.pt2e_quantize(explicit, cal, dynamic_batch=False)
+    )[0]
     variants["fix4 eager qlab (quantize_vit)"] = vit.quantize_vit(explicit, cal)
     bar.update()
     bar.close()
 
     base = "fp32 eager (SDPA)"
-    timed = vit.time_interleaved({n: (lambda m=m: m(x)) for n, m in variants.items()}, repeats=repeats,
-                                 warmup=2, baseline=base)
+    timed = vit.time_interleaved(
+        {n: (lambda m=m: m(x)) for n, m in variants.items()}, repeats=repeats, warmup=2, baseline=base
+    )
     out = {
-        n: {"median_ms": round(t["median_ms"], 3),
+        n: {
+            "median_ms": round(t["median_ms"], 3),
             "ratio_vs_fp32": round(t["median_ms"] / timed[base]["median_ms"], 4),
-            "median_round_ratio": round(t["ratio"], 4)}
+            "median_round_ratio": round(t["ratio"], 4),
+        }
         for n, t in timed.items()
     }
-    return {"model": "vit_small_patch16_224 (random weights)", "batch": 1, "repeats": repeats, "variants": out,
-            "setup_s": {k: round(v, 1) for k, v in compile_s.items()}}
+    return {
+        "model": "vit_small_patch16_224 (random weights)",
+        "batch": 1,
+        "repeats": repeats,
+        "variants": out,
+        "setup_s": {k: round(v, 1) for k, v in compile_s.items()},
+    }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts to time (accuracy: the first)")
+    ap.add_argument(
+        "--threads", type=int, nargs="+", default=[1, 2], help="thread counts to time (accuracy: the first)"
+    )
     ap.add_argument("--calib-images", type=int, default=128, help="digits images for calibration")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants (slow to compile)")
     ap.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "vit.json")
@@ -164,9 +186,14 @@ def main() -> int:
     import qlab.kernels as k
 
     meta = {
-        "torch": torch.__version__, "torchao": _version("torchao"), "timm": _version("timm"),
-        "python": platform.python_version(), "isa": isa_summary(), "cpu_count": os.cpu_count(),
-        "qlab_kernels": f"{k.backend()} ({k.isa()})", "loadavg_before": [round(v, 2) for v in os.getloadavg()],
+        "torch": torch.__version__,
+        "torchao": _version("torchao"),
+        "timm": _version("timm"),
+        "python": platform.python_version(),
+        "isa": isa_summary(),
+        "cpu_count": os.cpu_count(),
+        "qlab_kernels": f"{k.backend()} ({k.isa()})",
+        "loadavg_before": [round(v, 2) for v in os.getloadavg()],
         "command": "python benchmarks/bench_vit.py " + " ".join(sys.argv[1:]),
     }
     t0 = time.perf_counter()

@@ -46,6 +46,7 @@ module                                    what it holds                         
 Global state (the quantized engine, the random generators, threads, Inductor's flags) changes only
 inside :func:`qlab.scoped`, which restores it.
 """
+
 __version__ = "0.1.0"
 
 from . import data, fake_quant, models, observers  # noqa: E402

@@ -4,6 +4,7 @@ Each helper raises a ``TypeError`` or ``ValueError`` whose message names the
 argument and says what is allowed, so a learner's mistake never reaches a
 kernel (where it could crash or silently produce garbage).
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,9 @@ def check_int(name: str, v, lo: int | None = None, hi: int | None = None) -> int
     return v
 
 
-def check_number(name: str, v, lo: float | None = None, hi: float | None = None, *,
-                 lo_open: bool = False, hi_open: bool = False) -> float:
+def check_number(
+    name: str, v, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False
+) -> float:
     """A finite real number (int or float, not a bool) in the interval given by ``lo``/``hi``;
     ``lo_open``/``hi_open`` exclude the bound itself. Returns it as a float."""
     what = f"a finite number{_bounds(lo, hi, lo_open, hi_open)}"

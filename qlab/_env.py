@@ -12,6 +12,7 @@ What the libraries will *use* is not always what the CPU has: oneDNN honours
 ``FBGEMM_ENABLE_INSTRUCTIONS`` and qlab's kernels ``QLAB_ISA``. :func:`int8_units` says which int8
 instructions each library can reach here; notebooks state ISA-dependent claims under it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -69,9 +70,24 @@ def isa_summary(flags: set[str] | None = None) -> list[str]:
 
 
 # oneDNN's ISA names, in its order (src/cpu/x64/cpu_isa_traits.hpp); ONEDNN_MAX_CPU_ISA caps at one of them.
-_ONEDNN_ORDER = ["SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
-                 "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX10_1_512_AMX", "AVX512_CORE_AMX",
-                 "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2"]
+_ONEDNN_ORDER = [
+    "SSE41",
+    "AVX",
+    "AVX2",
+    "AVX2_VNNI",
+    "AVX2_VNNI_2",
+    "AVX512_CORE",
+    "AVX512_CORE_VNNI",
+    "AVX512_CORE_BF16",
+    "AVX10_1_512",
+    "AVX512_CORE_FP16",
+    "AVX10_1_512_AMX",
+    "AVX512_CORE_AMX",
+    "AVX10_1_512_AMX_FP16",
+    "AVX512_CORE_AMX_FP16",
+    "AVX10_2_512",
+    "AVX10_2_512_AMX_2",
+]
 _FBGEMM_ORDER = ["AVX2", "AVX512", "AVX512_E1", "AVX512_VNNI", "AVX512_VNNI_BF16"]
 
 
@@ -187,8 +203,17 @@ def machine_info() -> dict:
         "isa": info.isa,
         "torch_cpu_capability": info.torch_cpu_capability,
         "int8_units": info.int8,
-        "isa_caps": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
-                                                "FBGEMM_ENABLE_INSTRUCTIONS", "QLAB_ISA") if os.environ.get(k)},
+        "isa_caps": {
+            k: os.environ[k]
+            for k in (
+                "ATEN_CPU_CAPABILITY",
+                "ONEDNN_MAX_CPU_ISA",
+                "MKL_ENABLE_INSTRUCTIONS",
+                "FBGEMM_ENABLE_INSTRUCTIONS",
+                "QLAB_ISA",
+            )
+            if os.environ.get(k)
+        },
         "cores": os.cpu_count(),
         "threads": info.threads,
         "torch": torch.__version__,
@@ -234,8 +259,9 @@ def setup(seed: int = 0, threads: int | None = 2, quiet: bool = False) -> EnvInf
 
 
 @contextlib.contextmanager
-def scoped(*, engine: str | None = None, seed: int | None = None, threads: int | None = None,
-           inductor: dict | None = None):
+def scoped(
+    *, engine: str | None = None, seed: int | None = None, threads: int | None = None, inductor: dict | None = None
+):
     """Run a block with changed global state, and restore all of it afterwards::
 
         with qlab.scoped(engine="fbgemm", seed=0, threads=1, inductor={"freezing": True}):

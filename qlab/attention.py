@@ -29,6 +29,7 @@ Eager ``torch.ao.quantization`` turns (1) and (4) into quantized ``Linear`` s, b
   Built from an :class:`ObservedAttention` / :class:`ObservedLinear` that recorded
   the activation ranges during calibration (min/max; ``qlab.choose_qparams``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -65,7 +66,9 @@ def _check_plain(name: str, attn) -> None:
 
 def _check_call(attn_mask, is_causal) -> None:
     if attn_mask is not None or is_causal:
-        raise ValueError("attn_mask and is_causal are not supported by the int8 attention modules (ViT encoders use neither)")
+        raise ValueError(
+            "attn_mask and is_causal are not supported by the int8 attention modules (ViT encoders use neither)"
+        )
 
 
 def _split_heads(t: torch.Tensor, B: int, N: int, H: int, D: int) -> torch.Tensor:
@@ -268,11 +271,23 @@ class Int8Linear(nn.Module):
 
     def forward(self, x):
         xq = _ops().quantize_per_tensor(x, self.x_scale, self.x_zero_point, torch.uint8)
-        return _ops().int8_linear(xq, self.weight, self.weight_scale, self.bias, self.x_scale, self.x_zero_point,
-                                      1.0, 0, torch.float32, False, self.requant)
+        return _ops().int8_linear(
+            xq,
+            self.weight,
+            self.weight_scale,
+            self.bias,
+            self.x_scale,
+            self.x_zero_point,
+            1.0,
+            0,
+            torch.float32,
+            False,
+            self.requant,
+        )
 
     def extra_repr(self):
-        return f"in_features={self.in_features}, out_features={self.out_features}, x: uint8 (scale={self.x_scale:.4g}, zp={self.x_zero_point})"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"x: uint8 (scale={self.x_scale:.4g}, zp={self.x_zero_point})")
 
 
 class ObservedAttention(nn.Module):
@@ -283,8 +298,15 @@ class ObservedAttention(nn.Module):
         super().__init__()
         _check_plain("attn", attn)
         self.attn = attn
-        self.ranges = nn.ModuleDict({"x": _observer(), "q": _observer(), "k": _observer(torch.qint8),
-                                     "v": _observer(torch.qint8), "ctx": _observer()})
+        self.ranges = nn.ModuleDict(
+            {
+                "x": _observer(),
+                "q": _observer(),
+                "k": _observer(torch.qint8),
+                "v": _observer(torch.qint8),
+                "ctx": _observer(),
+            }
+        )
 
     def forward(self, x, attn_mask=None, is_causal=False):
         _check_call(attn_mask, is_causal)
@@ -331,8 +353,8 @@ class Int8Attention(nn.Module):
         self.qp = dict(qparams)  # name -> (scale, zero_point); k, v: int8 zero points
         w = attn.qkv.weight.detach().float()
         b = None if attn.qkv.bias is None else attn.qkv.bias.detach().float()
-        wq, wk, wv = w[:C].clone(), w[C:2 * C], w[2 * C:]
-        bq, bk, bv = (None, None, None) if b is None else (b[:C].clone(), b[C:2 * C], b[2 * C:])
+        wq, wk, wv = w[:C].clone(), w[C : 2 * C], w[2 * C :]
+        bq, bk, bv = (None, None, None) if b is None else (b[:C].clone(), b[C : 2 * C], b[2 * C :])
         if not self.qk_norm:  # fold the softmax scale into the q projection
             wq *= self.scale
             if bq is not None:
@@ -354,8 +376,19 @@ class Int8Attention(nn.Module):
         return cls(obs.attn, {name: _qparams(o) for name, o in obs.ranges.items()}, requant)
 
     def _linear(self, x, name, sx, zx, out_dtype=torch.float32, out=(1.0, 0)):
-        return _ops().int8_linear(x, getattr(self, f"w_{name}"), getattr(self, f"ws_{name}"),
-                                      getattr(self, f"b_{name}"), sx, zx, out[0], out[1], out_dtype, False, self.requant)
+        return _ops().int8_linear(
+            x,
+            getattr(self, f"w_{name}"),
+            getattr(self, f"ws_{name}"),
+            getattr(self, f"b_{name}"),
+            sx,
+            zx,
+            out[0],
+            out[1],
+            out_dtype,
+            False,
+            self.requant,
+        )
 
     def forward(self, x, attn_mask=None, is_causal=False):
         _check_call(attn_mask, is_causal)
@@ -385,8 +418,9 @@ class Int8Attention(nn.Module):
         else:
             ctx = ops.int8_bmm(p, v, PROB_SCALE, 0, sv, zv, sc, zc, torch.uint8, False, self.requant)
             ctx = ctx.transpose(1, 2).reshape(B, N, C)
-        out = ops.int8_linear(ctx, self.w_proj, self.ws_proj, self.b_proj, sc, zc, 1.0, 0, torch.float32, False,
-                              self.requant)
+        out = ops.int8_linear(
+            ctx, self.w_proj, self.ws_proj, self.b_proj, sc, zc, 1.0, 0, torch.float32, False, self.requant
+        )
         return self.proj_drop(out)
 
     def extra_repr(self):

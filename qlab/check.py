@@ -2,6 +2,7 @@
 
 Each check says what it found and, when it fails, what to do about it.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -65,53 +66,117 @@ def environment_checks(lock: pathlib.Path = LOCK, flags: set[str] | None = None)
         have = _dist_version(name)
         want = pins.get(name)
         if have is None:
-            checks.append(Check(f"{name} installed", False, "not installed", "run `make lab` (it installs the pinned set)"))
+            checks.append(
+                Check(f"{name} installed", False, "not installed", "run `make lab` (it installs the pinned set)")
+            )
             continue
         base = have.split("+")[0]
         ok = want is None or base == want.split("+")[0]
-        checks.append(Check(f"{name} == pinned", ok, have, f"pinned {want}: run `make lab` in a fresh clone or `pip install -r requirements/lock.txt`"))
+        checks.append(
+            Check(
+                f"{name} == pinned",
+                ok,
+                have,
+                f"pinned {want}: run `make lab` in a fresh clone or `pip install -r requirements/lock.txt`",
+            )
+        )
 
-    for mod, why in (("torchvision", "timm imports it"), ("timm", "the ViT notebooks"), ("torchao", "PT2E quantization")):
+    for mod, why in (
+        ("torchvision", "timm imports it"),
+        ("timm", "the ViT notebooks"),
+        ("torchao", "PT2E quantization"),
+    ):
         try:
             importlib.import_module(mod)
             checks.append(Check(f"import {mod}", True, "imports"))
         except Exception as e:  # a broken install is what this notebook exists to catch
-            checks.append(Check(f"import {mod}", False, type(e).__name__, f"needed for {why}: reinstall with `make lab`"))
+            checks.append(
+                Check(f"import {mod}", False, type(e).__name__, f"needed for {why}: reinstall with `make lab`")
+            )
 
     engines = torch.backends.quantized.supported_engines
-    checks.append(Check("quantized engine x86", "x86" in engines, " ".join(e for e in engines if e != "none"),
-                        "this torch build lacks FBGEMM/oneDNN: install the official x86-64 wheel"))
+    checks.append(
+        Check(
+            "quantized engine x86",
+            "x86" in engines,
+            " ".join(e for e in engines if e != "none"),
+            "this torch build lacks FBGEMM/oneDNN: install the official x86-64 wheel",
+        )
+    )
 
     flags = cpu_flags() if flags is None else flags
-    checks.append(Check("CPU has AVX2", "avx2" in flags, "yes" if "avx2" in flags else "no",
-                        "int8 kernels fall back to slow scalar code on this CPU", required=False))
+    checks.append(
+        Check(
+            "CPU has AVX2",
+            "avx2" in flags,
+            "yes" if "avx2" in flags else "no",
+            "int8 kernels fall back to slow scalar code on this CPU",
+            required=False,
+        )
+    )
     vnni = "avx512_vnni" in flags or "avx_vnni" in flags
-    checks.append(Check("CPU has VNNI (int8 dot product)", vnni, "yes" if vnni else "no",
-                        "int8 speedups will be small: the performance notebook explains why", required=False))
+    checks.append(
+        Check(
+            "CPU has VNNI (int8 dot product)",
+            vnni,
+            "yes" if vnni else "no",
+            "int8 speedups will be small: the performance notebook explains why",
+            required=False,
+        )
+    )
 
     cxx = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-    checks.append(Check("C++ compiler", cxx is not None, "found" if cxx else "not found",
-                        "install g++ (Debian/Ubuntu: apt-get install g++); qlab then uses its slower pure-PyTorch kernels",
-                        required=False))
-    checks.append(Check("ninja", shutil.which("ninja") is not None or importlib.util.find_spec("ninja") is not None,
-                        "found" if importlib.util.find_spec("ninja") else "not found", "pip install ninja", required=False))
+    checks.append(
+        Check(
+            "C++ compiler",
+            cxx is not None,
+            "found" if cxx else "not found",
+            "install g++ (Debian/Ubuntu: apt-get install g++); qlab then uses its slower pure-PyTorch kernels",
+            required=False,
+        )
+    )
+    checks.append(
+        Check(
+            "ninja",
+            shutil.which("ninja") is not None or importlib.util.find_spec("ninja") is not None,
+            "found" if importlib.util.find_spec("ninja") else "not found",
+            "pip install ninja",
+            required=False,
+        )
+    )
 
     if importlib.util.find_spec("qlab.kernels") is not None:
         try:
             kernels = importlib.import_module("qlab.kernels")
             native = kernels.backend() == "native"
             found = f"compiled, {kernels.isa()} path" if native else "pure-PyTorch reference fallback"
-            checks.append(Check("qlab int8 kernels compiled", native, found,
-                                "run `make setup` to build them (needs a C++ compiler and ninja)", required=False))
+            checks.append(
+                Check(
+                    "qlab int8 kernels compiled",
+                    native,
+                    found,
+                    "run `make setup` to build them (needs a C++ compiler and ninja)",
+                    required=False,
+                )
+            )
         except Exception as e:
-            checks.append(Check("qlab int8 kernels compiled", False, type(e).__name__, "run `make setup`", required=False))
+            checks.append(
+                Check("qlab int8 kernels compiled", False, type(e).__name__, "run `make setup`", required=False)
+            )
 
     try:
         from jupyter_client.kernelspec import KernelSpecManager
 
         names = KernelSpecManager().find_kernel_specs()
-        checks.append(Check("Jupyter kernel 'qlab'", "qlab" in names, "installed" if "qlab" in names else "not installed",
-                            "run `make lab` (it installs the kernel)", required=False))
+        checks.append(
+            Check(
+                "Jupyter kernel 'qlab'",
+                "qlab" in names,
+                "installed" if "qlab" in names else "not installed",
+                "run `make lab` (it installs the kernel)",
+                required=False,
+            )
+        )
     except Exception as e:
         checks.append(Check("Jupyter kernel 'qlab'", False, type(e).__name__, "pip install jupyterlab", required=False))
     return checks

@@ -14,6 +14,7 @@ name               what                                                        n
                    off, so that attention's two matmuls are explicit)
 =================  ==========================================================  =========
 """
+
 from __future__ import annotations
 
 import argparse
@@ -109,8 +110,10 @@ def _train_all(train, args) -> int:
     ok = True
     for name in args.names:
         blob, entry = train(name)
-        print(f"{name}: test accuracy {entry['test_correct']}/{entry['test_total']}, {len(blob)} bytes, "
-              f"sha256 {entry['sha256'][:16]}")
+        print(
+            f"{name}: test accuracy {entry['test_correct']}/{entry['test_total']}, {len(blob)} bytes, "
+            f"sha256 {entry['sha256'][:16]}"
+        )
         if args.check:
             same = registry.get(name, {}).get("sha256") == entry["sha256"]
             print(f"{name}: {'reproduced exactly' if same else 'DIFFERS from data/'}")

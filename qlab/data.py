@@ -1,4 +1,5 @@
-"""Real data, offline: scikit-learn's handwritten digits (used from ``notebooks/02-observers-and-calibration.ipynb`` on).
+"""Real data, offline: scikit-learn's handwritten digits (used from ``notebooks/02-observers-and-calibration.ipynb``
+on).
 
 ``sklearn.datasets.load_digits`` ships inside scikit-learn (no download): 1797
 grey-scale 8x8 images of the digits 0-9, pixel values 0..16. Here:
@@ -15,6 +16,7 @@ grey-scale 8x8 images of the digits 0-9, pixel values 0..16. Here:
 * **Loaders**: the train loader shuffles with its own seeded generator, so the
   batch order is the same on every run.
 """
+
 from __future__ import annotations
 
 import functools

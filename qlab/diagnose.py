@@ -17,6 +17,7 @@ models on one input and reports:
 The fake model is deep-copied and its observers disabled, so the prepared model
 is not changed and its qparams are those ``convert`` saw.
 """
+
 from __future__ import annotations
 
 import copy
@@ -83,7 +84,9 @@ class LayerReport:
     local_max_lsb: float | None = None
     cause: str = "-"
     notes: list[str] = field(default_factory=list)
-    fake_out: torch.Tensor | None = field(default=None, repr=False)  # the fake layer's output (float, after its fake quant)
+    fake_out: torch.Tensor | None = field(
+        default=None, repr=False
+    )  # the fake layer's output (float, after its fake quant)
     real_out: torch.Tensor | None = field(default=None, repr=False)  # the converted layer's output (quantized)
     real_in: torch.Tensor | None = field(default=None, repr=False)  # the converted layer's input (quantized)
 
@@ -145,12 +148,24 @@ class Diagnosis:
 
         return pd.DataFrame([lr.row() for lr in self.layers]).set_index("layer")
 
-    def table(self, columns=("kind", "qparams differ", "int w differ", "w values differ", "max LSB", "mean LSB", "local max LSB", "cause")) -> str:
+    def table(
+        self,
+        columns=(
+            "kind",
+            "qparams differ",
+            "int w differ",
+            "w values differ",
+            "max LSB",
+            "mean LSB",
+            "local max LSB",
+            "cause",
+        ),
+    ) -> str:
         rows = [lr.row() for lr in self.layers]
         cols = ["layer", *columns]
         cells = [[str(r[c]) for c in cols] for r in rows]
         widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(cols)]
-        line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+        line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths, strict=False)).rstrip()  # noqa: E731
         out = [line(cols), line(["-" * w for w in widths])] + [line(r) for r in cells]
         first = self.first_divergence
         out.append(f"first diverging layer: {first.name} ({first.cause})" if first else "no layer diverges")
@@ -169,7 +184,9 @@ def _is_layer(m: nn.Module) -> bool:
     if isinstance(m, nn.Identity):
         return False
     kids = list(m.children())
-    return not kids or (type(m).__module__.startswith("torch.ao.nn") and all("PackedParams" in type(k).__name__ for k in kids))
+    return not kids or (
+        type(m).__module__.startswith("torch.ao.nn") and all("PackedParams" in type(k).__name__ for k in kids)
+    )
 
 
 def _leaf_modules(model: nn.Module):
@@ -321,7 +338,9 @@ def _fused_mismatch(fq, qp_fake) -> bool:
     if fq.is_per_channel:
         return True
     obs = fq.activation_post_process
-    kernel = fused_kernel_qparams(float(obs.min_val), float(obs.max_val), obs.quant_min, obs.quant_max, fq.is_symmetric_quant)
+    kernel = fused_kernel_qparams(
+        float(obs.min_val), float(obs.max_val), obs.quant_min, obs.quant_max, fq.is_symmetric_quant
+    )
     return _qp(*kernel) == qp_fake
 
 
@@ -376,9 +395,24 @@ def int_reference(rm, xq, requant: str = "fbgemm") -> torch.Tensor | None:
     relu = isinstance(rm, (nniq.ConvReLU2d, nniq.LinearReLU))
     if isinstance(rm, nnq.Linear):
         x4, w4 = xq.int_repr().reshape(-1, xq.shape[-1], 1, 1), w.int_repr().reshape(*w.shape, 1, 1)
-        y = int_conv.conv2d_int(x4, xq.q_scale(), xq.q_zero_point(), w4, ws, rm.scale, rm.zero_point, b, w_zp=wz, relu=relu, requant=requant)
+        y = int_conv.conv2d_int(
+            x4, xq.q_scale(), xq.q_zero_point(), w4, ws, rm.scale, rm.zero_point, b, w_zp=wz, relu=relu, requant=requant
+        )
         return y.reshape(*xq.shape[:-1], -1)
     return int_conv.conv2d_int(
-        xq.int_repr(), xq.q_scale(), xq.q_zero_point(), w.int_repr(), ws, rm.scale, rm.zero_point, b,
-        w_zp=wz, stride=rm.stride, padding=rm.padding, dilation=rm.dilation, groups=rm.groups, relu=relu, requant=requant,
+        xq.int_repr(),
+        xq.q_scale(),
+        xq.q_zero_point(),
+        w.int_repr(),
+        ws,
+        rm.scale,
+        rm.zero_point,
+        b,
+        w_zp=wz,
+        stride=rm.stride,
+        padding=rm.padding,
+        dilation=rm.dilation,
+        groups=rm.groups,
+        relu=relu,
+        requant=requant,
     )

@@ -12,6 +12,7 @@ it, and the int8 model must run under the same engine. :func:`ptq` converts insi
 :func:`qlab.scoped` and returns an :class:`OnEngine`, which runs the model under its engine and puts
 the caller's engine back afterwards.
 """
+
 from __future__ import annotations
 
 import copy
@@ -59,7 +60,9 @@ def ptq(model: nn.Module, calibration: Iterable[torch.Tensor], engine: str = "x8
     import torch.ao.quantization as tq
 
     if not hasattr(model, "fuse_spec"):
-        raise TypeError(f"model must provide fuse_spec() (the [conv, bn, relu] names to fuse), got {type(model).__name__}")
+        raise TypeError(
+            f"model must provide fuse_spec() (the [conv, bn, relu] names to fuse), got {type(model).__name__}"
+        )
     batches = list(calibration)
     if not batches or not all(isinstance(b, torch.Tensor) for b in batches):
         raise TypeError("calibration must be a non-empty iterable of input tensors")
@@ -72,8 +75,9 @@ def ptq(model: nn.Module, calibration: Iterable[torch.Tensor], engine: str = "x8
         return OnEngine(tq.convert(m), engine)
 
 
-def qat_finetune(model: nn.Module, loader, watch: Mapping[str, str], *, freeze_at: int, lr: float = 3e-3,
-                 seed: int = 0) -> tuple[float, dict[str, list[tuple[float, float]]]]:
+def qat_finetune(
+    model: nn.Module, loader, watch: Mapping[str, str], *, freeze_at: int, lr: float = 3e-3, seed: int = 0
+) -> tuple[float, dict[str, list[tuple[float, float]]]]:
     """One epoch of SGD (momentum 0.9) on a model prepared with ``prepare_qat``, in one thread and seeded
     (float reductions in one fixed order). After ``freeze_at`` steps the observers stop
     (``disable_observer``) and batch-norm uses its running statistics (``freeze_bn_stats``), PyTorch's
@@ -126,7 +130,7 @@ def draw_engines(fig: Figure, rows: Sequence[Mapping]) -> dict:
         ("size / fp32", [r["size_ratio"] for r in rows], 1.0),
         ("latency / fp32", [r["latency_ratio"] for r in rows], 1.0),
     ]
-    for ax, (label, vals, ref) in zip(axes, panels):
+    for ax, (label, vals, ref) in zip(axes, panels, strict=False):
         ax.bar(names, vals, color=[_COLOURS[i % len(_COLOURS)] for i in range(len(names))])
         ax.axhline(ref, color="0.2", ls="--", lw=1)
         ax.set_title(label, fontsize=10)

@@ -30,6 +30,7 @@ a negative ``ch_axis`` works (torch's per-channel kernel refuses it);
 scale in float64 and nudges the zero point: its scale can differ from
 ``FakeQuantize``'s (and qlab's) in the last float32 bit.
 """
+
 from __future__ import annotations
 
 import torch
@@ -88,8 +89,15 @@ class FakeQuantize(FakeQuantizeBase):
             self.zero_point.resize_(zero_point.shape).copy_(zero_point)
         if self.fake_quant_enabled[0] == 1:  # (1) forward, (2) backward
             granularity = PerChannel(self.ch_axis) if self.is_per_channel else PerTensor()
-            x = fake_quantize(x, self.scale, self.zero_point, self.dtype, granularity,
-                              quant_min=self.quant_min, quant_max=self.quant_max)
+            x = fake_quantize(
+                x,
+                self.scale,
+                self.zero_point,
+                self.dtype,
+                granularity,
+                quant_min=self.quant_min,
+                quant_max=self.quant_max,
+            )
         return x
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

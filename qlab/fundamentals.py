@@ -2,6 +2,7 @@
 
 Every function returns numbers, so the notebook can assert what its plots show.
 """
+
 from __future__ import annotations
 
 import math
@@ -80,7 +81,10 @@ def vpmaddubsw(a_u8: torch.Tensor, b_s8: torch.Tensor) -> tuple[torch.Tensor, to
     if b_s8.dtype != torch.int8:
         raise TypeError(f"b_s8 must have dtype torch.int8, got {b_s8.dtype}")
     if a_u8.shape != b_s8.shape or a_u8.dim() == 0 or a_u8.shape[-1] % 2:
-        raise ValueError(f"a_u8 and b_s8 must have one shape with an even last dimension, got {tuple(a_u8.shape)} and {tuple(b_s8.shape)}")
+        raise ValueError(
+            f"a_u8 and b_s8 must have one shape with an even last dimension, got {tuple(a_u8.shape)} and "
+            f"{tuple(b_s8.shape)}"
+        )
     prod = a_u8.to(torch.int32) * b_s8.to(torch.int32)
     pair = prod[..., 0::2] + prod[..., 1::2]
     sat = (pair > 32767) | (pair < -32768)
@@ -98,7 +102,9 @@ def saturation_rate(activation_max: int, n: int = 200_000, seed: int = 0) -> flo
     return float(sat.float().mean())
 
 
-def draw_quantization(fig: Figure, signal: torch.Tensor, bits: int = 8, clip: float = 1.0, zero_point_offset: int = 0) -> dict:
+def draw_quantization(
+    fig: Figure, signal: torch.Tensor, bits: int = 8, clip: float = 1.0, zero_point_offset: int = 0
+) -> dict:
     """The interactive figure of notebook 01: grid, quantized signal, error histogram.
 
     ``clip`` scales the observed range (``< 1`` clips the tails, ``> 1`` wastes levels);

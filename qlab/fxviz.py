@@ -14,6 +14,7 @@ gets a *kind*, so a picture (and a test) can say what quantization did:
 
 Parameters and constants (``get_attr`` nodes) are hidden: they are inputs, not steps.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -43,7 +44,9 @@ def _check_gm(name: str, gm) -> torch.fx.GraphModule:
     if isinstance(gm, torch.export.ExportedProgram):
         gm = gm.graph_module
     if not isinstance(gm, torch.fx.GraphModule):
-        raise TypeError(f"{name} must be a torch.fx.GraphModule or torch.export.ExportedProgram, got {type(gm).__name__}")
+        raise TypeError(
+            f"{name} must be a torch.fx.GraphModule or torch.export.ExportedProgram, got {type(gm).__name__}"
+        )
     return gm
 
 
@@ -172,8 +175,17 @@ def _draw_on(ax, gm, title: str | None, rows: int | None, fontsize: float) -> di
     w, h = 0.84, 0.62
     for node in nodes:
         x, y = pos[node]
-        ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.08",
-                                    facecolor=COLORS[kinds[node]], edgecolor="#555555", linewidth=0.6))
+        ax.add_patch(
+            FancyBboxPatch(
+                (x - w / 2, y - h / 2),
+                w,
+                h,
+                boxstyle="round,pad=0.02,rounding_size=0.08",
+                facecolor=COLORS[kinds[node]],
+                edgecolor="#555555",
+                linewidth=0.6,
+            )
+        )
         label = node_label(gm, node)
         if len(label) > 34:
             label = label[:33] + "…"
@@ -191,16 +203,31 @@ def _draw_on(ax, gm, title: str | None, rows: int | None, fontsize: float) -> di
                 a, b, style = (x0 + w / 2, y0), (x1 + w / 2, y1), "arc3,rad=-0.4"
             else:  # from the bottom of one column to the top of the next
                 a, b, style = (x0 + w / 2, y0), (x1 - w / 2, y1), "arc3,rad=0.0"
-            ax.add_patch(FancyArrowPatch(a, b, arrowstyle="-|>", mutation_scale=6, linewidth=0.6,
-                                         color="#333333", connectionstyle=style, shrinkA=0, shrinkB=0))
+            ax.add_patch(
+                FancyArrowPatch(
+                    a,
+                    b,
+                    arrowstyle="-|>",
+                    mutation_scale=6,
+                    linewidth=0.6,
+                    color="#333333",
+                    connectionstyle=style,
+                    shrinkA=0,
+                    shrinkB=0,
+                )
+            )
     ax.set_xlim(-0.55, cols - 0.45)
     ax.set_ylim(-rows + 0.4, 0.6)
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=fontsize + 2)
     counts = Counter(kinds.values())
-    return {"nodes": n, "edges": len(edges), "kinds": {k: counts[k] for k in KINDS if counts[k]},
-            "labels": [node_label(gm, node) for node in nodes]}
+    return {
+        "nodes": n,
+        "edges": len(edges),
+        "kinds": {k: counts[k] for k in KINDS if counts[k]},
+        "labels": [node_label(gm, node) for node in nodes],
+    }
 
 
 def draw_graph(fig: Figure, gm, title: str | None = None, rows: int | None = None, fontsize: float = 6.5) -> dict:
@@ -233,7 +260,7 @@ def draw_graphs(fig: Figure, graphs: dict, rows: int | None = None, fontsize: fl
     widths = [-(-len(node_kinds(g)) // n_rows) for g in checked.values()]
     axes = fig.subplots(1, len(checked), gridspec_kw={"width_ratios": widths}, squeeze=False)[0]
     out, seen = {}, Counter()
-    for ax, (t, g) in zip(axes, checked.items()):
+    for ax, (t, g) in zip(axes, checked.items(), strict=False):
         out[t] = _draw_on(ax, g, t, n_rows, fontsize)
         seen.update(out[t]["kinds"])
     _legend(fig, seen)

@@ -32,6 +32,7 @@ convolutions: raw codes are multiplied in pairs of neighbouring input channels
 and each pair sum saturates to int16 before it is added to the int32 accumulator
 (AVX-512 VNNI's ``vpdpbusd`` has no such step).
 """
+
 from __future__ import annotations
 
 import torch
@@ -142,13 +143,21 @@ def requantize(
                 t = t + b / act_times_w
         else:
             to_int = torch.round if requant == "int32_bias" else torch.trunc
-            bq = torch.zeros_like(act_times_w, dtype=torch.int64) if b is None else to_int(b / act_times_w).to(torch.int64)
+            bq = (
+                torch.zeros_like(act_times_w, dtype=torch.int64)
+                if b is None
+                else to_int(b / act_times_w).to(torch.int64)
+            )
             t = (acc + bq).to(f32)
         r = torch.round(t * mult).to(torch.int64)
     else:  # fixed point: integer multiplier and shift per channel
         mult = (xs * ws / ys).reshape(-1).tolist()
         act_times_w = (xs * ws).reshape(-1)
-        bq = torch.zeros(len(mult), dtype=torch.int64) if b is None else torch.round(b.reshape(-1) / act_times_w).to(torch.int64)
+        bq = (
+            torch.zeros(len(mult), dtype=torch.int64)
+            if b is None
+            else torch.round(b.reshape(-1) / act_times_w).to(torch.int64)
+        )
         bq = bq.expand(len(mult)) if bq.numel() == 1 else bq
         outs = []
         n_ch = acc.shape[1]

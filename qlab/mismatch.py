@@ -25,6 +25,7 @@ one with scale ``2k/255``: ``k / (2k/255) = 127.5`` rounds to 128 and clamps to
 
 The other sources of difference are measured one by one in :mod:`qlab.mismatch_sources`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -85,7 +86,11 @@ def seed_qconfig(fake_quant: str = "fused", weight_quant_min: int = -128) -> tq.
     check_choice("weight_quant_min", weight_quant_min, [-128, -127])
     cls = tq.FusedMovingAvgObsFakeQuantize if fake_quant == "fused" else tq.FakeQuantize
     act = cls.with_args(
-        observer=tq.MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8, qscheme=torch.per_tensor_affine
+        observer=tq.MovingAverageMinMaxObserver,
+        quant_min=0,
+        quant_max=255,
+        dtype=torch.quint8,
+        qscheme=torch.per_tensor_affine,
     )
     wt = cls.with_args(
         observer=tq.MovingAverageMinMaxObserver,
@@ -229,7 +234,9 @@ def _f32(v: float) -> float:
     return float(torch.tensor(v, dtype=torch.float32))
 
 
-def fused_kernel_qparams(min_val: float, max_val: float, quant_min: int, quant_max: int, symmetric: bool) -> tuple[float, int]:
+def fused_kernel_qparams(
+    min_val: float, max_val: float, quant_min: int, quant_max: int, symmetric: bool
+) -> tuple[float, int]:
     """The qparams ``torch.fused_moving_avg_obs_fake_quant`` computes from a range (fbgemm's
     ``ChooseQuantizationParams``, as built into this PyTorch): the formula in this module's
     docstring. ``tests/test_mismatch.py`` checks it against the kernel with hypothesis."""
@@ -309,4 +316,6 @@ def lsb_stats(name: str, a: torch.Tensor, b: torch.Tensor, scale: float = 1.0, *
     (float32 outputs on the same grid can differ by ~1e-5 LSB of rounding noise)."""
     d = ((a.to(torch.float64) - b.to(torch.float64)).abs() / float(scale)).flatten()
     d = torch.round(d * 1e3) / 1e3
-    return SourceResult(name, d.numel(), int((d > 0).sum()), float(d.max()) if d.numel() else 0.0, float(d.mean()), dict(detail))
+    return SourceResult(
+        name, d.numel(), int((d > 0).sum()), float(d.max()) if d.numel() else 0.0, float(d.mean()), dict(detail)
+    )

@@ -8,6 +8,7 @@ quantization, ``reduce_range``, int16 saturation of ``vpmaddubsw``, average pool
 BatchNorm folding. :func:`simulate` puts all of them behind switches; :func:`draw_mismatch` is
 the notebook's interactive figure.
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,6 +42,7 @@ __all__ = [
     "draw_mismatch",
 ]
 
+
 def _qconv(x_codes, x_s, x_z, w_codes, w_s, b, y_s, y_z, relu=False, padding=0, engine="fbgemm"):
     """Run PyTorch's real quantized conv on integer codes (a 1-layer 'converted model')."""
     import torch.ao.nn.intrinsic.quantized as nniq
@@ -49,7 +51,9 @@ def _qconv(x_codes, x_s, x_z, w_codes, w_s, b, y_s, y_z, relu=False, padding=0, 
     with scoped(engine=engine):
         xq = torch._make_per_tensor_quantized_tensor(x_codes, float(x_s), int(x_z))
         if isinstance(w_s, torch.Tensor) and w_s.numel() > 1:
-            wq = torch._make_per_channel_quantized_tensor(w_codes, w_s.double(), torch.zeros(w_s.numel(), dtype=torch.long), 0)
+            wq = torch._make_per_channel_quantized_tensor(
+                w_codes, w_s.double(), torch.zeros(w_s.numel(), dtype=torch.long), 0
+            )
         else:
             wq = torch._make_per_tensor_quantized_tensor(w_codes, float(w_s), 0)
         o, c, kh, kw = w_codes.shape
@@ -149,7 +153,9 @@ def exp_int32_bias(seed: int = 0) -> dict[str, SourceResult]:
     ref_int32 = int_conv.requantize(acc, xs, ws, ys, yz, b, requant="int32_bias")
     out = {
         "int32 bias vs fbgemm": lsb_stats("int32 bias vs float bias", ref_int32, real_fbgemm),
-        "fake vs fbgemm": lsb_stats("fake vs fbgemm (float bias)", _fake_conv(xc, xs, xz, wc, ws, b, ys, yz), real_fbgemm),
+        "fake vs fbgemm": lsb_stats(
+            "fake vs fbgemm (float bias)", _fake_conv(xc, xs, xz, wc, ws, b, ys, yz), real_fbgemm
+        ),
     }
     if "qnnpack" in torch.backends.quantized.supported_engines:
         real_qnnpack = _qconv(xc, xs, xz, wc, ws, b, ys, yz, padding=1, engine="qnnpack")
@@ -161,9 +167,15 @@ def exp_reduce_range(seed: int = 0, input_max: float = 2.0) -> SourceResult:
     """7-bit activations (``quant_max=127``, what ``reduce_range`` gives): calibrate on [0, 1], run on
     [0, input_max]. The fake quants clamp codes at 127; the converted model's quantize and conv clamp at 255."""
     with scoped(engine="fbgemm", seed=seed):
-        act = tq.FakeQuantize.with_args(observer=tq.MovingAverageMinMaxObserver, quant_min=0, quant_max=127, dtype=torch.quint8)
+        act = tq.FakeQuantize.with_args(
+            observer=tq.MovingAverageMinMaxObserver, quant_min=0, quant_max=127, dtype=torch.quint8
+        )
         wt = tq.FakeQuantize.with_args(
-            observer=tq.MovingAverageMinMaxObserver, quant_min=-128, quant_max=127, dtype=torch.qint8, qscheme=torch.per_tensor_symmetric
+            observer=tq.MovingAverageMinMaxObserver,
+            quant_min=-128,
+            quant_max=127,
+            dtype=torch.qint8,
+            qscheme=torch.per_tensor_symmetric,
         )
         m = nn.Sequential(tq.QuantStub(), nn.Conv2d(4, 4, 1), tq.DeQuantStub())
         m.qconfig = tq.QConfig(activation=act, weight=wt)
@@ -210,7 +222,12 @@ def exp_saturation_real_kernel(seed: int = 0, isa: str = "AVX2") -> dict:
     if res.returncode != 0:
         raise RuntimeError(f"subprocess failed: {res.stderr[-500:]}")
     eq_exact, eq_sat, max_lsb = res.stdout.split()[-3:]
-    return {"isa": isa, "real_eq_exact": eq_exact == "True", "real_eq_saturating_ref": eq_sat == "True", "max_lsb_vs_exact": int(max_lsb)}
+    return {
+        "isa": isa,
+        "real_eq_exact": eq_exact == "True",
+        "real_eq_saturating_ref": eq_sat == "True",
+        "max_lsb_vs_exact": int(max_lsb),
+    }
 
 
 def _saturation_layer_codes(seed: int = 0) -> dict:
@@ -265,7 +282,9 @@ def exp_bn_folding(seed: int = 0) -> dict[str, SourceResult]:
     import torch.ao.nn.intrinsic.qat as nniqat
 
     with scoped(engine="fbgemm", seed=seed):
-        m = nn.Sequential(tq.QuantStub(), nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), tq.DeQuantStub())
+        m = nn.Sequential(
+            tq.QuantStub(), nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), tq.DeQuantStub()
+        )
         with torch.no_grad():
             bn = m[2]
             bn.weight.uniform_(0.5, 2.0)
@@ -274,7 +293,9 @@ def exp_bn_folding(seed: int = 0) -> dict[str, SourceResult]:
             bn.running_var.uniform_(0.2, 3.0)
         m.eval()
         tq.fuse_modules_qat(m, [["1", "2", "3"]], inplace=True)
-        act = tq.FakeQuantize.with_args(observer=tq.MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8)
+        act = tq.FakeQuantize.with_args(
+            observer=tq.MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8
+        )
         wt = tq.FakeQuantize.with_args(
             observer=tq.MovingAveragePerChannelMinMaxObserver,
             quant_min=-128,
@@ -309,7 +330,13 @@ def exp_bn_folding(seed: int = 0) -> dict[str, SourceResult]:
         y_s = float(mq[1].scale)
         return {
             "eval": lsb_stats(
-                "BN folded, eval mode", y_fake, y_real, y_s, weights_differ=n_w_diff, weights=int(wq.numel()), scales_differ=n_s_diff
+                "BN folded, eval mode",
+                y_fake,
+                y_real,
+                y_s,
+                weights_differ=n_w_diff,
+                weights=int(wq.numel()),
+                scales_differ=n_s_diff,
             ),
             "train": lsb_stats("BN batch stats, train mode", y_train, y_real, y_s),
         }
@@ -373,7 +400,9 @@ def simulate(k: float = 1.0, input_max: float = 1.0, **sources: bool) -> dict:
     ws_real, _ = choose_qparams(torch.tensor(w_min), torch.tensor(w_max), dtype=torch.qint8, symmetric=True)
     ws_real = float(ws_real)
     if on["fused_qparams"]:
-        ws_fake, wz_fake = fused_kernel_qparams(min(float(w_fake_float.min()), 0), float(w_fake_float.max()), -128, 127, True)
+        ws_fake, wz_fake = fused_kernel_qparams(
+            min(float(w_fake_float.min()), 0), float(w_fake_float.max()), -128, 127, True
+        )
     else:
         ws_fake, wz_fake = ws_real, 0
     # output qparams: calibrated on the float layer over the [0, 1] input
@@ -387,7 +416,9 @@ def simulate(k: float = 1.0, input_max: float = 1.0, **sources: bool) -> dict:
     w_fq = fake_quantize(w_fake_float.contiguous(), ws_fake, wz_fake, torch.qint8)
     if on["bn_folding"]:
         y = F.conv2d(x_fq, w_fq) / sf.reshape(1, -1, 1, 1) + b.reshape(1, -1, 1, 1)
-        y = (y - mean.reshape(1, -1, 1, 1)) / torch.sqrt(var + eps).reshape(1, -1, 1, 1) * gamma.reshape(1, -1, 1, 1) + beta.reshape(1, -1, 1, 1)
+        y = (y - mean.reshape(1, -1, 1, 1)) / torch.sqrt(var + eps).reshape(1, -1, 1, 1) * gamma.reshape(
+            1, -1, 1, 1
+        ) + beta.reshape(1, -1, 1, 1)
     else:
         y = F.conv2d(x_fq, w_fq, b)
     y_fq = fake_quantize(F.relu(y), y_s, y_z, torch.quint8, quant_max=a_max)

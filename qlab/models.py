@@ -1,4 +1,5 @@
-"""The digits CNN and the helpers that train, evaluate and inspect it (used from ``notebooks/02-observers-and-calibration.ipynb`` on).
+"""The digits CNN and the helpers that train, evaluate and inspect it (used from
+``notebooks/02-observers-and-calibration.ipynb`` on).
 
 :class:`DigitsCNN` is a quantization-friendly CNN for :mod:`qlab.data`'s digits:
 Conv-BN-ReLU blocks (which eager mode fuses into one quantized conv), module
@@ -10,6 +11,7 @@ at the ends, which are identities until ``prepare``/``convert`` give them work::
 
 ``qlab.checkpoints.load("digits_cnn")`` loads the trained checkpoint (``scripts/train_models.py``).
 """
+
 from __future__ import annotations
 
 import io

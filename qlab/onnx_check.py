@@ -19,6 +19,7 @@ points of the converted model. ONNX Runtime then either
 Every ``QuantizeLinear`` output is made a graph output, so each layer's uint8
 codes can be read and matched to the PyTorch layer of the same name.
 """
+
 from __future__ import annotations
 
 import io
@@ -31,7 +32,17 @@ from torch import nn
 
 from .diagnose import diagnose, int_reference
 
-__all__ = ["export_qdq", "onnx_op_counts", "ort_layer_codes", "Agreement", "compare_codes", "reference_chain", "CrossCheck", "cross_check", "PAIRS"]
+__all__ = [
+    "export_qdq",
+    "onnx_op_counts",
+    "ort_layer_codes",
+    "Agreement",
+    "compare_codes",
+    "reference_chain",
+    "CrossCheck",
+    "cross_check",
+    "PAIRS",
+]
 
 
 def export_qdq(converted: nn.Module, x: torch.Tensor, *, opset: int = 17) -> bytes:
@@ -87,12 +98,14 @@ def ort_layer_codes(model: bytes, x: torch.Tensor, *, optimize: bool = True) -> 
         if out not in existing:
             m.graph.output.append(onnx.helper.make_tensor_value_info(out, onnx.TensorProto.UINT8, None))
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     so.log_severity_level = 3
     sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
     outs = [o.name for o in sess.get_outputs()]
     vals = sess.run(outs, {sess.get_inputs()[0].name: x.detach().numpy()})
-    return {names[o]: v for o, v in zip(outs, vals) if o in names}
+    return {names[o]: v for o, v in zip(outs, vals, strict=False) if o in names}
 
 
 @dataclass
@@ -167,7 +180,7 @@ class CrossCheck:
         cols = list(rows[0]) if rows else ["layer"]
         cells = [[str(r[c]) for c in cols] for r in rows]
         widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
-        fmt = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+        fmt = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths, strict=False)).rstrip()  # noqa: E731
         head = "equal codes % / max LSB difference, per layer"
         return "\n".join([head, fmt(cols), fmt(["-" * w for w in widths])] + [fmt(r) for r in cells])
 
@@ -215,11 +228,14 @@ def reference_chain(diag, converted: nn.Module, x: torch.Tensor, requant: str = 
     return out
 
 
-def cross_check(prepared: nn.Module, converted: nn.Module, x: torch.Tensor, *, model: bytes | None = None) -> CrossCheck:
+def cross_check(
+    prepared: nn.Module, converted: nn.Module, x: torch.Tensor, *, model: bytes | None = None
+) -> CrossCheck:
     """Export ``converted`` (unless ``model`` bytes are given), run ONNX Runtime with and without its
     integer fusions, and collect per layer the codes of: ``torch_fake`` (the fake-quant model, as codes
     of the real layer's qparams), ``torch_real``, ``ref_fbgemm`` and ``ref_int32`` (:func:`reference_chain`
-    with fbgemm's float bias / the int32 bias the exporter writes, truncated toward zero), ``ort_int`` (ONNX Runtime's QLinearConv/QGemm
+    with fbgemm's float bias / the int32 bias the exporter writes, truncated toward zero), ``ort_int`` (ONNX
+    Runtime's QLinearConv/QGemm
     kernels) and ``ort_qdq`` (the QDQ graph run in float, unfused)."""
     model = export_qdq(converted, x) if model is None else model
     diag = diagnose(prepared, converted, x)

@@ -16,6 +16,7 @@ Each record is one (model, path, batch): ``status`` ("ok", "skipped" or "failed"
 ``benchmarks/bench_kernels.py``): qlab's int8 bmm and linear against fp32 and
 PyTorch's int8 alternatives on ViT shapes; :func:`draw_kernels` plots them.
 """
+
 from __future__ import annotations
 
 import json
@@ -84,7 +85,9 @@ def speedup_table(results, batch: int) -> dict[str, dict[str, float]]:
     return table
 
 
-def geomeans(results, batch: int, paths: Iterable[str] | None = None, models: Iterable[str] | None = None) -> dict[str, dict]:
+def geomeans(
+    results, batch: int, paths: Iterable[str] | None = None, models: Iterable[str] | None = None
+) -> dict[str, dict]:
     """Per path: ``{"geomean", "n", "models"}`` of the speedups at ``batch``.
 
     ``models`` restricts every path to the same set (comparable geomeans); by
@@ -93,7 +96,7 @@ def geomeans(results, batch: int, paths: Iterable[str] | None = None, models: It
     table = speedup_table(results, batch)
     keep = None if models is None else set(models)
     out = {}
-    for path in (list(paths) if paths is not None else sorted(table)):
+    for path in list(paths) if paths is not None else sorted(table):
         vals = {m: s for m, s in table.get(path, {}).items() if keep is None or m in keep}
         if vals:
             out[path] = {"geomean": geomean(vals.values()), "n": len(vals), "models": sorted(vals)}
@@ -108,10 +111,10 @@ def crossover(sizes: Iterable[float], ratios: Iterable[float]) -> float | None:
     s, r = list(sizes), list(ratios)
     if len(s) != len(r) or not s:
         raise ValueError(f"sizes and ratios must be non-empty and of one length, got {len(s)} and {len(r)}")
-    if any(b <= a for a, b in zip(s, s[1:])):
+    if any(b <= a for a, b in zip(s, s[1:], strict=False)):
         raise ValueError(f"sizes must be strictly increasing, got {s}")
     found = None
-    for size, ratio in zip(reversed(s), reversed(r)):
+    for size, ratio in zip(reversed(s), reversed(r), strict=False):
         if ratio > 1:
             found = size
         else:
@@ -170,22 +173,27 @@ def draw_speedups(fig: Figure, results, batch: int, paths: Iterable[str] | None 
     return {"speedups": {p: dict(table[p]) for p in paths}, "slower": slower}
 
 
-def draw_geomeans(fig: Figure, results, batches: Iterable[int], paths: Iterable[str] | None = None,
-                  models: Iterable[str] | None = None) -> dict:
+def draw_geomeans(
+    fig: Figure,
+    results,
+    batches: Iterable[int],
+    paths: Iterable[str] | None = None,
+    models: Iterable[str] | None = None,
+) -> dict:
     """Geomean speedup per path (bars) for each batch size (panels). Returns ``{batch: geomeans(...)}``."""
     if not isinstance(fig, Figure):
         raise TypeError(f"fig must be a matplotlib.figure.Figure, got {type(fig).__name__}")
     batches = list(batches)
     axes = fig.subplots(1, len(batches), squeeze=False, sharey=True)[0]
     out = {}
-    for ax, b in zip(axes, batches):
+    for ax, b in zip(axes, batches, strict=False):
         g = geomeans(results, b, paths, models)
         g.pop("fp32", None)
         out[b] = g
         names = list(g)
         vals = [g[n]["geomean"] for n in names]
         ax.barh(range(len(names)), vals, color=[_color(n) for n in names], edgecolor="#333333", linewidth=0.3)
-        for i, (n, v) in enumerate(zip(names, vals)):
+        for i, (n, v) in enumerate(zip(names, vals, strict=False)):
             ax.text(v, i, f" {v:.2f}x (n={g[n]['n']})", va="center", fontsize=6)
         ax.axvline(1.0, color="black", linewidth=0.8)
         ax.set_yticks(range(len(names)), names, fontsize=7)
@@ -214,7 +222,7 @@ def draw_sizes(fig: Figure, results) -> dict:
     xs = range(len(models))
     ax.bar([x - 0.2 for x in xs], [sizes[m]["fp32"] / 2**20 for m in models], 0.4, label="fp32", color="#bdbdbd")
     ax.bar([x + 0.2 for x in xs], [sizes[m]["int8"] / 2**20 for m in models], 0.4, label="int8", color="#3182bd")
-    for x, m in zip(xs, models):
+    for x, m in zip(xs, models, strict=False):
         ax.text(x + 0.2, sizes[m]["int8"] / 2**20, f"{sizes[m]['ratio']:.1f}x", ha="center", va="bottom", fontsize=6)
     ax.set_xticks(list(xs), models, rotation=20, ha="right", fontsize=7)
     ax.set_ylabel("state_dict size (MiB)")
@@ -239,7 +247,7 @@ def draw_sweep(fig: Figure, sweep: list[dict]) -> dict:
         raise ValueError("sweep is empty: run benchmarks/bench_models.py (it writes the sweep too)")
     axes = fig.subplots(1, len(layers), squeeze=False)[0]
     out = {}
-    for ax, (layer, rows) in zip(axes, layers.items()):
+    for ax, (layer, rows) in zip(axes, layers.items(), strict=False):
         rows = sorted(rows, key=lambda r: r["x"])
         x = [r["x"] for r in rows]
         s = [r["fp32_ms"] / r["int8_ms"] for r in rows]
@@ -303,8 +311,10 @@ def draw_kernels(fig: Figure, results, kind: str = "attention", threads: int = 1
     shapes = list(table)
     methods = [m for m in KERNEL_METHODS if m != "fp32" and any(m in t for t in table.values())]
     speedup = {s: {m: table[s]["fp32"] / table[s][m] for m in methods if m in table[s]} for s in shapes}
-    colors = dict(zip(KERNEL_METHODS, ["#636363", "#fdae6b", "#e6550d", "#9ecae1", "#3182bd", "#08519c",
-                                        "#6baed6", "#31a354"]))
+    colors = dict(
+        zip(KERNEL_METHODS, ["#636363", "#fdae6b", "#e6550d", "#9ecae1", "#3182bd", "#08519c", "#6baed6", "#31a354"],
+            strict=True)
+    )
     ax = fig.add_subplot(1, 1, 1)
     height = 0.8 / max(len(methods), 1)
     for j, m in enumerate(methods):
@@ -344,8 +354,13 @@ def onednn_kernels(engine: str, timeout: float = 120.0) -> list[tuple[str, str]]
     log, so an engine that never calls oneDNN gives ``[]``."""
     check_choice("engine", engine, ["x86", "fbgemm", "onednn"])
     env = {**os.environ, "ONEDNN_VERBOSE": "1"}
-    proc = subprocess.run([sys.executable, "-c", _CONV_PROBE.format(engine=engine)], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CONV_PROBE.format(engine=engine)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"the {engine} convolution probe failed:\n{proc.stderr[-2000:]}")
     found = []

@@ -29,6 +29,7 @@ Two details matter for bit-exactness and are easy to miss:
 * Per-channel dequantization is computed in float64 and then rounded to
   float32; per-tensor dequantization is computed in float32.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -92,7 +93,9 @@ def _check_granularity(granularity):
     return granularity
 
 
-def qrange(dtype: torch.dtype = torch.quint8, *, bits: int | None = None, reduce_range: bool = False) -> tuple[int, int]:
+def qrange(
+    dtype: torch.dtype = torch.quint8, *, bits: int | None = None, reduce_range: bool = False
+) -> tuple[int, int]:
     """The integer range ``(qmin, qmax)`` of a quantized dtype (``torch.quint8``, ``qint8``, ``qint32``) or of
     the plain integer dtype that stores it (``torch.uint8``, ``int8``, ``int32``): :data:`INT_RANGES`.
 
@@ -145,7 +148,8 @@ def choose_qparams(
     """``(scale, zero_point)`` for an observed range, equations (3)-(5) of the module docstring.
 
     ``min_val``/``max_val``: 0-d tensors (per-tensor) or 1-d tensors (per-channel),
-    float32 and finite. Returns a float32 scale and an integer zero point (int32 affine, int64 symmetric: torch.ao's dtypes), each of
+    float32 and finite. Returns a float32 scale and an integer zero point (int32 affine, int64 symmetric: torch.ao's
+    dtypes), each of
     shape ``[1]`` for per-tensor and ``[C]`` for per-channel, exactly as
     ``torch.ao.quantization`` observers' ``calculate_qparams`` do.
 
@@ -159,7 +163,8 @@ def choose_qparams(
     check_choice("dtype", dtype, [torch.quint8, torch.qint8])
     if min_val.shape != max_val.shape or min_val.dim() > 1:
         raise ValueError(
-            f"min_val and max_val must be 0-d or 1-d tensors of one shape, got {tuple(min_val.shape)} and {tuple(max_val.shape)}"
+            f"min_val and max_val must be 0-d or 1-d tensors of one shape, got {tuple(min_val.shape)} and "
+            f"{tuple(max_val.shape)}"
         )
     check_finite("min_val", min_val)
     check_finite("max_val", max_val)
@@ -172,7 +177,9 @@ def choose_qparams(
     custom = quant_min is not None or quant_max is not None
     if custom:
         if reduce_range:
-            raise ValueError("reduce_range cannot be combined with quant_min/quant_max: give the reduced range directly")
+            raise ValueError(
+                "reduce_range cannot be combined with quant_min/quant_max: give the reduced range directly"
+            )
         qmin, qmax = _resolve_range(dtype, quant_min, quant_max)
     else:
         qmin, qmax = qrange(dtype, reduce_range=reduce_range)

@@ -10,6 +10,7 @@ step by step; notebook 07 and ``benchmarks/bench_models.py`` use these helpers.
 torchao is imported inside the functions: importing it is slow and logs a line
 (notebook 00 explains it), and ``import qlab`` should do neither.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,8 +23,15 @@ import torch
 from ._checks import check_int, check_tensor
 from ._env import scoped
 
-__all__ = ["export_batch_dynamic", "x86_quantizer", "pt2e_int8", "lower", "graph_tensors", "graph_bytes",
-           "drop_log_message"]
+__all__ = [
+    "export_batch_dynamic",
+    "x86_quantizer",
+    "pt2e_int8",
+    "lower",
+    "graph_tensors",
+    "graph_bytes",
+    "drop_log_message",
+]
 
 
 def export_batch_dynamic(model: torch.nn.Module, example: torch.Tensor, max_batch: int = 1024):

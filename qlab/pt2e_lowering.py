@@ -38,6 +38,7 @@ Two clean-ups make the rewritten graph quick to run eagerly:
 
 Anything else is left as it was (the report's ``skipped`` says why).
 """
+
 from __future__ import annotations
 
 import operator
@@ -133,7 +134,8 @@ def _chain_to_quantize(node):
                 return chain, user
             return None
         if (user.op == "call_function" and user.target in _VIEWLIKE and user.args[0] is cur) or (
-                _is_dropout_identity(user) and user.args[0] is cur):
+            _is_dropout_identity(user) and user.args[0] is cur
+        ):
             chain.append(user)
             cur = user
             continue
@@ -170,7 +172,8 @@ def _to_int8(gm, dq_node, report):
     report["b_int8"] += 1
     q = codes
     if _is(q, qd.quantize_per_tensor.default) and all(
-            _is(u, qd.dequantize_per_tensor.default) and u.args[0] is q for u in q.users):
+        _is(u, qd.dequantize_per_tensor.default) and u.args[0] is q for u in q.users
+    ):
         for n in [q, *q.users]:
             args = list(n.args)
             args[2], args[3], args[4], args[5] = args[2] - 128, -128, 127, torch.int8
@@ -192,8 +195,13 @@ def _lower_matmuls(gm, requant, report) -> None:
             report["skipped"].append(f"{mm.name}: an operand is not a static per-tensor dequantize")
             continue
         sa_shape, sb_shape = _shape(a), _shape(b)
-        if sa_shape is None or sb_shape is None or len(sa_shape) != len(sb_shape) or len(sa_shape) < 3 \
-                or sa_shape[:-2] != sb_shape[:-2]:
+        if (
+            sa_shape is None
+            or sb_shape is None
+            or len(sa_shape) != len(sb_shape)
+            or len(sa_shape) < 3
+            or sa_shape[:-2] != sb_shape[:-2]
+        ):
             report["skipped"].append(f"{mm.name}: batch dimensions differ or are unknown ({sa_shape} @ {sb_shape})")
             continue
         a_codes, sa, za, _ = da
@@ -202,8 +210,9 @@ def _lower_matmuls(gm, requant, report) -> None:
         found = _chain_to_quantize(mm)
         with gm.graph.inserting_before(mm):
             if found is None:
-                new = gm.graph.call_function(ops.int8_bmm.default, (a_codes, b_codes, sa, za, sb, zb, 1.0, 0,
-                                                                     torch.float32, False, requant))
+                new = gm.graph.call_function(
+                    ops.int8_bmm.default, (a_codes, b_codes, sa, za, sb, zb, 1.0, 0, torch.float32, False, requant)
+                )
                 new.meta = dict(mm.meta)
                 mm.replace_all_uses_with(new)
                 gm.graph.erase_node(mm)
@@ -211,8 +220,9 @@ def _lower_matmuls(gm, requant, report) -> None:
                 continue
             chain, q = found
             so, zo, _lo, _hi, qdtype = q.args[1:6]
-            new = gm.graph.call_function(ops.int8_bmm.default, (a_codes, b_codes, sa, za, sb, zb, so, zo, qdtype,
-                                                                 False, requant))
+            new = gm.graph.call_function(
+                ops.int8_bmm.default, (a_codes, b_codes, sa, za, sb, zb, so, zo, qdtype, False, requant)
+            )
         cur = new
         for view in chain:  # replay the view-like ops on the codes (identity dropouts vanish)
             if _is_dropout_identity(view):
@@ -261,8 +271,10 @@ def _lower_linears(gm, requant, report) -> None:
         else:
             q, out = None, (1.0, 0, torch.float32)
         with gm.graph.inserting_before(lin):
-            new = gm.graph.call_function(ops.int8_linear.default, (x_codes, w_codes, w_scale, bias, sx, zx, out[0],
-                                                                   out[1], out[2], False, requant))
+            new = gm.graph.call_function(
+                ops.int8_linear.default,
+                (x_codes, w_codes, w_scale, bias, sx, zx, out[0], out[1], out[2], False, requant),
+            )
         if q is None:
             new.meta = dict(lin.meta)
             lin.replace_all_uses_with(new)
@@ -301,8 +313,15 @@ def _drop_dropouts(gm, report) -> None:
             report["dropout"] += 1
 
 
-def lower_to_qlab(gm: fx.GraphModule, *, matmul: bool = True, linear: bool = True, fold_scale_mul: bool = True,
-                  cleanup: bool = True, requant: str = "float") -> tuple[fx.GraphModule, dict]:
+def lower_to_qlab(
+    gm: fx.GraphModule,
+    *,
+    matmul: bool = True,
+    linear: bool = True,
+    fold_scale_mul: bool = True,
+    cleanup: bool = True,
+    requant: str = "float",
+) -> tuple[fx.GraphModule, dict]:
     """Rewrite ``gm`` (a ``convert_pt2e`` result) in place; return ``(gm, report)``.
 
     ``report`` counts each rewrite (see the module docstring) and lists what was ``skipped``.
@@ -314,8 +333,17 @@ def lower_to_qlab(gm: fx.GraphModule, *, matmul: bool = True, linear: bool = Tru
     check_choice("requant", requant, ["float", "fixed"])
     import qlab.kernels  # noqa: F401 -- registers torch.ops.qlab.*
 
-    report = {"scale_mul": 0, "b_int8": 0, "matmul": 0, "matmul_requantized": 0, "linear": 0,
-              "linear_requantized": 0, "quantize": 0, "dropout": 0, "skipped": []}
+    report = {
+        "scale_mul": 0,
+        "b_int8": 0,
+        "matmul": 0,
+        "matmul_requantized": 0,
+        "linear": 0,
+        "linear_requantized": 0,
+        "quantize": 0,
+        "dropout": 0,
+        "skipped": [],
+    }
     if fold_scale_mul:
         _fold_scale_mul(gm, report)
     if matmul:
@@ -336,7 +364,10 @@ def count_targets(gm: fx.GraphModule) -> dict[str, int]:
     out: dict[str, int] = {}
     for n in gm.graph.nodes:
         if n.op == "call_function" and n.target is not operator.getitem:
-            key = str(n.target) if not hasattr(n.target, "__name__") or isinstance(n.target, torch._ops.OpOverload) \
+            key = (
+                str(n.target)
+                if not hasattr(n.target, "__name__") or isinstance(n.target, torch._ops.OpOverload)
                 else n.target.__name__
+            )
             out[key] = out.get(key, 0) + 1
     return dict(sorted(out.items()))

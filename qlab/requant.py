@@ -11,6 +11,7 @@ With ``M = sa * sb / so`` the real multiplier of an output column::
 ``high_mul(a, b) = round(a * b / 2**31)`` (gemmlowp's ``SaturatingRoundingDoublingHighMul``), both
 roundings half away from zero.
 """
+
 from __future__ import annotations
 
 import math

@@ -27,6 +27,7 @@ one category each (:func:`support_matrix` returns them all as :class:`Row` s):
 
 :mod:`qlab.support_table` counts, filters, saves and shows the rows (the notebook's searchable table).
 """
+
 from __future__ import annotations
 
 import copy
@@ -125,8 +126,11 @@ def _probe_list() -> list[tuple[str, str, Callable[[_Inputs], object]]]:
         ("q @ k.transpose(-2, -1)", "aten::matmul", lambda t: t.a @ t.b.transpose(-2, -1)),
         ("torch.matmul(a, b)", "aten::matmul", lambda t: torch.matmul(t.a, t.bt)),
         ("torch.bmm(a, b)", "aten::bmm", lambda t: torch.bmm(t.a.flatten(0, 1), t.bt.flatten(0, 1))),
-        ("F.scaled_dot_product_attention", "aten::scaled_dot_product_attention",
-         lambda t: F.scaled_dot_product_attention(t.a, t.b, t.b)),
+        (
+            "F.scaled_dot_product_attention",
+            "aten::scaled_dot_product_attention",
+            lambda t: F.scaled_dot_product_attention(t.a, t.b, t.b),
+        ),
         ("x.softmax(-1)", "aten::softmax.int", lambda t: t.a.softmax(-1)),
         ("F.linear(x, w)", "aten::linear", lambda t: F.linear(t.a, t.w)),
         ("a + b", "aten::add.Tensor", lambda t: t.a + t.b),
@@ -232,24 +236,46 @@ def _float_inside_cases(seed: int = 0):
     ln_in = q(16, 197, 384, scale=0.1)
     x, w, bias = q(4096, 1024), torch.randn(1024, 1024, generator=g), torch.randn(1024, generator=g)
     lin = torch.ao.nn.quantized.Linear(1024, 1024)
-    lin.set_weight_bias(torch.quantize_per_channel(w, w.abs().amax(1) / 127, torch.zeros(1024, dtype=torch.long), 0,
-                                                   torch.qint8), bias)
+    lin.set_weight_bias(
+        torch.quantize_per_channel(w, w.abs().amax(1) / 127, torch.zeros(1024, dtype=torch.long), 0, torch.qint8), bias
+    )
     lin.scale, lin.zero_point = 1.0, 128
     wd = lin.weight().dequantize()
     lnw, lnb = torch.randn(384, generator=g), torch.randn(384, generator=g)
     gelu_s = F.gelu(s)
     sig_s = torch.sigmoid(s)
     return [
-        ("quantized::matmul", lambda: torch.ops.quantized.matmul(a, b, 0.3, 120), lambda a_, b_: a_ @ b_, (a, b), (0.3, 120)),
-        ("quantized::softmax", lambda: torch.ops.quantized.softmax(s, -1, 1 / 256, 0), lambda s_: s_.softmax(-1), (s,),
-         (1 / 256, 0)),
+        (
+            "quantized::matmul",
+            lambda: torch.ops.quantized.matmul(a, b, 0.3, 120),
+            lambda a_, b_: a_ @ b_,
+            (a, b),
+            (0.3, 120),
+        ),
+        (
+            "quantized::softmax",
+            lambda: torch.ops.quantized.softmax(s, -1, 1 / 256, 0),
+            lambda s_: s_.softmax(-1),
+            (s,),
+            (1 / 256, 0),
+        ),
         ("aten::gelu (QuantizedCPU)", lambda: F.gelu(s), F.gelu, (s,), (gelu_s.q_scale(), gelu_s.q_zero_point())),
-        ("aten::sigmoid (QuantizedCPU)", lambda: torch.sigmoid(s), torch.sigmoid, (s,),
-         (sig_s.q_scale(), sig_s.q_zero_point())),
+        (
+            "aten::sigmoid (QuantizedCPU)",
+            lambda: torch.sigmoid(s),
+            torch.sigmoid,
+            (s,),
+            (sig_s.q_scale(), sig_s.q_zero_point()),
+        ),
         ("quantized::add", lambda: torch.ops.quantized.add(s, s2, 0.2, 128), torch.add, (s, s2), (0.2, 128)),
         ("quantized::mul", lambda: torch.ops.quantized.mul(s, s2, 0.2, 128), torch.mul, (s, s2), (0.2, 128)),
-        ("quantized::layer_norm", lambda: torch.ops.quantized.layer_norm(ln_in, [384], lnw, lnb, 1e-5, 0.05, 128),
-         lambda s_: F.layer_norm(s_, [384], lnw, lnb, 1e-5), (ln_in,), (0.05, 128)),
+        (
+            "quantized::layer_norm",
+            lambda: torch.ops.quantized.layer_norm(ln_in, [384], lnw, lnb, 1e-5, 0.05, 128),
+            lambda s_: F.layer_norm(s_, [384], lnw, lnb, 1e-5),
+            (ln_in,),
+            (0.05, 128),
+        ),
         ("quantized::linear", lambda: lin(x), lambda x_: F.linear(x_, wd, bias), (x,), (1.0, 128)),
     ]
 
@@ -270,8 +296,13 @@ def float_inside(seed: int = 0) -> list[Row]:
         if n == 0:
             rows.append(Row(op, "float inside", f"all {got.numel()} codes equal dequantize -> fp32 -> quantize"))
         else:
-            rows.append(Row(op, "own arithmetic",
-                            f"{n} of {got.numel()} codes differ from dequantize -> fp32 -> quantize (max {int(diff.max())})"))
+            rows.append(
+                Row(
+                    op,
+                    "own arithmetic",
+                    f"{n} of {got.numel()} codes differ from dequantize -> fp32 -> quantize (max {int(diff.max())})",
+                )
+            )
     return rows
 
 
@@ -291,8 +322,12 @@ def time_vs_fp32(repeats: int = 15, seed: int = 0, shape=(6, 197, 64)) -> dict[s
     w = torch.randn(3 * h * d, h * d, generator=g)
     lin = torch.ao.nn.quantized.Linear(h * d, 3 * h * d)
     lin.set_weight_bias(torch.quantize_per_tensor(w, 0.01, 0, torch.qint8), None)
-    fns = {"quantized::matmul": lambda: torch.ops.quantized.matmul(a, b, 0.3, 128), "matmul": lambda: torch.matmul(af, bf),
-           "quantized::linear": lambda: lin(x), "linear": lambda: torch.nn.functional.linear(xf, w)}
+    fns = {
+        "quantized::matmul": lambda: torch.ops.quantized.matmul(a, b, 0.3, 128),
+        "matmul": lambda: torch.matmul(af, bf),
+        "quantized::linear": lambda: lin(x),
+        "linear": lambda: torch.nn.functional.linear(xf, w),
+    }
     sp = speedups(time_interleaved(fns, rounds=repeats), "matmul")
     sp_lin = sp["linear"]
     return {"quantized::matmul": 1 / sp["quantized::matmul"], "quantized::linear": sp_lin / sp["quantized::linear"]}
@@ -382,7 +417,9 @@ def x86_inductor_annotations() -> list[Row]:
             extra = " (listed in quantizable_ops, not in default_quantizable_ops)" if name in only_opt_in else ""
             rows.append(Row(name, "X86Inductor: opt-in", f"annotated only after {how}{extra}"))
         else:
-            rows.append(Row(name, "X86Inductor: fp32", "not annotated: runs in float32 between dequantize and quantize"))
+            rows.append(
+                Row(name, "X86Inductor: fp32", "not annotated: runs in float32 between dequantize and quantize")
+            )
     return rows
 
 
@@ -390,8 +427,9 @@ def x86_inductor_annotations() -> list[Row]:
 # The matrix, its file and its table
 
 
-def support_matrix(*, dispatcher: bool = True, probes: bool = True, numerics: bool = True,
-                   inductor: bool = True, seed: int = 0) -> list[Row]:
+def support_matrix(
+    *, dispatcher: bool = True, probes: bool = True, numerics: bool = True, inductor: bool = True, seed: int = 0
+) -> list[Row]:
     """All four sources, in the order of :data:`CATEGORIES` (each part can be switched off)."""
     rows: list[Row] = []
     if dispatcher:

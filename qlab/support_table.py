@@ -1,6 +1,7 @@
 """Showing the support matrix of :mod:`qlab.support_matrix`: counts per category, a text filter, CSV/JSON
 files, and the searchable table of ``notebooks/08-vit-attention-int8.ipynb`` (a Text filter redrawing
 one display id, the table counterpart of :class:`qlab.widgets.LiveFigure`)."""
+
 from __future__ import annotations
 
 import csv
@@ -32,7 +33,8 @@ def filter_rows(rows: Iterable[Row], text: str = "", category: str | None = None
         check_choice("category", category, CATEGORIES)
     needle = text.strip().lower()
     return [
-        r for r in rows
+        r
+        for r in rows
         if (category is None or r.category == category)
         and (not needle or needle in r.op.lower() or needle in r.category.lower() or needle in r.detail.lower())
     ]
@@ -44,7 +46,7 @@ def to_html(rows: Iterable[Row], limit: int = 40) -> str:
 
     rows = list(rows)
     shown = rows[:limit]
-    head = "<tr><th style='text-align:left'>op</th><th style='text-align:left'>category</th><th style='text-align:left'>detail</th></tr>"
+    head = "<tr>" + "".join(f"<th style='text-align:left'>{h}</th>" for h in ("op", "category", "detail")) + "</tr>"
     body = "".join(
         f"<tr><td style='text-align:left'><code>{html.escape(r.op)}</code></td><td style='text-align:left'>"
         f"{html.escape(r.category)}</td><td style='text-align:left'>{html.escape(r.detail)}</td></tr>"
@@ -106,8 +108,9 @@ class SupportTable:
             check_choice("category", category, cats)
         self.controls = {
             "text": W.Text(value=text, description="filter", placeholder="op name, category or detail"),
-            "category": W.Dropdown(options=[("all", None)] + [(c, c) for c in cats], value=category,
-                                   description="category"),
+            "category": W.Dropdown(
+                options=[("all", None)] + [(c, c) for c in cats], value=category, description="category"
+            ),
         }
         self.result: list[Row] = []
         self.redraws = 0

@@ -15,6 +15,7 @@ The speedup is paired per round, so a slow spell that hits one round cancels in 
 Only ratios measured in one run mean anything; absolute milliseconds describe one machine at
 one moment, which is why every result also carries the load average before and after.
 """
+
 from __future__ import annotations
 
 import math
@@ -74,8 +75,13 @@ class Timing:
 
     def as_dict(self) -> dict:
         lo, hi = self.iqr
-        return {"median_ms": round(self.median, 4), "q25_ms": round(lo, 4), "q75_ms": round(hi, 4),
-                "rounds": len(self.samples), "calls_per_round": self.number}
+        return {
+            "median_ms": round(self.median, 4),
+            "q25_ms": round(lo, 4),
+            "q75_ms": round(hi, 4),
+            "rounds": len(self.samples),
+            "calls_per_round": self.number,
+        }
 
 
 class Timings(dict):

@@ -25,6 +25,7 @@ Every linear of the blocks and the head is int8 in every fix; the patch embeddin
 fp32: top-1 accuracy, agreement of predictions, max abs error and cosine similarity
 of the logits.
 """
+
 from __future__ import annotations
 
 import copy
@@ -110,7 +111,9 @@ def compare(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor
     similarity of the logit vectors). The two float measures are rounded to 4 significant digits:
     their last bits depend on the CPU's float kernels, and a notebook prints them."""
     if logits.shape != ref_logits.shape:
-        raise ValueError(f"logits must have the shape of ref_logits {tuple(ref_logits.shape)}, got {tuple(logits.shape)}")
+        raise ValueError(
+            f"logits must have the shape of ref_logits {tuple(ref_logits.shape)}, got {tuple(logits.shape)}"
+        )
     pred = logits.argmax(1)
     out = {}
     if labels is not None:
@@ -159,7 +162,8 @@ def attention_module_names(model: nn.Module) -> list[str]:
 
 def _linear_names(model: nn.Module, inside: list[str]) -> list[str]:
     return [
-        n for n, m in model.named_modules()
+        n
+        for n, m in model.named_modules()
         if isinstance(m, nn.Linear) and not any(n.startswith(a + ".") for a in inside)
     ]
 
@@ -207,8 +211,9 @@ def quantize_vit(model: nn.Module, calibration_batches: Iterable[torch.Tensor], 
 
 
 @torch.no_grad()
-def eager_quantize_vit(model: nn.Module, calibration_batches: Iterable[torch.Tensor], attention: str = "dequant",
-                       qconfig=None) -> nn.Module:
+def eager_quantize_vit(
+    model: nn.Module, calibration_batches: Iterable[torch.Tensor], attention: str = "dequant", qconfig=None
+) -> nn.Module:
     """Eager-mode ``torch.ao.quantization`` of a timm ViT (a copy).
 
     ``attention="dequant"`` (fix 1): :class:`~qlab.attention.DequantAttention`, the matmuls in
@@ -245,8 +250,12 @@ def eager_quantize_vit(model: nn.Module, calibration_batches: Iterable[torch.Ten
 
 
 @torch.no_grad()
-def pt2e_quantize(model: nn.Module, calibration_batches: Iterable[torch.Tensor], matmul: bool = True,
-                  skip: tuple[str, ...] = ("patch_embed",)) -> torch.fx.GraphModule:
+def pt2e_quantize(
+    model: nn.Module,
+    calibration_batches: Iterable[torch.Tensor],
+    matmul: bool = True,
+    skip: tuple[str, ...] = ("patch_embed",),
+) -> torch.fx.GraphModule:
     """PT2E with ``X86InductorQuantizer`` (default recipe; ``matmul=True`` adds
     ``set_function_type_qconfig(torch.matmul, ...)``; modules named in ``skip`` stay float) through
     :func:`qlab.pt2e.pt2e_int8` (export with a dynamic batch, prepare, calibrate, convert). Returns the

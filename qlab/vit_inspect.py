@@ -8,6 +8,7 @@ the int8 kernel calls, and the interactive attention figure.
 * :func:`spy` -- record the calls of one method (e.g. a ``QFunctional.matmul``);
 * :func:`draw_attention`, :class:`AttentionExplorer` -- the notebook's attention figure.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,12 +44,16 @@ def capture_attention(model, x: torch.Tensor) -> list[torch.Tensor]:
         _Grab(model).run(x)
         return seen
     seen = []
-    owners = [m for m in model.modules() if isinstance(m, (Attention, DequantAttention, FunctionalAttention,
-                                                           Int8Attention))]
+    owners = [
+        m for m in model.modules() if isinstance(m, (Attention, DequantAttention, FunctionalAttention, Int8Attention))
+    ]
     fused = [(m, m.fused_attn) for m in owners if isinstance(m, Attention)]
-    hooks = [m.attn_drop.register_forward_hook(
-        lambda mod, inp, out: seen.append((out.dequantize() if out.is_quantized else out).detach().float()))
-        for m in owners]
+    hooks = [
+        m.attn_drop.register_forward_hook(
+            lambda mod, inp, out: seen.append((out.dequantize() if out.is_quantized else out).detach().float())
+        )
+        for m in owners
+    ]
     try:
         for m, _ in fused:
             m.fused_attn = False
@@ -92,9 +97,9 @@ def check_int8_calls(model, x: torch.Tensor) -> dict:
 def spy(obj, method: str):
     """Record every call of ``obj.method`` inside the ``with`` block as ``(args, result)``::
 
-        with spy(model.blocks[0].attn.qk, "matmul") as calls:
-            model(x)
-        (a, b), out = calls[0]
+    with spy(model.blocks[0].attn.qk, "matmul") as calls:
+        model(x)
+    (a, b), out = calls[0]
     """
     original = getattr(obj, method)
     if not callable(original):
@@ -117,8 +122,15 @@ def spy(obj, method: str):
             delattr(obj, method)
 
 
-def draw_attention(fig, image: torch.Tensor, maps: Mapping[str, list[torch.Tensor]], layer: int = 0, head: int = 0,
-                   reference: str = "fp32", patch: int = 4) -> dict:
+def draw_attention(
+    fig,
+    image: torch.Tensor,
+    maps: Mapping[str, list[torch.Tensor]],
+    layer: int = 0,
+    head: int = 0,
+    reference: str = "fp32",
+    patch: int = 4,
+) -> dict:
     """Class-token attention of one ``layer`` and ``head`` for every model in ``maps`` (name ->
     :func:`capture_attention` result for one image), drawn over the patch grid, and the error of
     each head against ``reference`` (max |P - P_ref| over the whole token x token matrix).
@@ -137,7 +149,7 @@ def draw_attention(fig, image: torch.Tensor, maps: Mapping[str, list[torch.Tenso
     grid = img.shape[-1] // patch
     names = list(maps)
     errors = {n: [float((maps[n][layer][0, h] - ref[layer][0, h]).abs().max()) for h in range(heads)] for n in names}
-    cls = {n: maps[n][layer][0, head, 0, -grid * grid:].reshape(grid, grid) for n in names}
+    cls = {n: maps[n][layer][0, head, 0, -grid * grid :].reshape(grid, grid) for n in names}
     vmax = float(max(c.max() for c in cls.values()))
     mosaic = [["img"] + names, ["bars"] * (len(names) + 1)]
     axes = fig.subplot_mosaic(mosaic, height_ratios=[1.0, 0.8])
@@ -156,8 +168,9 @@ def draw_attention(fig, image: torch.Tensor, maps: Mapping[str, list[torch.Tenso
     bars = axes["bars"]
     for i, n in enumerate(others):
         bars.bar([h + i * width for h in range(heads)], errors[n], width=width, label=n)
-    bars.set_xticks([h + width * (len(others) - 1) / 2 for h in range(heads)], [f"head {h}" for h in range(heads)],
-                    fontsize=7)
+    bars.set_xticks(
+        [h + width * (len(others) - 1) / 2 for h in range(heads)], [f"head {h}" for h in range(heads)], fontsize=7
+    )
     bars.set_ylabel(f"max |P - P_{reference}|", fontsize=7)
     bars.set_title(f"block {layer}: attention error per head (chosen head {head})", fontsize=8)
     bars.legend(fontsize=6, ncols=min(len(others), 5), loc="upper left")
@@ -186,7 +199,7 @@ class AttentionExplorer:
         if not (isinstance(image, int) and 0 <= image < len(self.images)):
             raise ValueError(f"image must be an int in [0, {len(self.images) - 1}], got {image!r}")
         if image not in self._cache:
-            x = self.images[image: image + 1]
+            x = self.images[image : image + 1]
             self._cache[image] = {n: capture_attention(m, x) for n, m in self.models.items()}
         return self._cache[image]
 

@@ -11,6 +11,7 @@ return value is kept in ``.result`` so a notebook cell (or a test) can assert
 what the plot shows. Setting a widget's ``value`` fires observers
 synchronously, so everything here is testable in pytest without a browser.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping

@@ -9,6 +9,7 @@ state nbclient stores in the metadata (it would bloat the files and go stale),
 and records each notebook's wall time in notebooks/timings.json (the instructor
 guide quotes it).
 """
+
 from __future__ import annotations
 
 import argparse

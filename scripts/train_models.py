@@ -11,6 +11,7 @@ float kernels, hence other low bits. checkpoints.json records, per model: the fi
 SHA-256, the architecture, the input size, the test accuracy measured right
 after training, the recipe, and the versions and ISA used.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -14,6 +14,7 @@ same ISA reproduces the checkpoint byte for byte (``--check`` verifies it).
 checkpoints.json records the file's SHA-256, the architecture, the test accuracy
 measured right after training, the recipe, and the versions and ISA used.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,8 +53,9 @@ def train(name: str) -> tuple[bytes, dict]:
     model = vit.build(**r["kwargs"])
     train_loader, test_loader = data.loaders(size=r["size"], batch_size=r["batch_size"], seed=r["seed"])
     opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=r["weight_decay"])
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r["lr"], total_steps=r["epochs"] * len(train_loader),
-                                                pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=r["lr"], total_steps=r["epochs"] * len(train_loader), pct_start=0.1
+    )
     shift_gen = torch.Generator().manual_seed(r["seed"] + 1)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=r["label_smoothing"])
     s = r["max_shift"]

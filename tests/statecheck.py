@@ -8,6 +8,7 @@ that a call which returns with the state changed is recorded as a leak. The test
 the wrappers installed: a test during which a leak happened fails and names the function, and the
 session fails if a public function that changes state (through ``scoped``) was never called.
 """
+
 from __future__ import annotations
 
 import ast
@@ -112,8 +113,10 @@ def changes_state(fn) -> bool:
         tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
     except (OSError, TypeError, SyntaxError):
         return False
-    return any(isinstance(n, ast.Call) and getattr(n.func, "id", getattr(n.func, "attr", None)) == "scoped"
-               for n in ast.walk(tree))
+    return any(
+        isinstance(n, ast.Call) and getattr(n.func, "id", getattr(n.func, "attr", None)) == "scoped"
+        for n in ast.walk(tree)
+    )
 
 
 def _is_module_class(init) -> bool:

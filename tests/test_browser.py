@@ -5,6 +5,7 @@ Starts JupyterLab on a free localhost port over a temporary copy of the notebook
 checks the saved result has no untagged errors, moves an ipywidgets slider and
 checks the figure it drives was re-rendered. Screenshots go to test-artifacts/.
 """
+
 from __future__ import annotations
 
 import base64
@@ -25,8 +26,14 @@ ARTIFACTS = ROOT / "test-artifacts" / "browser"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 NOTEBOOK = "01-quantization-fundamentals.ipynb"
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
 ]
 
 if not os.path.exists(CHROMIUM):
@@ -67,11 +74,21 @@ def lab(tmp_path_factory):
         JUPYTER_CONFIG_DIR=str(work / "config"),
     )
     cmd = [
-        sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-        f"--ServerApp.root_dir={nb_dir}", "--IdentityProvider.token=", "--ServerApp.password=",
-        "--ServerApp.disable_check_xsrf=True", "--LabApp.news_url=", "--allow-root",
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        f"--port={port}",
+        "--ip=127.0.0.1",
+        f"--ServerApp.root_dir={nb_dir}",
+        "--IdentityProvider.token=",
+        "--ServerApp.password=",
+        "--ServerApp.disable_check_xsrf=True",
+        "--LabApp.news_url=",
+        "--allow-root",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-        "--LabServerApp.extension_manager=readonly", "--ServerApp.open_browser=False",
+        "--LabServerApp.extension_manager=readonly",
+        "--ServerApp.open_browser=False",
     ]
     log = open(work / "server.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=work)
@@ -133,7 +150,8 @@ def test_notebook_runs_and_widget_redraws_plot(lab, browser):
     page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
     page.wait_for_function(
         """() => {
-            const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.textContent.trim());
+            const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
+                .map(p => p.textContent.trim());
             return prompts.length > 0 && prompts.every(t => /^\\[\\d+\\]:$/.test(t));
         }""",
         timeout=240_000,

@@ -1,5 +1,6 @@
 """qlab.checkpoints: one registry, data/checkpoints.json; every checkpoint loads, is the file the registry
 records, and reaches the accuracy it records."""
+
 from __future__ import annotations
 
 import json
@@ -43,7 +44,9 @@ def test_training_script_recipe_matches_the_registry(script, name):
         sys.path.pop(0)
     info = checkpoints.info(name)
     recipe = mod.RECIPES[name]
-    assert info["arch"] == recipe["arch"] and info["kwargs"] == recipe["kwargs"] and info["input_size"] == recipe["size"]
+    assert (
+        info["arch"] == recipe["arch"] and info["kwargs"] == recipe["kwargs"] and info["input_size"] == recipe["size"]
+    )
     assert all(info["recipe"][k] == v for k, v in recipe.items() if k not in ("arch", "kwargs", "size"))
 
 
@@ -71,8 +74,18 @@ def test_unknown_name_is_refused():
 def test_registry_holds_what_reproduction_needs():
     reg = json.loads((checkpoints.DATA_DIR / checkpoints.REGISTRY).read_text())
     for name, info in reg.items():
-        for key in ("file", "sha256", "arch", "kwargs", "input_size", "test_correct", "test_total", "recipe", "command",
-                    "made_with"):
+        for key in (
+            "file",
+            "sha256",
+            "arch",
+            "kwargs",
+            "input_size",
+            "test_correct",
+            "test_total",
+            "recipe",
+            "command",
+            "made_with",
+        ):
             assert key in info, (name, key)
 
 

@@ -1,4 +1,5 @@
 """qlab.data: the bundled scikit-learn digits, split, normalised and batched deterministically."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -46,7 +47,7 @@ def test_upsampling_preserves_the_mean_image():
 def test_loaders_are_deterministic():
     a, test_a = data.loaders(size=8, batch_size=100, seed=3)
     b, test_b = data.loaders(size=8, batch_size=100, seed=3)
-    for (xa, ya), (xb, yb) in zip(a, b):
+    for (xa, ya), (xb, yb) in zip(a, b, strict=False):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     first_a = next(iter(a))[1]
     assert not torch.equal(first_a, data.digits("train").tensors[1][:100])  # shuffled

@@ -1,4 +1,5 @@
 """qlab.diagnose: the seed, and multi-layer models (eager and FX) with a mismatch planted in a known layer."""
+
 from __future__ import annotations
 
 import copy
@@ -10,6 +11,7 @@ from torch import nn
 from torch.ao.quantization import QConfigMapping
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
 
+import qlab
 from qlab import mismatch as mm
 from qlab.diagnose import CAUSES, diagnose
 
@@ -29,9 +31,15 @@ class Net(nn.Module):
 
 
 def _qconfig():
-    act = tq.FakeQuantize.with_args(observer=tq.MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8)
+    act = tq.FakeQuantize.with_args(
+        observer=tq.MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8
+    )
     wt = tq.FakeQuantize.with_args(
-        observer=tq.MovingAveragePerChannelMinMaxObserver, quant_min=-128, quant_max=127, dtype=torch.qint8, qscheme=torch.per_channel_symmetric
+        observer=tq.MovingAveragePerChannelMinMaxObserver,
+        quant_min=-128,
+        quant_max=127,
+        dtype=torch.qint8,
+        qscheme=torch.per_channel_symmetric,
     )
     return tq.QConfig(activation=act, weight=wt)
 
@@ -41,22 +49,24 @@ X = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(0))
 
 @pytest.fixture(scope="module")
 def eager():
-    torch.manual_seed(0)
-    torch.backends.quantized.engine = "fbgemm"
-    m = Net()
-    tq.fuse_modules_qat(m, [["conv1", "relu1"], ["conv2", "relu2"]], inplace=True)
-    m.qconfig = _qconfig()
-    mp = tq.prepare_qat(m.train())
-    for _ in range(4):
-        mp(X)
-    mp.apply(tq.disable_observer).eval()
-    return mp, tq.convert(copy.deepcopy(mp))
+    with qlab.scoped(engine="fbgemm", seed=0):  # the models are built and converted under fbgemm, run under x86
+        m = Net()
+        tq.fuse_modules_qat(m, [["conv1", "relu1"], ["conv2", "relu2"]], inplace=True)
+        m.qconfig = _qconfig()
+        mp = tq.prepare_qat(m.train())
+        for _ in range(4):
+            mp(X)
+        mp.apply(tq.disable_observer).eval()
+        return mp, tq.convert(copy.deepcopy(mp))
 
 
 @pytest.fixture(scope="module")
 def fx():
-    torch.manual_seed(0)
-    torch.backends.quantized.engine = "fbgemm"
+    with qlab.scoped(engine="fbgemm", seed=0):
+        return _fx()
+
+
+def _fx():
     mp = prepare_qat_fx(Net().train(), QConfigMapping().set_global(_qconfig()), (X,))
     for _ in range(4):
         mp(X)
@@ -70,7 +80,10 @@ def test_seed_model_points_at_the_fused_weight_qparams():
     first = d.first_divergence
     assert first.name == "conv" and first.cause == CAUSES["fused_qparams"]
     assert first.qparams_differ == ["weight"]
-    assert first.weight_fake == ((pytest.approx(1 / 255),), (-128,)) and first.weight_real == ((pytest.approx(2 / 255),), (0,))
+    assert first.weight_fake == ((pytest.approx(1 / 255),), (-128,)) and first.weight_real == (
+        (pytest.approx(2 / 255),),
+        (0,),
+    )
     assert first.weight_values_differ == 3 and first.max_lsb == 1.0
     assert d["quant"].max_lsb == 0
     assert "first diverging layer: conv" in repr(d)
@@ -109,7 +122,9 @@ def test_tampered_integer_weight_is_found(kind, request):
     w, b = bad.conv2.weight(), bad.conv2.bias()
     codes = w.int_repr().clone()
     codes[3, 2, 1, 1] = max(-128, int(codes[3, 2, 1, 1]) - 9)
-    bad.conv2.set_weight_bias(torch._make_per_channel_quantized_tensor(codes, w.q_per_channel_scales(), w.q_per_channel_zero_points(), 0), b)
+    bad.conv2.set_weight_bias(
+        torch._make_per_channel_quantized_tensor(codes, w.q_per_channel_scales(), w.q_per_channel_zero_points(), 0), b
+    )
     d = diagnose(mp, bad, X)
     assert d.first_divergence.name == "conv2" and d["conv2"].cause == CAUSES["weights"]
     assert d["conv2"].weights_differ == 1 and d["conv2"].first_weight_diff[0] == (3, 2, 1, 1)

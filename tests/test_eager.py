@@ -1,12 +1,12 @@
 """qlab.eager: eager PTQ under the engine it packs for, models that run on their engine, QAT fine-tuning."""
+
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.ao.quantization as tq
 
-import pytest
-
-from qlab import checkpoints, data, eager, models
+from qlab import checkpoints, data, eager
 from qlab.fake_quant import FakeQuantize
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*quantized tensor creation functions.*deprecated:UserWarning")]
@@ -36,10 +36,11 @@ def test_ptq_runs_under_its_engine_and_keeps_the_callers(cnn):
 def test_qat_finetune_records_ranges_and_freezes(cnn):
     model = tq.fuse_modules_qat(cnn.__class__().train(), cnn.fuse_spec())
     model.load_state_dict(tq.fuse_modules_qat(checkpoints.load("digits_cnn").train(), cnn.fuse_spec()).state_dict())
-    model.qconfig = tq.QConfig(activation=FakeQuantize.with_args(quant_min=0, quant_max=255),
-                               weight=tq.default_per_channel_weight_fake_quant)
+    model.qconfig = tq.QConfig(
+        activation=FakeQuantize.with_args(quant_min=0, quant_max=255), weight=tq.default_per_channel_weight_fake_quant
+    )
     model = tq.prepare_qat(model)
-    loader = [b for b, _ in zip(data.loaders(size=16, batch_size=32)[0], range(5))]
+    loader = [b for b, _ in zip(data.loaders(size=16, batch_size=32)[0], range(5), strict=False)]
     loss, history = eager.qat_finetune(model, loader, {"input": "quant", "fc": "fc"}, freeze_at=3)
     assert loss > 0 and [len(h) for h in history.values()] == [5, 5]
     assert history["fc"][2] == history["fc"][4] != history["fc"][0]  # frozen after step 3

@@ -1,4 +1,5 @@
 """Every exercise checker accepts its reference solution and gives specific feedback on typical wrong answers."""
+
 from __future__ import annotations
 
 import pytest
@@ -32,6 +33,7 @@ def _ptq_pt2e(*, convert=True, set_global=True, dynamic=True, batches=None, modu
 
     return ptq_pt2e
 
+
 WRONG = {
     "01.1": [
         (lambda lo, hi: ((hi - lo) / 255, -lo / ((hi - lo) / 255)), "must be an integer code"),
@@ -52,10 +54,14 @@ WRONG = {
     "02.1": [
         (lambda x, p: (x.min(), x.max()), "that is MinMax's range"),
         (lambda x, p: (torch.quantile(x.flatten(), p / 100), torch.quantile(x.flatten(), 1 - p / 100)), "swapped"),
-        (lambda x, p: (-torch.quantile(x.abs().flatten(), p / 100), torch.quantile(x.abs().flatten(), p / 100)),
-         "percentile of |x|"),
-        (lambda x, p: (torch.quantile(x.flatten(), p / 100), torch.quantile(x.flatten(), p / 100)),
-         "lo is the (100 - p)-th percentile"),
+        (
+            lambda x, p: (-torch.quantile(x.abs().flatten(), p / 100), torch.quantile(x.abs().flatten(), p / 100)),
+            "percentile of |x|",
+        ),
+        (
+            lambda x, p: (torch.quantile(x.flatten(), p / 100), torch.quantile(x.flatten(), p / 100)),
+            "lo is the (100 - p)-th percentile",
+        ),
         (lambda x, p: (torch.quantile(x.flatten(), 1 - p), torch.quantile(x.flatten(), p)), "not a percentage"),
         (lambda x, p: (torch.quantile(x.flatten(), 0.001), torch.quantile(x.flatten(), 0.999)), "for p = 99.0"),
         (lambda x, p: x.max(), "answer with a pair"),
@@ -79,11 +85,24 @@ WRONG = {
         ((8 / 255, 32), "answer with a dict"),
     ],
     "03.1": [
-        ([["features.0", "features.1"], ["features.3", "features.4"], ["features.7", "features.8"],
-          ["features.11", "features.12"]], "fuse the ReLU too"),
-        ([["features.0", "features.1", "features.2"], ["features.3", "features.4", "features.5"],
-          ["features.6", "features.7", "features.8"], ["features.10", "features.11", "features.12"]],
-         "features.6 is a MaxPool2d"),
+        (
+            [
+                ["features.0", "features.1"],
+                ["features.3", "features.4"],
+                ["features.7", "features.8"],
+                ["features.11", "features.12"],
+            ],
+            "fuse the ReLU too",
+        ),
+        (
+            [
+                ["features.0", "features.1", "features.2"],
+                ["features.3", "features.4", "features.5"],
+                ["features.6", "features.7", "features.8"],
+                ["features.10", "features.11", "features.12"],
+            ],
+            "features.6 is a MaxPool2d",
+        ),
         ([["features.0", "features.1", "features.2"], ["fc"]], "fc is followed by the DeQuantStub"),
         ([["features.2", "features.1", "features.0"]], "data-flow order"),
         ([["0", "1", "2"]], "dotted names"),
@@ -102,23 +121,35 @@ WRONG = {
     "03.3": [
         (lambda self, x: self.dequant(self.fc(self.flatten(self.relu(self.conv(x))))), "call self.quant(x) first"),
         (lambda self, x: self.fc(self.flatten(self.relu(self.conv(self.quant(x))))), "call self.dequant"),
-        (lambda self, x: self.fc(self.dequant(self.flatten(self.relu(self.conv(self.quant(x)))))),
-         "self.dequant must come last, after self.fc"),
-        (lambda self, x: self.dequant(self.fc(self.flatten(self.relu(self.quant(self.conv(x)))))),
-         "self.quant must come before self.conv"),
+        (
+            lambda self, x: self.fc(self.dequant(self.flatten(self.relu(self.conv(self.quant(x)))))),
+            "self.dequant must come last, after self.fc",
+        ),
+        (
+            lambda self, x: self.dequant(self.fc(self.flatten(self.relu(self.quant(self.conv(x)))))),
+            "self.quant must come before self.conv",
+        ),
         (lambda self, x: self.dequant(self.fc(self.flatten(self.conv(self.quant(x))))), "never calls self.relu"),
-        (lambda self, x: self.dequant(self.fc(self.flatten(self.relu(self.conv(self.quant(x))) + 1))),
-         "after prepare/convert your forward fails"),
+        (
+            lambda self, x: self.dequant(self.fc(self.flatten(self.relu(self.conv(self.quant(x))) + 1))),
+            "after prepare/convert your forward fails",
+        ),
     ],
     "04.1": [
         (lambda x, s, z, qmin, qmax: torch.ones_like(x), "the gradient is 0 where the code was clamped"),
         (lambda x, s, z, qmin, qmax: torch.zeros_like(x), "rounding's true gradient is 0"),
-        (lambda x, s, z, qmin, qmax: ((x >= s * (qmin - z)) & (x <= s * (qmax - z))).float(),
-         "tests the rounded code, not x"),
-        (lambda x, s, z, qmin, qmax: ((torch.round(x / s) + z > qmin) & (torch.round(x / s) + z < qmax)).float(),
-         "qmin and qmax are valid codes"),
-        (lambda x, s, z, qmin, qmax: ((torch.round(x / s) >= qmin) & (torch.round(x / s) <= qmax)).float(),
-         "add the zero point"),
+        (
+            lambda x, s, z, qmin, qmax: ((x >= s * (qmin - z)) & (x <= s * (qmax - z))).float(),
+            "tests the rounded code, not x",
+        ),
+        (
+            lambda x, s, z, qmin, qmax: ((torch.round(x / s) + z > qmin) & (torch.round(x / s) + z < qmax)).float(),
+            "qmin and qmax are valid codes",
+        ),
+        (
+            lambda x, s, z, qmin, qmax: ((torch.round(x / s) >= qmin) & (torch.round(x / s) <= qmax)).float(),
+            "add the zero point",
+        ),
         (lambda x, s, z, qmin, qmax: [1, 0], "one gradient per element"),
     ],
     "04.2": [
@@ -145,12 +176,22 @@ WRONG = {
         (7, "answer with a pair"),
     ],
     "05.2": [
-        (get_default_qconfig_mapping("x86").set_object_type(nn.Linear, None),
-         "set_object_type(torch.ao.nn.intrinsic.LinearReLU, None)"),
-        (get_default_qconfig_mapping("x86").set_module_name("fc", None), "head is still int8: set_module_name matches one"),
-        (get_default_qconfig_mapping("x86").set_object_type(F.linear, None),
-         "fc and head are still int8: set_object_type(F.linear, None) matches calls of the function"),
-        (get_default_qconfig_mapping("x86"), "fc and head are still int8: set the qconfig of each linear layer to None"),
+        (
+            get_default_qconfig_mapping("x86").set_object_type(nn.Linear, None),
+            "set_object_type(torch.ao.nn.intrinsic.LinearReLU, None)",
+        ),
+        (
+            get_default_qconfig_mapping("x86").set_module_name("fc", None),
+            "head is still int8: set_module_name matches one",
+        ),
+        (
+            get_default_qconfig_mapping("x86").set_object_type(F.linear, None),
+            "fc and head are still int8: set_object_type(F.linear, None) matches calls of the function",
+        ),
+        (
+            get_default_qconfig_mapping("x86"),
+            "fc and head are still int8: set the qconfig of each linear layer to None",
+        ),
         (QConfigMapping(), "nothing is quantized"),
         (get_default_qconfig_mapping("x86").set_module_name("conv", None), "the conv must stay int8"),
         (None, "answer with a QConfigMapping"),
@@ -212,33 +253,56 @@ WRONG = {
         ({"b"}, "missing a (x * 0.125 (scale q)): it fails, aten::mul.Tensor has no QuantizedCPU kernel"),
         ({"a", "b", "d", "e"}, "missing c (x.softmax(-1))"),
         ({"a", "b", "c", "e"}, "missing d (a + b)"),
-        ({"a", "b", "c", "d", "e", "f"}, "not f (F.gelu): it runs on quantized tensors: its aten op has a QuantizedCPU kernel"),
-        ({"a", "b", "c", "d", "e", "g"}, "not g (x.reshape(...)): it runs on quantized tensors: it has no QuantizedCPU kernel of its own"),
+        (
+            {"a", "b", "c", "d", "e", "f"},
+            "not f (F.gelu): it runs on quantized tensors: its aten op has a QuantizedCPU kernel",
+        ),
+        (
+            {"a", "b", "c", "d", "e", "g"},
+            "not g (x.reshape(...)): it runs on quantized tensors: it has no QuantizedCPU kernel of its own",
+        ),
         ({"a", "b", "c", "d", "e", "i"}, "not i"),
         ({"a", "c", "d", "e"}, "aten::bmm has no QuantizedCPU kernel"),
         (None, "answer with a set of letters"),
     ],
     "08.2": [
         (lambda a, b, s, z: a.dequantize() @ b.dequantize(), "quantize the float32 product"),
-        (lambda a, b, s, z: torch.quantize_per_tensor((a.int_repr().float() @ b.int_repr().float()) * a.q_scale()
-                                                      * b.q_scale(), s, z, torch.quint8), "subtract each operand's zero point"),
-        (lambda a, b, s, z: torch.quantize_per_tensor(a.dequantize() @ b.dequantize(), a.q_scale(), a.q_zero_point(),
-                                                      torch.quint8), "the output carries its own qparams"),
-        (lambda a, b, s, z: torch.clamp(torch.trunc(a.dequantize() @ b.dequantize() / s) + z, 0, 255).to(torch.uint8),
-         "don't truncate"),
-        (lambda a, b, s, z: torch.quantize_per_tensor(a.dequantize() @ b.dequantize(), s, z, torch.qint8), "got torch.qint8"),
+        (
+            lambda a, b, s, z: torch.quantize_per_tensor(
+                (a.int_repr().float() @ b.int_repr().float()) * a.q_scale() * b.q_scale(), s, z, torch.quint8
+            ),
+            "subtract each operand's zero point",
+        ),
+        (
+            lambda a, b, s, z: torch.quantize_per_tensor(
+                a.dequantize() @ b.dequantize(), a.q_scale(), a.q_zero_point(), torch.quint8
+            ),
+            "the output carries its own qparams",
+        ),
+        (
+            lambda a, b, s, z: torch.clamp(torch.trunc(a.dequantize() @ b.dequantize() / s) + z, 0, 255).to(
+                torch.uint8
+            ),
+            "don't truncate",
+        ),
+        (
+            lambda a, b, s, z: torch.quantize_per_tensor(a.dequantize() @ b.dequantize(), s, z, torch.qint8),
+            "got torch.qint8",
+        ),
         (lambda a, b, s, z: torch.ops.quantized.matmul(a, b, s, z)[0], "return a quint8 tensor of shape"),
-        (lambda a, b, s, z: torch.quantize_per_tensor(a.dequantize() @ b.dequantize() * 1.01, s, z, torch.quint8),
-         "codes differ from quantized::matmul"),
+        (
+            lambda a, b, s, z: torch.quantize_per_tensor(a.dequantize() @ b.dequantize() * 1.01, s, z, torch.quint8),
+            "codes differ from quantized::matmul",
+        ),
     ],
     "08.3": [
         (lambda sq, sk, so, d: sq * sk / so, "you left out the attention scale"),
-        (lambda sq, sk, so, d: sq * sk * d ** 0.5 / so, "not multiplied"),
+        (lambda sq, sk, so, d: sq * sk * d**0.5 / so, "not multiplied"),
         (lambda sq, sk, so, d: sq * sk / d / so, "not one over head_dim"),
-        (lambda sq, sk, so, d: sq * sk * d ** -0.5, "divide by the output scale s_o as well"),
-        (lambda sq, sk, so, d: sq * sk * d ** -0.5 * so, "don't multiply"),
-        (lambda sq, sk, so, d: so * d ** 0.5 / (sq * sk), "upside down"),
-        (lambda sq, sk, so, d: 2 * sq * sk * d ** -0.5 / so, "output codes differ"),
+        (lambda sq, sk, so, d: sq * sk * d**-0.5, "divide by the output scale s_o as well"),
+        (lambda sq, sk, so, d: sq * sk * d**-0.5 * so, "don't multiply"),
+        (lambda sq, sk, so, d: so * d**0.5 / (sq * sk), "upside down"),
+        (lambda sq, sk, so, d: 2 * sq * sk * d**-0.5 / so, "output codes differ"),
         (lambda sq, sk, so, d: "M", "return a number"),
     ],
     "09.1": [
@@ -283,7 +347,8 @@ def test_unanswered_exercise_says_so():
 
 def test_02_2_answer_holds_on_the_notebooks_activations():
     """02.2's answer, executed on notebook 02's data (features.13 of the digits CNN, 4 batches of 32 images):
-    a 100x outlier in the last batch costs MinMax and MSE > 20 dB, the moving average about one bit, the others little."""
+    a 100x outlier in the last batch costs MinMax and MSE > 20 dB, the moving average about one bit, the others
+    little."""
     from qlab import checkpoints, data, models
     from qlab import observers as qobs
 
@@ -291,8 +356,13 @@ def test_02_2_answer_holds_on_the_notebooks_activations():
     calib = models.capture_activations(cnn, data.calibration_batches(128, size=16), ["features.13"])["features.13"]
     x_test, _ = data.digits("test", size=16).tensors
     heldout = models.capture_activations(cnn, [x_test], ["features.13"])["features.13"]
-    obs = {"MinMax": qobs.MinMaxObserver, "MovingAverage": qobs.MovingAverageMinMaxObserver,
-           "Histogram": qobs.HistogramObserver, "Percentile": qobs.PercentileObserver, "MSE": qobs.MSEObserver}
+    obs = {
+        "MinMax": qobs.MinMaxObserver,
+        "MovingAverage": qobs.MovingAverageMinMaxObserver,
+        "Histogram": qobs.HistogramObserver,
+        "Percentile": qobs.PercentileObserver,
+        "MSE": qobs.MSEObserver,
+    }
     assert set(obs) == set(nb02.OBSERVERS_02)
     base = qobs.compare_observers(obs, torch.split(calib, 32), heldout)
     spiked = calib.clone()

@@ -1,4 +1,5 @@
 """qlab.fake_quant.FakeQuantize against torch.ao.quantization.FakeQuantize: forward and backward, bit for bit."""
+
 from __future__ import annotations
 
 import copy
@@ -11,6 +12,7 @@ import torch.ao.quantization.observer as tobs
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+import qlab
 import qlab.observers as qobs
 from qlab.fake_quant import FakeQuantize
 
@@ -57,7 +59,11 @@ def fq_config(draw):
 
 
 @SETTINGS
-@given(cfg=fq_config(), seed=st.integers(0, 2**31 - 1), toggles=st.lists(st.sampled_from(["obs", "fq", "none"]), min_size=1, max_size=6))
+@given(
+    cfg=fq_config(),
+    seed=st.integers(0, 2**31 - 1),
+    toggles=st.lists(st.sampled_from(["obs", "fq", "none"]), min_size=1, max_size=6),
+)
 def test_forward_backward_and_state_equal_torch(cfg, seed, toggles):
     name, kw = cfg
     t, q = _pair(name, **kw)
@@ -83,7 +89,7 @@ def test_forward_backward_and_state_equal_torch(cfg, seed, toggles):
         assert torch.equal(xt.grad, xq.grad)
         assert torch.equal(t.scale, q.scale) and torch.equal(t.zero_point, q.zero_point)
         assert t.zero_point.dtype == q.zero_point.dtype == torch.int32
-    for a, b in zip(t.calculate_qparams(), q.calculate_qparams()):
+    for a, b in zip(t.calculate_qparams(), q.calculate_qparams(), strict=False):
         assert torch.equal(a, b) and a.dtype == b.dtype
 
 
@@ -109,9 +115,11 @@ def test_state_dict_matches_torch_layout_and_round_trips():
     t(x)
     q(x)
     assert list(t.state_dict()) == list(q.state_dict())
-    fresh = FakeQuantize(qobs.MovingAveragePerChannelMinMaxObserver, dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+    fresh = FakeQuantize(
+        qobs.MovingAveragePerChannelMinMaxObserver, dtype=torch.qint8, qscheme=torch.per_channel_symmetric
+    )
     fresh.load_state_dict(t.state_dict())  # torch's state loads into qlab's module
-    for a, b in zip(fresh.state_dict().values(), q.state_dict().values()):
+    for a, b in zip(fresh.state_dict().values(), q.state_dict().values(), strict=False):
         assert torch.equal(a, b)
     fresh.disable_observer()
     q.disable_observer()
@@ -173,7 +181,11 @@ class _Net(torch.nn.Module):
 def _qat_qconfig(fq_cls, obs):
     act = fq_cls.with_args(observer=obs["moving"], quant_min=0, quant_max=255, reduce_range=True)
     wt = fq_cls.with_args(
-        observer=obs["moving-per-channel"], quant_min=-128, quant_max=127, dtype=torch.qint8, qscheme=torch.per_channel_symmetric
+        observer=obs["moving-per-channel"],
+        quant_min=-128,
+        quant_max=127,
+        dtype=torch.qint8,
+        qscheme=torch.per_channel_symmetric,
     )
     return tq.QConfig(activation=act, weight=wt)
 
@@ -190,28 +202,24 @@ def test_prepare_qat_train_convert_equals_torch():
         models.append(m)
         opts.append(torch.optim.SGD(m.parameters(), lr=0.1))
     g = torch.Generator().manual_seed(1)
-    for step in range(5):
+    for _step in range(5):
         x, y = torch.randn(8, 1, 6, 6, generator=g), torch.randint(0, 3, (8,), generator=g)
         outs = []
-        for m, opt in zip(models, opts):
+        for m, opt in zip(models, opts, strict=False):
             opt.zero_grad()
             out = m(x)
             torch.nn.functional.cross_entropy(out, y).backward()
             opt.step()
             outs.append(out)
         assert torch.equal(outs[0], outs[1])
-        for (n, a), (_, b) in zip(models[0].named_parameters(), models[1].named_parameters()):
+        for (n, a), (_, b) in zip(models[0].named_parameters(), models[1].named_parameters(), strict=False):
             assert torch.equal(a, b), n
     assert isinstance(models[1].conv.weight_fake_quant, FakeQuantize)
     models[0].apply(tq.disable_observer)
     models[1].apply(tq.disable_observer)  # torch.ao's helpers recognise qlab's module
     assert int(models[1].conv.weight_fake_quant.observer_enabled) == 0
-    engine = torch.backends.quantized.engine
-    try:
-        torch.backends.quantized.engine = "x86"
+    with qlab.scoped(engine="x86"):
         int8 = [tq.convert(m.eval()) for m in models]
-    finally:
-        torch.backends.quantized.engine = engine
     assert torch.equal(int8[0].conv.weight().int_repr(), int8[1].conv.weight().int_repr())
     x = torch.randn(8, 1, 6, 6, generator=g)
     assert torch.equal(int8[0](x), int8[1](x))

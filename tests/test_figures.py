@@ -1,4 +1,6 @@
-"""The figures of notebooks 02-04 (qlab.observers.figures, qlab.eager): each draws on a Figure and returns what it shows."""
+"""The figures of notebooks 02-04 (qlab.observers.figures, qlab.eager): each draws on a Figure and returns what it
+shows."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -13,7 +15,11 @@ from qlab.widgets import LiveFigure
 
 matplotlib.use("Agg")
 
-OBS = {"MinMax": qobs.MinMaxObserver, "Percentile": qobs.PercentileObserver.with_args(percentile=99.0), "MSE": qobs.MSEObserver}
+OBS = {
+    "MinMax": qobs.MinMaxObserver,
+    "Percentile": qobs.PercentileObserver.with_args(percentile=99.0),
+    "MSE": qobs.MSEObserver,
+}
 
 
 def _acts(n=64, seed=0):
@@ -45,7 +51,9 @@ def test_observer_explorer_outlier_images_and_bits():
     assert few["report"]["MinMax"]["hi"] == float(calib[:4].max())
     four = figures.draw_explorer(Figure(), calibration=calib, heldout=held, observers=OBS, n_images=64, bits=4)
     assert four["report"]["MinMax"]["sqnr_db"] < base["report"]["MinMax"]["sqnr_db"] - 15
-    assert float(four["report"]["MinMax"]["scale"]) == pytest.approx(float(base["report"]["MinMax"]["scale"]) * 255 / 15)
+    assert float(four["report"]["MinMax"]["scale"]) == pytest.approx(
+        float(base["report"]["MinMax"]["scale"]) * 255 / 15
+    )
 
 
 def test_observer_explorer_in_a_live_figure_redraws():
@@ -53,7 +61,9 @@ def test_observer_explorer_in_a_live_figure_redraws():
 
     calib, held = _acts(64, 0), _acts(32, 1)
     live = LiveFigure(
-        lambda fig, outlier: figures.draw_explorer(fig, calibration=calib, heldout=held, observers=OBS, outlier=outlier, n_images=64),
+        lambda fig, outlier: figures.draw_explorer(
+            fig, calibration=calib, heldout=held, observers=OBS, outlier=outlier, n_images=64
+        ),
         {"outlier": W.SelectionSlider(options=[0, 100], value=0)},
     )
     before = live.result["report"]["MinMax"]["hi"]
@@ -68,7 +78,9 @@ def test_observer_explorer_in_a_live_figure_redraws():
 )
 def test_observer_explorer_checks_arguments(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
-        figures.draw_explorer(Figure(), calibration=_acts(8), heldout=_acts(8), observers=OBS, **{"n_images": 8, **kwargs})
+        figures.draw_explorer(
+            Figure(), calibration=_acts(8), heldout=_acts(8), observers=OBS, **{"n_images": 8, **kwargs}
+        )
 
 
 def test_channel_ranges():
@@ -96,7 +108,11 @@ def test_fake_quant_ranges():
     history = {"a": [(0.0, 1.0), (0.0, 2.0), (0.0, 2.0)], "b": [(-1.0, 1.0)] * 3}
     fig = Figure()
     shown = eager.draw_fake_quant_ranges(fig, history, freeze_at=2, title="t")
-    assert shown == {"steps": 3, "start": {"a": (0.0, 1.0), "b": (-1.0, 1.0)}, "end": {"a": (0.0, 2.0), "b": (-1.0, 1.0)}}
+    assert shown == {
+        "steps": 3,
+        "start": {"a": (0.0, 1.0), "b": (-1.0, 1.0)},
+        "end": {"a": (0.0, 2.0), "b": (-1.0, 1.0)},
+    }
     assert len(fig.axes) == 4  # hi and lo rows, one column per module
     with pytest.raises(ValueError, match="pairs"):
         eager.draw_fake_quant_ranges(Figure(), {"a": [1.0, 2.0]})

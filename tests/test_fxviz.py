@@ -1,4 +1,5 @@
 """qlab.fxviz: node kinds and the graph drawing (notebooks 05 and 06)."""
+
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,5 @@
 """qlab.int_conv against PyTorch's quantized conv (fbgemm, qnnpack) and its own arithmetic."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,17 +9,24 @@ import torch.ao.nn.quantized as nnq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import qlab
 from qlab.int_conv import REQUANT_MODES, conv2d_acc, conv2d_int, requantize
 
 
 def _torch_conv(engine, xc, xs, xz, wc, ws, b, ys, yz, relu, stride, padding):
-    torch.backends.quantized.engine = engine
+    with qlab.scoped(engine=engine):
+        return _torch_conv_on_engine(xc, xs, xz, wc, ws, b, ys, yz, relu, stride, padding)
+
+
+def _torch_conv_on_engine(xc, xs, xz, wc, ws, b, ys, yz, relu, stride, padding):
     xq = torch._make_per_tensor_quantized_tensor(xc, xs, xz)
     if isinstance(ws, torch.Tensor):
         wq = torch._make_per_channel_quantized_tensor(wc, ws.double(), torch.zeros(len(ws), dtype=torch.long), 0)
     else:
         wq = torch._make_per_tensor_quantized_tensor(wc, ws, 0)
-    conv = (nniq.ConvReLU2d if relu else nnq.Conv2d)(wc.shape[1], wc.shape[0], wc.shape[2:], stride=stride, padding=padding)
+    conv = (nniq.ConvReLU2d if relu else nnq.Conv2d)(
+        wc.shape[1], wc.shape[0], wc.shape[2:], stride=stride, padding=padding
+    )
     conv.set_weight_bias(wq, b)
     conv.scale, conv.zero_point = ys, yz
     return conv(xq).int_repr()
@@ -69,10 +77,7 @@ def test_int32_bias_mode_is_bit_exact_with_qnnpack(p):
     xc, xs, xz, wc, ws, b, ys, yz, relu, stride, pad = _make(p)
     real = _torch_conv("qnnpack", xc, xs, xz, wc, ws, b, ys, yz, relu, stride, pad)
     ref = conv2d_int(xc, xs, xz, wc, ws, ys, yz, b, stride=stride, padding=pad, relu=relu, requant="int32_bias")
-    torch.backends.quantized.engine = "fbgemm"
     assert torch.equal(real, ref)
-
-
 
 
 def test_requant_modes_agree_away_from_ties():
@@ -95,10 +100,23 @@ def test_int16_pairs_saturate_only_large_pairs():
 @pytest.mark.parametrize(
     "call, exc, match",
     [
-        (lambda: conv2d_acc(torch.zeros(1, 2, 2, 2), 0, torch.zeros(1, 2, 1, 1, dtype=torch.int8)), TypeError, "x_q must have dtype"),
-        (lambda: requantize(torch.zeros(1, 1), 1.0, 1.0, 1.0, 0, requant="magic"), ValueError, "requant must be one of"),
         (
-            lambda: conv2d_acc(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), 0, torch.zeros(1, 3, 1, 1, dtype=torch.int8), int16_pairs=True),
+            lambda: conv2d_acc(torch.zeros(1, 2, 2, 2), 0, torch.zeros(1, 2, 1, 1, dtype=torch.int8)),
+            TypeError,
+            "x_q must have dtype",
+        ),
+        (
+            lambda: requantize(torch.zeros(1, 1), 1.0, 1.0, 1.0, 0, requant="magic"),
+            ValueError,
+            "requant must be one of",
+        ),
+        (
+            lambda: conv2d_acc(
+                torch.zeros(1, 3, 2, 2, dtype=torch.uint8),
+                0,
+                torch.zeros(1, 3, 1, 1, dtype=torch.int8),
+                int16_pairs=True,
+            ),
             ValueError,
             "even C_in",
         ),

@@ -7,6 +7,7 @@
 * errors name the argument and the allowed values.
 The fallback, the build cache and QLAB_ISA run in subprocesses: tests/test_kernels_subprocess.py.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,6 +21,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import qlab
 import qlab.kernels as qk
 from qlab import requant as RQ
 from qlab.kernels import _ops
@@ -30,8 +32,9 @@ needs_native = pytest.mark.skipif(not NATIVE, reason=f"C++ extension not loaded:
 PATHS = qk.available_isas()
 QRANGE = {torch.uint8: (0, 255), torch.int8: (-128, 127)}
 OUT_DTYPES = [torch.uint8, torch.int8, torch.int32, torch.float32]
-HYP = settings(deadline=None, max_examples=40,
-               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+HYP = settings(
+    deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +74,9 @@ def check_all_paths(op: str, args: tuple, threads=(None,)):
             assert got.dtype == want.dtype and got.shape == want.shape, (name, got.dtype, got.shape, want.shape)
             if not torch.equal(got, want):
                 diff = (got.double() - want.double()).abs()
-                pytest.fail(f"{op} on {name} ({n} threads): {int((diff > 0).sum())} of {want.numel()} differ, max {diff.max()}")
+                pytest.fail(
+                    f"{op} on {name} ({n} threads): {int((diff > 0).sum())} of {want.numel()} differ, max {diff.max()}"
+                )
     return want
 
 
@@ -191,8 +196,9 @@ def test_bmm_rows_read_in_place_past_k():
     for a, K in cases:
         b = codes((B, N, K), torch.int8, g)
         check_all_paths("int8_bmm", (a, b, 0.02, 7, 0.01, 0, 0.4, 9, torch.int8, True, "float"))
-        check_all_paths("int8_bmm", (a, b.transpose(-1, -2).contiguous(), 0.02, 255, 0.01, -3, 1.0, 0, torch.int32,
-                                     False, "float"))
+        check_all_paths(
+            "int8_bmm", (a, b.transpose(-1, -2).contiguous(), 0.02, 255, 0.01, -3, 1.0, 0, torch.int32, False, "float")
+        )
 
 
 @needs_native
@@ -256,8 +262,11 @@ def test_bmm_thread_count_does_not_change_results(batch):
 
 
 @needs_native
-@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 3, 7), (197, 63, 49), (2, 65, 130), (0, 4, 4), (3, 0, 5), (4, 9, 0)],
-                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 1, 1), (5, 3, 7), (197, 63, 49), (2, 65, 130), (0, 4, 4), (3, 0, 5), (4, 9, 0)],
+    ids=lambda s: "x".join(map(str, s)),
+)
 @pytest.mark.parametrize("x_dtype", [torch.uint8, torch.int8])
 def test_linear_edge_shapes_all_paths(shape, x_dtype):
     M, N, K = shape
@@ -305,8 +314,9 @@ def test_linear_accumulators_at_int32_limits(out_scale):
             for relu in (False, True):
                 out = check_all_paths("int8_linear", (x, w, ws, bias, 1.0, 0, out_scale, zo, out_dtype, relu, "float"))
                 assert int(out[0, 0]) == hi and int(out[0, 1]) == (max(lo, zo) if relu else lo)
-                out = check_all_paths("int8_linear",
-                                      (x_big, w_big, torch.ones(2), fbias, 1.0, 0, out_scale, zo, out_dtype, relu, "float"))
+                out = check_all_paths(
+                    "int8_linear", (x_big, w_big, torch.ones(2), fbias, 1.0, 0, out_scale, zo, out_dtype, relu, "float")
+                )
                 assert int(out[0, 0]) == hi and int(out[0, 1]) == (max(lo, zo) if relu else lo)
 
 
@@ -331,7 +341,9 @@ def test_linear_thread_count_does_not_change_results():
         w = codes((N, K), torch.int8, g)
         ws = torch.rand(N, generator=g) * 0.01 + 1e-3
         bias = torch.randn(N, generator=g)
-        check_all_paths("int8_linear", (x, w, ws, bias, 0.02, 128, 0.3, 64, torch.uint8, False, "float"), threads=(1, 2))
+        check_all_paths(
+            "int8_linear", (x, w, ws, bias, 0.02, 128, 0.3, 64, torch.uint8, False, "float"), threads=(1, 2)
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -353,13 +365,10 @@ def _torch_linear(qx, qw, bias, so, zo, relu):
 def x86_engine():
     if "x86" not in torch.backends.quantized.supported_engines:
         pytest.skip("PyTorch was built without the x86 quantized engine")
-    previous = torch.backends.quantized.engine
-    torch.backends.quantized.engine = "x86"
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), qlab.scoped(engine="x86"):
         warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*are deprecated")
         warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*is deprecated")
         yield
-    torch.backends.quantized.engine = previous
 
 
 def _quantized_problem(seed, M, K, N, per_channel, x_range=3.0):
@@ -399,11 +408,31 @@ def test_linear_float_mode_equals_torch_ao_quantized_linear(x86_engine, seed, M,
     for name in PATHS:  # "reference" when the extension is not built: the reference must match too
         if name != "reference":
             qk.set_isa(name)
-        got = qk.int8_linear(qx.int_repr(), qw.int_repr(), wscale, bias, x_scale=qx.q_scale(),
-                             x_zero_point=qx.q_zero_point(), out_scale=so, out_zero_point=zo, relu=relu)
+        got = qk.int8_linear(
+            qx.int_repr(),
+            qw.int_repr(),
+            wscale,
+            bias,
+            x_scale=qx.q_scale(),
+            x_zero_point=qx.q_zero_point(),
+            out_scale=so,
+            out_zero_point=zo,
+            relu=relu,
+        )
         assert torch.equal(got, want), name
-    ref = R.int8_linear(qx.int_repr(), qw.int_repr(), wscale.float(), bias, qx.q_scale(), qx.q_zero_point(), so, zo,
-                        torch.uint8, relu, "float")
+    ref = R.int8_linear(
+        qx.int_repr(),
+        qw.int_repr(),
+        wscale.float(),
+        bias,
+        qx.q_scale(),
+        qx.q_zero_point(),
+        so,
+        zo,
+        torch.uint8,
+        relu,
+        "float",
+    )
     assert torch.equal(ref, want)
 
 
@@ -431,7 +460,11 @@ def _bias_rounding_witness():
             mult = ats / f32(so)
             r_div = torch.round((f32(acc) + t_div) * mult)
             r_rcp = torch.round((f32(acc) + t_rcp) * mult)
-            if float(r_div) != float(r_rcp) and 0 <= min(float(r_div), float(r_rcp)) and max(float(r_div), float(r_rcp)) <= 255:
+            if (
+                float(r_div) != float(r_rcp)
+                and 0 <= min(float(r_div), float(r_rcp))
+                and max(float(r_div), float(r_rcp)) <= 255
+            ):
                 return sx, sw, so, b, acc
     raise AssertionError("no witness found")
 
@@ -444,8 +477,9 @@ def test_linear_float_bias_rounds_like_fbgemm(x86_engine, per_channel):
     w = torch.ones(1, 1, dtype=torch.int8)
     qx = torch._make_per_tensor_quantized_tensor(x, sx, 0)
     if per_channel:
-        qw = torch._make_per_channel_quantized_tensor(w, torch.tensor([sw], dtype=torch.float64),
-                                                      torch.zeros(1, dtype=torch.long), 0)
+        qw = torch._make_per_channel_quantized_tensor(
+            w, torch.tensor([sw], dtype=torch.float64), torch.zeros(1, dtype=torch.long), 0
+        )
         wscale = torch.tensor([sw], dtype=torch.float32)
     else:
         qw = torch._make_per_tensor_quantized_tensor(w, sw, 0)
@@ -547,10 +581,19 @@ def _opcheck_samples():
     ws = torch.rand(6, generator=g) * 0.01 + 1e-3
     return [
         (torch.ops.qlab.int8_bmm.default, (a, b, 0.02, 128, 0.01, 0, 0.1, 3, torch.uint8, True, "float")),
-        (torch.ops.qlab.int8_bmm.default, (a8, b.transpose(-1, -2), 0.02, -5, 0.01, 2, 0.1, -3, torch.int8, False, "fixed")),
+        (
+            torch.ops.qlab.int8_bmm.default,
+            (a8, b.transpose(-1, -2), 0.02, -5, 0.01, 2, 0.1, -3, torch.int8, False, "fixed"),
+        ),
         (torch.ops.qlab.int8_bmm.default, (a, b, 0.02, 1, 0.01, 0, 1.0, 0, torch.float32, True, "float")),
-        (torch.ops.qlab.int8_linear.default, (x, w, ws, torch.randn(6, generator=g), 0.02, 128, 0.1, 0, torch.uint8, True, "float")),
-        (torch.ops.qlab.int8_linear.default, (x, w, ws[0], torch.arange(6, dtype=torch.int32), 0.02, 128, 0.1, 0, torch.int8, False, "fixed")),
+        (
+            torch.ops.qlab.int8_linear.default,
+            (x, w, ws, torch.randn(6, generator=g), 0.02, 128, 0.1, 0, torch.uint8, True, "float"),
+        ),
+        (
+            torch.ops.qlab.int8_linear.default,
+            (x, w, ws[0], torch.arange(6, dtype=torch.int32), 0.02, 128, 0.1, 0, torch.int8, False, "fixed"),
+        ),
         (torch.ops.qlab.int8_linear.default, (x, w, ws, None, 0.02, 128, 1.0, 0, torch.int32, False, "float")),
         (torch.ops.qlab.quantize_per_tensor.default, (torch.randn(3, 5, 7, generator=g), 0.05, 128, torch.uint8)),
         (torch.ops.qlab.quantize_per_tensor.default, (torch.randn(4, 9, generator=g).mT, 0.02, -3, torch.int8)),
@@ -568,8 +611,17 @@ def _attention_int8(q, k, v):
     scores = qk.int8_bmm(q, k, a_scale=0.05, a_zero_point=128, b_scale=0.04, transpose_b=True, out_dtype=torch.float32)
     attn = torch.softmax(scores, dim=-1)
     attn_q = torch.clamp(torch.round(attn * 255), 0, 255).to(torch.uint8)
-    return qk.int8_bmm(attn_q, v, a_scale=1 / 255, a_zero_point=0, b_scale=0.03, out_scale=0.02, out_zero_point=0,
-                       out_dtype=torch.int8, requant="fixed")
+    return qk.int8_bmm(
+        attn_q,
+        v,
+        a_scale=1 / 255,
+        a_zero_point=0,
+        b_scale=0.03,
+        out_scale=0.02,
+        out_zero_point=0,
+        out_dtype=torch.int8,
+        requant="fixed",
+    )
 
 
 def _linear_relu(x, w, ws, bias):
@@ -630,7 +682,9 @@ def test_isa_control():
         with qk.use_isa(name):
             assert qk.isa() == name
         assert qk.isa() == best
-    with pytest.raises(ValueError, match=r"name must be one of \['auto', 'scalar', 'avx2', 'avx512_vnni', 'amx', 'reference'\]"):
+    with pytest.raises(
+        ValueError, match=r"name must be one of \['auto', 'scalar', 'avx2', 'avx512_vnni', 'amx', 'reference'\]"
+    ):
         qk.set_isa("avx1024")
     with pytest.raises(ValueError, match="isa must be one of"):
         torch.ops.qlab._set_isa("avx1024")
@@ -670,7 +724,11 @@ BMM_ERRORS = [
     (dict(a=torch.zeros(2, 3, 8)), TypeError, r"a must have dtype torch.uint8 or torch.int8, got torch.float32"),
     (dict(b=torch.zeros(2, 5, 8, dtype=torch.uint8)), TypeError, r"b must have dtype torch.int8, got torch.uint8"),
     (dict(a=[[1]]), TypeError, r"a must be a torch.Tensor"),
-    (dict(b=torch.zeros(2, 5, 9, dtype=torch.int8)), ValueError, r"b must have shape \[\.\.\., N, K\] with K = a.shape\[-1\] = 8"),
+    (
+        dict(b=torch.zeros(2, 5, 9, dtype=torch.int8)),
+        ValueError,
+        r"b must have shape \[\.\.\., N, K\] with K = a.shape\[-1\] = 8",
+    ),
     (dict(b=torch.zeros(2, 8, 5, dtype=torch.int8)), ValueError, r"with K = a.shape\[-1\] = 8 \(transpose_b=True\)"),
     (dict(b=torch.zeros(3, 5, 8, dtype=torch.int8)), ValueError, r"same batch dimensions"),
     (dict(b=torch.zeros(5, 8, dtype=torch.int8)), ValueError, r"b must have as many dimensions as a"),
@@ -685,9 +743,17 @@ BMM_ERRORS = [
     (dict(b_zero_point=128), ValueError, r"b_zero_point must lie in \[-128, 127\]"),
     (dict(out_zero_point=-1), ValueError, r"out_zero_point must lie in \[0, 255\]"),
     (dict(out_dtype=torch.int8, out_zero_point=200), ValueError, r"out_zero_point must lie in \[-128, 127\]"),
-    (dict(out_dtype=torch.float16), ValueError, r"out_dtype must be one of \[torch.uint8, torch.int8, torch.int32, torch.float32\]"),
+    (
+        dict(out_dtype=torch.float16),
+        ValueError,
+        r"out_dtype must be one of \[torch.uint8, torch.int8, torch.int32, torch.float32\]",
+    ),
     (dict(out_scale=None), ValueError, r"out_scale is required for out_dtype torch.uint8"),
-    (dict(out_dtype=torch.int32), ValueError, r"out_scale and out_zero_point apply to out_dtype torch.uint8 / torch.int8 only"),
+    (
+        dict(out_dtype=torch.int32),
+        ValueError,
+        r"out_scale and out_zero_point apply to out_dtype torch.uint8 / torch.int8 only",
+    ),
     (dict(requant="round"), ValueError, r"requant must be one of \['float', 'fixed'\], got 'round'"),
     (dict(transpose_b=1), TypeError, r"transpose_b must be a bool"),
 ]
@@ -708,7 +774,11 @@ RAW_BMM_ERRORS = [
     (dict(a_zero_point=300), ValueError, r"a_zero_point must lie in \[0, 255\]"),
     (dict(out_dtype=torch.float16), ValueError, r"out_dtype must be one of"),
     (dict(requant="round"), ValueError, r"requant must be one of \['float', 'fixed'\]"),
-    (dict(a_scale=1e-20, b_scale=1e-20, out_scale=1e30), ValueError, r"requantization multiplier .* is not a positive finite float32"),
+    (
+        dict(a_scale=1e-20, b_scale=1e-20, out_scale=1e30),
+        ValueError,
+        r"requantization multiplier .* is not a positive finite float32",
+    ),
     (dict(a_scale=1e-30, b_scale=1e-30), ValueError, r"a_scale \* b_scale = 0(\.0)? is not a positive finite float32"),
 ]
 
@@ -740,20 +810,44 @@ def _linear_kw(**over):
 
 
 LINEAR_ERRORS = [
-    (dict(x=torch.zeros(3, 8, dtype=torch.int32)), TypeError, r"x must have dtype torch.uint8 or torch.int8, got torch.int32"),
+    (
+        dict(x=torch.zeros(3, 8, dtype=torch.int32)),
+        TypeError,
+        r"x must have dtype torch.uint8 or torch.int8, got torch.int32",
+    ),
     (dict(weight=torch.zeros(5, 8, dtype=torch.uint8)), TypeError, r"weight must have dtype torch.int8"),
-    (dict(weight=torch.zeros(5, 8, 1, dtype=torch.int8)), ValueError, r"weight must have shape \[out_features, in_features\]"),
+    (
+        dict(weight=torch.zeros(5, 8, 1, dtype=torch.int8)),
+        ValueError,
+        r"weight must have shape \[out_features, in_features\]",
+    ),
     (dict(x=torch.zeros(3, 7, dtype=torch.uint8)), ValueError, r"in_features = weight.shape\[1\] = 8"),
-    (dict(weight_scale=torch.full((4,), 0.01)), ValueError, r"weight_scale must be a 0-d tensor \(per-tensor\) or have shape \[out_features\] = \[5\]"),
-    (dict(weight_scale=torch.full((5,), 0.01, dtype=torch.float16)), TypeError, r"weight_scale must have dtype torch.float32"),
-    (dict(weight_scale=torch.tensor([0.01, 0.01, -1.0, 0.01, 0.01])), ValueError, r"weight_scale must be positive and finite"),
+    (
+        dict(weight_scale=torch.full((4,), 0.01)),
+        ValueError,
+        r"weight_scale must be a 0-d tensor \(per-tensor\) or have shape \[out_features\] = \[5\]",
+    ),
+    (
+        dict(weight_scale=torch.full((5,), 0.01, dtype=torch.float16)),
+        TypeError,
+        r"weight_scale must have dtype torch.float32",
+    ),
+    (
+        dict(weight_scale=torch.tensor([0.01, 0.01, -1.0, 0.01, 0.01])),
+        ValueError,
+        r"weight_scale must be positive and finite",
+    ),
     (dict(weight_scale=-0.5), ValueError, r"weight_scale must be positive and finite"),
     (dict(bias=torch.zeros(5, dtype=torch.int64)), TypeError, r"bias must have dtype torch.int32 or torch.float32"),
     (dict(bias=torch.zeros(6, dtype=torch.int32)), ValueError, r"bias must have shape \[out_features\] = \[5\]"),
     (dict(bias=torch.zeros(5), requant="fixed"), ValueError, r"float32 bias .* needs requant='float'"),
     (dict(bias=torch.tensor([0.0, 1.0, float("inf"), 0.0, 0.0])), ValueError, r"bias must be finite"),
     (dict(x_zero_point=-1), ValueError, r"x_zero_point must lie in \[0, 255\]"),
-    (dict(x=torch.zeros(3, 8, dtype=torch.int8), x_zero_point=200), ValueError, r"x_zero_point must lie in \[-128, 127\]"),
+    (
+        dict(x=torch.zeros(3, 8, dtype=torch.int8), x_zero_point=200),
+        ValueError,
+        r"x_zero_point must lie in \[-128, 127\]",
+    ),
     (dict(x_scale=float("inf")), ValueError, r"x_scale must be a positive finite float"),
     (dict(relu=None), TypeError, r"relu must be a bool"),
     (dict(out_dtype=torch.int64), ValueError, r"out_dtype must be one of"),
@@ -768,14 +862,38 @@ def test_linear_errors(over, exc, msg):
 
 
 RAW_LINEAR_ERRORS = [
-    (dict(x=torch.zeros(3, 8, dtype=torch.int32)), TypeError, r"x must have dtype torch.uint8 or torch.int8, got torch.int32"),
+    (
+        dict(x=torch.zeros(3, 8, dtype=torch.int32)),
+        TypeError,
+        r"x must have dtype torch.uint8 or torch.int8, got torch.int32",
+    ),
     (dict(weight=torch.zeros(5, 8, dtype=torch.uint8)), TypeError, r"weight must have dtype torch.int8"),
-    (dict(weight=torch.zeros(5, 8, 1, dtype=torch.int8)), ValueError, r"weight must have shape \[out_features, in_features\]"),
+    (
+        dict(weight=torch.zeros(5, 8, 1, dtype=torch.int8)),
+        ValueError,
+        r"weight must have shape \[out_features, in_features\]",
+    ),
     (dict(x=torch.zeros(3, 7, dtype=torch.uint8)), ValueError, r"in_features = weight.shape\[1\] = 8"),
-    (dict(weight_scale=torch.full((4,), 0.01)), ValueError, r"weight_scale must be a 0-d tensor \(per-tensor\) or have shape"),
-    (dict(weight_scale=torch.full((5,), 0.01, dtype=torch.float64)), TypeError, r"weight_scale must have dtype torch.float32, got torch.float64"),
-    (dict(weight_scale=torch.tensor([0.01, 0.01, -1.0, 0.01, 0.01])), ValueError, r"weight_scale must be positive and finite"),
-    (dict(bias=torch.zeros(5, dtype=torch.int64)), TypeError, r"bias must have dtype torch.int32 or torch.float32, got torch.int64"),
+    (
+        dict(weight_scale=torch.full((4,), 0.01)),
+        ValueError,
+        r"weight_scale must be a 0-d tensor \(per-tensor\) or have shape",
+    ),
+    (
+        dict(weight_scale=torch.full((5,), 0.01, dtype=torch.float64)),
+        TypeError,
+        r"weight_scale must have dtype torch.float32, got torch.float64",
+    ),
+    (
+        dict(weight_scale=torch.tensor([0.01, 0.01, -1.0, 0.01, 0.01])),
+        ValueError,
+        r"weight_scale must be positive and finite",
+    ),
+    (
+        dict(bias=torch.zeros(5, dtype=torch.int64)),
+        TypeError,
+        r"bias must have dtype torch.int32 or torch.float32, got torch.int64",
+    ),
     (dict(bias=torch.zeros(6, dtype=torch.int32)), ValueError, r"bias must have shape \[out_features\] = \[5\]"),
     (dict(bias=torch.zeros(5), requant="fixed"), ValueError, r"float32 bias .* needs requant='float'"),
     (dict(bias=torch.tensor([0.0, 1.0, float("inf"), 0.0, 0.0])), ValueError, r"bias must be finite"),
@@ -805,8 +923,13 @@ def _torch_codes(x, scale, zp, dtype):
 
 
 @HYP
-@given(data=st.data(), dtype=st.sampled_from([torch.uint8, torch.int8]),
-       n=st.integers(0, 300), log_scale=st.floats(-12, 8), spread=st.floats(-6, 12))
+@given(
+    data=st.data(),
+    dtype=st.sampled_from([torch.uint8, torch.int8]),
+    n=st.integers(0, 300),
+    log_scale=st.floats(-12, 8),
+    spread=st.floats(-6, 12),
+)
 def test_quantize_per_tensor_equals_torch_on_every_path(data, dtype, n, log_scale, spread):
     lo, hi = QRANGE[dtype]
     scale = float(torch.tensor(2.0**log_scale, dtype=torch.float32))
@@ -825,8 +948,10 @@ def test_quantize_per_tensor_special_values_and_layouts():
         check_all_paths("quantize_per_tensor", (x, 1.0, 3, dtype))
         assert torch.equal(qk.quantize_per_tensor(x, 1.0, 3, dtype), _torch_codes(x, 1.0, 3, dtype))
         nan = torch.full((37,), float("nan"))
-        assert torch.equal(check_all_paths("quantize_per_tensor", (nan, 0.1, 5, dtype)),
-                           torch.full((37,), QRANGE[dtype][0], dtype=dtype))  # NaN -> qmin, on every path
+        assert torch.equal(
+            check_all_paths("quantize_per_tensor", (nan, 0.1, 5, dtype)),
+            torch.full((37,), QRANGE[dtype][0], dtype=dtype),
+        )  # NaN -> qmin, on every path
     base = torch.randn(6, 40, generator=torch.Generator().manual_seed(3))
     for view in (base.mT, base[:, ::3], base.unsqueeze(0).expand(2, 6, 40), torch.empty(0, 4)):
         got = qk.quantize_per_tensor(view, 0.03, 128)
@@ -834,15 +959,18 @@ def test_quantize_per_tensor_special_values_and_layouts():
         assert torch.equal(got, _torch_codes(view.contiguous(), 0.03, 128, torch.uint8))
 
 
-@pytest.mark.parametrize("over, exc, msg", [
-    ({"x": torch.zeros(3, dtype=torch.float64)}, TypeError, "x must have dtype torch.float32"),
-    ({"x": [1.0, 2.0]}, TypeError, "x must be a torch.Tensor"),
-    ({"dtype": torch.int32}, ValueError, "dtype must be one of"),
-    ({"scale": 0.0}, ValueError, "scale must be"),
-    ({"scale": 1e-50}, ValueError, "scale must be a positive finite float"),
-    ({"zero_point": 256}, ValueError, "zero_point must"),
-    ({"zero_point": -1}, ValueError, "zero_point must"),
-])
+@pytest.mark.parametrize(
+    "over, exc, msg",
+    [
+        ({"x": torch.zeros(3, dtype=torch.float64)}, TypeError, "x must have dtype torch.float32"),
+        ({"x": [1.0, 2.0]}, TypeError, "x must be a torch.Tensor"),
+        ({"dtype": torch.int32}, ValueError, "dtype must be one of"),
+        ({"scale": 0.0}, ValueError, "scale must be"),
+        ({"scale": 1e-50}, ValueError, "scale must be a positive finite float"),
+        ({"zero_point": 256}, ValueError, "zero_point must"),
+        ({"zero_point": -1}, ValueError, "zero_point must"),
+    ],
+)
 def test_quantize_per_tensor_errors(over, exc, msg):
     args = {"x": torch.zeros(3), "scale": 0.1, "zero_point": 0, "dtype": torch.uint8} | over
     with pytest.raises(exc, match=msg):

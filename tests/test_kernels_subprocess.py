@@ -1,4 +1,5 @@
 """qlab.kernels in fresh processes: the fallback (QLAB_NO_EXT=1, failed build), the build cache, QLAB_ISA."""
+
 from __future__ import annotations
 
 import json
@@ -55,7 +56,9 @@ def _digests_here() -> list[str]:
 
 
 def test_fallback_with_QLAB_NO_EXT_serves_the_same_ops():
-    code = PROBLEMS + """
+    code = (
+        PROBLEMS
+        + """
 import json, sys, warnings
 warnings.simplefilter("error")  # QLAB_NO_EXT is a choice: no warning
 import qlab, qlab.kernels as qk
@@ -73,12 +76,15 @@ wrapped = qk.int8_bmm(args[0], args[1], a_scale=0.02, a_zero_point=131, b_scale=
 assert torch.equal(wrapped, torch.ops.qlab.int8_bmm(*args))
 print(json.dumps(digests(lambda op, args: getattr(torch.ops.qlab, op)(*args))))
 """
+    )
     child = json.loads(_run(code, QLAB_NO_EXT="1").stdout.strip().splitlines()[-1])
     assert child == _digests_here()  # the reference in the child == the C++ ops here
 
 
 def test_failed_build_falls_back_with_one_warning(tmp_path):
-    code = PROBLEMS + """
+    code = (
+        PROBLEMS
+        + """
 import json, warnings
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
@@ -88,6 +94,7 @@ with warnings.catch_warnings(record=True) as caught:
 msgs = [str(w.message) for w in caught if "could not build the C++ extension" in str(w.message)]
 print(json.dumps({"backend": qk.backend(), "warnings": msgs, "digests": out}))
 """
+    )
     # an empty cache and no compiler: the build must fail
     res = json.loads(_run(code, QLAB_CACHE_DIR=str(tmp_path), CXX="/nonexistent/c++").stdout.strip().splitlines()[-1])
     assert res["backend"] == "reference"

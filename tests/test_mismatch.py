@@ -1,4 +1,5 @@
 """The seed report, the fused-kernel qparams formula, the isolated sources and the interactive figure."""
+
 from __future__ import annotations
 
 import ipywidgets as W
@@ -42,14 +43,28 @@ def test_plain_fake_quant_with_2k_over_255_is_consistent_but_not_identity():
 @given(
     st.floats(-10, 10, width=32),
     st.floats(-10, 10, width=32),
-    st.sampled_from([(-128, 127, True), (0, 255, False), (-128, 127, False), (0, 255, True), (0, 127, False), (-127, 127, True)]),
+    st.sampled_from(
+        [(-128, 127, True), (0, 255, False), (-128, 127, False), (0, 255, True), (0, 127, False), (-127, 127, True)]
+    ),
 )
 def test_fused_kernel_qparams_matches_the_kernel(a, b, cfg):
     lo, hi = min(a, b), max(a, b)
     qmin, qmax, sym = cfg
     s, z = torch.tensor([1.0]), torch.tensor([0], dtype=torch.int32)
     torch.fused_moving_avg_obs_fake_quant(
-        torch.zeros(2), torch.tensor([0]), torch.tensor([1]), torch.tensor(lo), torch.tensor(hi), s, z, 0.01, qmin, qmax, -1, False, sym
+        torch.zeros(2),
+        torch.tensor([0]),
+        torch.tensor([1]),
+        torch.tensor(lo),
+        torch.tensor(hi),
+        s,
+        z,
+        0.01,
+        qmin,
+        qmax,
+        -1,
+        False,
+        sym,
     )
     assert mm.fused_kernel_qparams(lo, hi, qmin, qmax, sym) == (s.item(), z.item())
 

@@ -1,4 +1,5 @@
 """qlab.models: the digits CNN, its fusion list, and the helpers that evaluate, train and inspect it."""
+
 from __future__ import annotations
 
 import copy
@@ -7,20 +8,13 @@ import pytest
 import torch
 import torch.ao.quantization as tq
 
+import qlab
 from qlab import checkpoints, data, models
 
 
 @pytest.fixture(scope="module")
 def cnn():
     return checkpoints.load("digits_cnn")
-
-
-
-
-
-
-
-
 
 
 def test_fuse_spec_fuses_to_the_same_function(cnn):
@@ -32,9 +26,7 @@ def test_fuse_spec_fuses_to_the_same_function(cnn):
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 def test_eager_ptq_keeps_the_accuracy(cnn):
-    engine = torch.backends.quantized.engine
-    try:
-        torch.backends.quantized.engine = "x86"
+    with qlab.scoped(engine="x86"):
         m = tq.fuse_modules(copy.deepcopy(cnn), cnn.fuse_spec())
         m.qconfig = tq.get_default_qconfig("x86")
         tq.prepare(m, inplace=True)
@@ -42,8 +34,6 @@ def test_eager_ptq_keeps_the_accuracy(cnn):
             m(x)
         tq.convert(m, inplace=True)
         correct, total = models.evaluate(m, data.loaders(size=16)[1])
-    finally:
-        torch.backends.quantized.engine = engine
     assert correct >= checkpoints.info("digits_cnn")["test_correct"] - 4
     assert models.state_dict_bytes(m) < 0.35 * models.state_dict_bytes(cnn)
 
@@ -58,10 +48,10 @@ def test_capture_activations_and_train_epoch(cnn):
     m = copy.deepcopy(cnn)
     opt = torch.optim.SGD(m.parameters(), lr=0.0)
     seen = []
-    loss = models.train_epoch(m, [(batches[0], torch.zeros(16, dtype=torch.long))], opt, on_step=lambda s, _: seen.append(s))
+    loss = models.train_epoch(
+        m, [(batches[0], torch.zeros(16, dtype=torch.long))], opt, on_step=lambda s, _: seen.append(s)
+    )
     assert seen == [0] and loss > 0 and m.training
-
-
 
 
 def test_model_arguments_are_checked():
@@ -69,4 +59,3 @@ def test_model_arguments_are_checked():
         models.DigitsCNN(widths=(8, 8))
     with pytest.raises(ValueError, match="num_classes"):
         models.DigitsCNN(num_classes=1)
-

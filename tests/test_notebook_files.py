@@ -1,4 +1,5 @@
 """Static checks on the committed notebooks: the conventions of CONTRIBUTING.md."""
+
 from __future__ import annotations
 
 import json
@@ -33,6 +34,8 @@ def test_notebook_conventions(path):
         src = "".join(c["source"])
         tags = c["metadata"].get("tags", [])
         errors = [o for o in c["outputs"] if o["output_type"] == "error"]
-        assert bool(errors) == ("raises-exception" in tags), f"cell {i}: error outputs and the raises-exception tag disagree"
+        assert bool(errors) == ("raises-exception" in tags), (
+            f"cell {i}: error outputs and the raises-exception tag disagree"
+        )
         if "NBVAL_IGNORE_OUTPUT" in src:
             assert "assert" in src, f"cell {i}: an output-ignored cell must assert what matters"

@@ -1,4 +1,5 @@
 """qlab.observers against torch.ao.quantization: bit for bit, with hypothesis."""
+
 from __future__ import annotations
 
 import warnings
@@ -23,8 +24,16 @@ PAIRS_PER_TENSOR = [
 ]
 PAIRS_PER_CHANNEL = [
     (tobs.PerChannelMinMaxObserver, qobs.PerChannelMinMaxObserver, {}),
-    (tobs.MovingAveragePerChannelMinMaxObserver, qobs.MovingAveragePerChannelMinMaxObserver, {"averaging_constant": 0.01}),
-    (tobs.MovingAveragePerChannelMinMaxObserver, qobs.MovingAveragePerChannelMinMaxObserver, {"averaging_constant": 0.5}),
+    (
+        tobs.MovingAveragePerChannelMinMaxObserver,
+        qobs.MovingAveragePerChannelMinMaxObserver,
+        {"averaging_constant": 0.01},
+    ),
+    (
+        tobs.MovingAveragePerChannelMinMaxObserver,
+        qobs.MovingAveragePerChannelMinMaxObserver,
+        {"averaging_constant": 0.5},
+    ),
 ]
 
 
@@ -150,7 +159,11 @@ def test_per_channel_observers_equal_torch(tcls, qcls, extra, kw, shape, axis, n
 
 
 @HIST_SETTINGS
-@given(kw=config(), batches=st.lists(batch(values=f32_moderate), min_size=1, max_size=5), bins=st.sampled_from([2048, 256, 7]))
+@given(
+    kw=config(),
+    batches=st.lists(batch(values=f32_moderate), min_size=1, max_size=5),
+    bins=st.sampled_from([2048, 256, 7]),
+)
 def test_histogram_observer_equals_torch(kw, batches, bins):
     t, q = _torch_obs(tobs.HistogramObserver, bins=bins, **kw), qobs.HistogramObserver(bins=bins, **kw)
     for b in batches:
@@ -173,7 +186,9 @@ def test_histogram_observer_equals_torch(kw, batches, bins):
     ],
     ids=["zeros", "two-values", "constant-first", "outlier", "many-batches", "negative"],
 )
-@pytest.mark.parametrize("kw", [{}, {"reduce_range": True}, {"dtype": torch.qint8, "qscheme": torch.per_tensor_symmetric}])
+@pytest.mark.parametrize(
+    "kw", [{}, {"reduce_range": True}, {"dtype": torch.qint8, "qscheme": torch.per_tensor_symmetric}]
+)
 def test_histogram_adversarial_cases(batches, kw):
     t, q = _torch_obs(tobs.HistogramObserver, **kw), qobs.HistogramObserver(**kw)
     for b in batches:
@@ -222,7 +237,7 @@ def test_state_dict_round_trip(cls):
         a(b)
     b = cls()
     b.load_state_dict(a.state_dict())
-    for (x, y) in zip(a.calculate_qparams(), b.calculate_qparams()):
+    for x, y in zip(a.calculate_qparams(), b.calculate_qparams(), strict=False):
         assert torch.equal(x, y) and x.dtype == y.dtype
     assert set(a.state_dict()) == set(b.state_dict())
 
@@ -407,7 +422,9 @@ def test_mse_choice_is_a_coordinatewise_grid_minimum(batches, sym):
 
 def _true_mse(x, obs):
     scale, zp = obs.calculate_qparams()
-    return float(((fake_quantize(x, scale, zp, obs.dtype, quant_min=obs.quant_min, quant_max=obs.quant_max) - x) ** 2).mean())
+    return float(
+        ((fake_quantize(x, scale, zp, obs.dtype, quant_min=obs.quant_min, quant_max=obs.quant_max) - x) ** 2).mean()
+    )
 
 
 @pytest.mark.parametrize("dist", ["normal", "laplace", "relu", "uniform", "outliers"])

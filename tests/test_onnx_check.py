@@ -1,4 +1,5 @@
 """qlab.onnx_check: export the converted model to ONNX (QDQ), run ONNX Runtime, compare integer codes."""
+
 from __future__ import annotations
 
 import copy
@@ -8,6 +9,7 @@ import torch
 import torch.ao.quantization as tq
 from torch import nn
 
+import qlab
 from qlab import mismatch as mm
 from qlab.onnx_check import compare_codes, cross_check, export_qdq, onnx_op_counts
 
@@ -46,24 +48,23 @@ class Chain(nn.Module):
 
 
 def test_multilayer_ort_equals_the_int32_bias_reference():
-    torch.manual_seed(0)
-    torch.backends.quantized.engine = "fbgemm"
-    m = Chain()
-    tq.fuse_modules_qat(m, [["conv1", "relu1"], ["conv2", "relu2"]], inplace=True)
-    m.qconfig = tq.get_default_qat_qconfig("fbgemm")
-    mp = tq.prepare_qat(m.train())
-    x = torch.randn(4, 3, 16, 16)
-    for _ in range(4):
-        mp(x)
-    mp.apply(tq.disable_observer).eval()
-    mq = tq.convert(copy.deepcopy(mp))
-    cc = cross_check(mp, mq, x)
-    assert cc.layers == ["quant", "conv1", "pool", "conv2", "gap", "flat", "fc"]
-    for layer in cc.layers:
-        assert cc.agreement("ref_fbgemm", "torch_real", layer).pct_equal == 100.0, layer
-        assert cc.agreement("ort_int", "ref_int32", layer).pct_equal == 100.0, layer
-    assert "ort_int vs torch_real" in repr(cc)
-    assert list(cc.to_dataframe().index) == cc.layers
+    with qlab.scoped(engine="fbgemm", seed=0):
+        m = Chain()
+        tq.fuse_modules_qat(m, [["conv1", "relu1"], ["conv2", "relu2"]], inplace=True)
+        m.qconfig = tq.get_default_qat_qconfig("fbgemm")
+        mp = tq.prepare_qat(m.train())
+        x = torch.randn(4, 3, 16, 16)
+        for _ in range(4):
+            mp(x)
+        mp.apply(tq.disable_observer).eval()
+        mq = tq.convert(copy.deepcopy(mp))
+        cc = cross_check(mp, mq, x)
+        assert cc.layers == ["quant", "conv1", "pool", "conv2", "gap", "flat", "fc"]
+        for layer in cc.layers:
+            assert cc.agreement("ref_fbgemm", "torch_real", layer).pct_equal == 100.0, layer
+            assert cc.agreement("ort_int", "ref_int32", layer).pct_equal == 100.0, layer
+        assert "ort_int vs torch_real" in repr(cc)
+        assert list(cc.to_dataframe().index) == cc.layers
 
 
 def test_compare_codes():

@@ -1,4 +1,5 @@
 """The package's shape: small modules a learner reads in one sitting, each mapped to its notebook."""
+
 from __future__ import annotations
 
 import pathlib

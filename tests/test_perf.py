@@ -1,4 +1,5 @@
 """qlab.perf: results loading, geomeans, crossover and the figures of notebook 07."""
+
 from __future__ import annotations
 
 import json
@@ -12,28 +13,57 @@ from qlab import perf
 
 def _results():
     recs = []
-    for model, sp in (("a", {"fx_x86": 2.0, "fx_fbgemm": 1.0, "pt2e_inductor": 4.0}),
-                      ("b", {"fx_x86": 0.5, "fx_fbgemm": 0.25}),
-                      ("c", {"fx_x86": 2.0, "fx_fbgemm": 1.0, "pt2e_inductor": 1.0})):
-        recs.append({"model": model, "path": "fp32", "batch": 1, "status": "ok", "ms": 10.0, "fp32_ms": 10.0,
-                     "speedup": 1.0, "bytes": 400, "fp32_bytes": 400})
+    for model, sp in (
+        ("a", {"fx_x86": 2.0, "fx_fbgemm": 1.0, "pt2e_inductor": 4.0}),
+        ("b", {"fx_x86": 0.5, "fx_fbgemm": 0.25}),
+        ("c", {"fx_x86": 2.0, "fx_fbgemm": 1.0, "pt2e_inductor": 1.0}),
+    ):
+        recs.append(
+            {
+                "model": model,
+                "path": "fp32",
+                "batch": 1,
+                "status": "ok",
+                "ms": 10.0,
+                "fp32_ms": 10.0,
+                "speedup": 1.0,
+                "bytes": 400,
+                "fp32_bytes": 400,
+            }
+        )
         for path, s in sp.items():
-            recs.append({"model": model, "path": path, "batch": 1, "status": "ok", "ms": 10.0 / s, "fp32_ms": 10.0,
-                         "speedup": s, "bytes": 100 if path == "fx_x86" else 120, "fp32_bytes": 400})
+            recs.append(
+                {
+                    "model": model,
+                    "path": path,
+                    "batch": 1,
+                    "status": "ok",
+                    "ms": 10.0 / s,
+                    "fp32_ms": 10.0,
+                    "speedup": s,
+                    "bytes": 100 if path == "fx_x86" else 120,
+                    "fp32_bytes": 400,
+                }
+            )
     recs.append({"model": "a", "path": "eager_x86", "batch": 1, "status": "skipped", "reason": "no stubs"})
-    recs.append({"model": "a", "path": "fx_x86", "batch": 8, "status": "ok", "ms": 1.0, "fp32_ms": 3.0,
-                 "speedup": 3.0, "bytes": 100, "fp32_bytes": 400})
-    sweep = [{"layer": "linear", "x": x, "fp32_ms": 1.0, "int8_ms": 1.0 / s, "int8_op_ms": 0.5 / s, "xlabel": "rows"}
-             for x, s in ((1, 0.5), (4, 0.9), (16, 1.2), (64, 2.0))]
+    recs.append(
+        {
+            "model": "a",
+            "path": "fx_x86",
+            "batch": 8,
+            "status": "ok",
+            "ms": 1.0,
+            "fp32_ms": 3.0,
+            "speedup": 3.0,
+            "bytes": 100,
+            "fp32_bytes": 400,
+        }
+    )
+    sweep = [
+        {"layer": "linear", "x": x, "fp32_ms": 1.0, "int8_ms": 1.0 / s, "int8_op_ms": 0.5 / s, "xlabel": "rows"}
+        for x, s in ((1, 0.5), (4, 0.9), (16, 1.2), (64, 2.0))
+    ]
     return {"machine": {"cpu": "test"}, "records": recs, "sweep": sweep}
-
-
-
-
-
-
-
-
 
 
 def test_geomeans_per_path_and_common_subset():
@@ -94,21 +124,30 @@ def test_draw_functions_return_what_they_show():
         perf.draw_speedups(None, r, 1)
 
 
-
-
-
 def _kernel_results():
     rows = []
-    for shape, times in (("q.kT H=12 T=197", {"fp32": 0.8, "q.matmul": 1.0, "int_mm": 0.4, "qlab": 0.2}),
-                         ("attn.v H=12 T=197", {"fp32": 0.6, "q.matmul": 1.2, "int_mm": 0.3, "qlab": 0.3})):
+    for shape, times in (
+        ("q.kT H=12 T=197", {"fp32": 0.8, "q.matmul": 1.0, "int_mm": 0.4, "qlab": 0.2}),
+        ("attn.v H=12 T=197", {"fp32": 0.6, "q.matmul": 1.2, "int_mm": 0.3, "qlab": 0.3}),
+    ):
         for threads in (1, 2):
             for method, ms in times.items():
-                rows.append({"kind": "attention", "model": "ViT-Base", "shape": shape, "threads": threads,
-                             "method": method, "ms": ms / threads})
-    rows.append({"kind": "linear", "model": "ViT-Base", "shape": "fc1 768->3072", "threads": 1, "method": "fp32",
-                 "ms": 8.0})
-    rows.append({"kind": "linear", "model": "ViT-Base", "shape": "fc1 768->3072", "threads": 1, "method": "torch.ao",
-                 "ms": 2.0})
+                rows.append(
+                    {
+                        "kind": "attention",
+                        "model": "ViT-Base",
+                        "shape": shape,
+                        "threads": threads,
+                        "method": method,
+                        "ms": ms / threads,
+                    }
+                )
+    rows.append(
+        {"kind": "linear", "model": "ViT-Base", "shape": "fc1 768->3072", "threads": 1, "method": "fp32", "ms": 8.0}
+    )
+    rows.append(
+        {"kind": "linear", "model": "ViT-Base", "shape": "fc1 768->3072", "threads": 1, "method": "torch.ao", "ms": 2.0}
+    )
     return {"machine": {"cpu": "test"}, "results": rows}
 
 

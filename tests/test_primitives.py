@@ -1,4 +1,5 @@
 """qlab.primitives against PyTorch, bit for bit (property-based), and its errors."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,7 +16,9 @@ SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[Heal
 RANGES = {torch.quint8: (0, 255), torch.qint8: (-128, 127), torch.qint32: (-(2**31), 2**31 - 1)}
 
 f32 = st.floats(allow_nan=False, allow_infinity=False, width=32)
-scales = st.floats(1e-7, 1e4, allow_nan=False).map(lambda v: float(torch.tensor(v, dtype=torch.float32))) | st.sampled_from([1.0, 0.1, 1 / 255, 2 / 255, 1e-3])
+scales = st.floats(1e-7, 1e4, allow_nan=False).map(
+    lambda v: float(torch.tensor(v, dtype=torch.float32))
+) | st.sampled_from([1.0, 0.1, 1 / 255, 2 / 255, 1e-3])
 dtypes = st.sampled_from([torch.quint8, torch.qint8, torch.qint32])
 shapes = st.lists(st.integers(1, 6), min_size=1, max_size=4)
 
@@ -102,7 +105,6 @@ def test_quantize_dequantize_per_channel_match_torch(data, dtype):
     assert torch.equal(qlab.dequantize(q, scale, zp, PerChannel(axis)), ref.dequantize())
 
 
-
 def test_dequantize_per_channel_int32_rounds_like_torch():
     """Found by hypothesis: PyTorch subtracts the zero point from an int32 code in float32.
     (40000000 - 2) * 1e-7 is 3.9999998 exactly, but float32(40000000) - 2 = 4e7, so PyTorch gives 4.0."""
@@ -112,6 +114,7 @@ def test_dequantize_per_channel_int32_rounds_like_torch():
     ref = torch._make_per_channel_quantized_tensor(q, scale, zp, 0).dequantize()
     assert ref[0, 2].item() == 4.0
     assert torch.equal(qlab.dequantize(q, scale, zp, PerChannel(0)), ref)
+
 
 @st.composite
 def qranges(draw):
@@ -264,25 +267,54 @@ X = torch.randn(4, 3)
         (lambda: qlab.quantize(torch.tensor([float("nan")]), 0.1, 0), ValueError, "x contains NaN"),
         (lambda: qlab.quantize(torch.tensor([float("inf")]), 0.1, 0), ValueError, "x contains inf"),
         (lambda: qlab.quantize(X, 0.1, 0, granularity="per_channel"), TypeError, "granularity must be"),
-        (lambda: qlab.quantize(X, torch.ones(2), torch.zeros(2, dtype=torch.long), torch.quint8, PerChannel(1)),
-         ValueError, r"scale must be a 1-D tensor with 3 values"),
-        (lambda: qlab.quantize(X, torch.ones(3), torch.zeros(3, dtype=torch.long), torch.quint8, PerChannel(2)),
-         ValueError, r"granularity.axis must be in \[-2, 1\]"),
-        (lambda: qlab.quantize(X, torch.ones(3), torch.zeros(3, dtype=torch.long), torch.quint8, PerTensor()),
-         ValueError, "scale must hold one value for PerTensor"),
-        (lambda: qlab.quantize(X, torch.tensor([1.0, -1, 1]), torch.zeros(3, dtype=torch.long), torch.quint8, PerChannel(1)),
-         ValueError, "scale must be positive"),
-        (lambda: qlab.quantize(X, torch.ones(3), torch.zeros(3), torch.quint8, PerChannel(1)),
-         TypeError, "zero_point must be an integer tensor"),
+        (
+            lambda: qlab.quantize(X, torch.ones(2), torch.zeros(2, dtype=torch.long), torch.quint8, PerChannel(1)),
+            ValueError,
+            r"scale must be a 1-D tensor with 3 values",
+        ),
+        (
+            lambda: qlab.quantize(X, torch.ones(3), torch.zeros(3, dtype=torch.long), torch.quint8, PerChannel(2)),
+            ValueError,
+            r"granularity.axis must be in \[-2, 1\]",
+        ),
+        (
+            lambda: qlab.quantize(X, torch.ones(3), torch.zeros(3, dtype=torch.long), torch.quint8, PerTensor()),
+            ValueError,
+            "scale must hold one value for PerTensor",
+        ),
+        (
+            lambda: qlab.quantize(
+                X, torch.tensor([1.0, -1, 1]), torch.zeros(3, dtype=torch.long), torch.quint8, PerChannel(1)
+            ),
+            ValueError,
+            "scale must be positive",
+        ),
+        (
+            lambda: qlab.quantize(X, torch.ones(3), torch.zeros(3), torch.quint8, PerChannel(1)),
+            TypeError,
+            "zero_point must be an integer tensor",
+        ),
         (lambda: qlab.dequantize(X, 0.1, 0), TypeError, "q must have dtype torch.uint8, torch.int8 or torch.int32"),
-        (lambda: qlab.dequantize(torch.zeros(3, dtype=torch.uint8), 0.1, 300), ValueError, r"zero_point must lie in \[0, 255\]"),
+        (
+            lambda: qlab.dequantize(torch.zeros(3, dtype=torch.uint8), 0.1, 300),
+            ValueError,
+            r"zero_point must lie in \[0, 255\]",
+        ),
         (lambda: qlab.fake_quantize(X, 0.1, 0, quant_min=10, quant_max=5), ValueError, "quant_min must be < quant_max"),
         (lambda: qlab.fake_quantize(X, 0.1, 20, quant_max=15), ValueError, r"zero_point must lie in \[0, 15\]"),
         (lambda: qlab.fake_quantize(X, 0.1, 0, quant_min=0.0, quant_max=15), TypeError, "quant_min must be an int"),
         (lambda: qlab.fake_quantize(X, 0.1, 0, 0, 15), ValueError, "dtype must be one of"),
         (lambda: qlab.choose_qparams(torch.tensor(1.0), torch.tensor(0.0)), ValueError, "min_val must be <= max_val"),
-        (lambda: qlab.choose_qparams(torch.tensor(float("nan")), torch.tensor(0.0)), ValueError, "min_val contains NaN"),
-        (lambda: qlab.choose_qparams(torch.tensor(0.0), torch.tensor(float("inf"))), ValueError, "max_val contains inf"),
+        (
+            lambda: qlab.choose_qparams(torch.tensor(float("nan")), torch.tensor(0.0)),
+            ValueError,
+            "min_val contains NaN",
+        ),
+        (
+            lambda: qlab.choose_qparams(torch.tensor(0.0), torch.tensor(float("inf"))),
+            ValueError,
+            "max_val contains inf",
+        ),
         (lambda: qlab.choose_qparams(torch.zeros(2), torch.zeros(3)), ValueError, "one shape"),
         (lambda: qlab.choose_qparams(0.0, 1.0, dtype=torch.qint32), ValueError, "dtype must be one of"),
         (lambda: qlab.choose_qparams(0.0, 1.0, reduce_range=True, quant_max=100), ValueError, "reduce_range cannot"),

@@ -1,4 +1,5 @@
 """qlab.pt2e: the PT2E helpers behind notebooks 06/07 and benchmarks/bench_models.py."""
+
 from __future__ import annotations
 
 import logging

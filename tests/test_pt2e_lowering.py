@@ -1,4 +1,5 @@
 """qlab.pt2e_lowering: dequantize -> matmul -> quantize chains of a PT2E graph become qlab int8 ops."""
+
 from __future__ import annotations
 
 import copy
@@ -40,8 +41,17 @@ def test_lowering_replaces_every_matmul_and_linear(converted):
     x = cal[1][:16]
     before = g(x)
     low, report = pl.lower_to_qlab(copy.deepcopy(g))
-    assert report == {"scale_mul": 2, "b_int8": 4, "matmul": 2, "matmul_requantized": 2, "linear": 9,
-                      "linear_requantized": 0, "quantize": 15, "dropout": 10, "skipped": []}
+    assert report == {
+        "scale_mul": 2,
+        "b_int8": 4,
+        "matmul": 2,
+        "matmul_requantized": 2,
+        "linear": 9,
+        "linear_requantized": 0,
+        "quantize": 15,
+        "dropout": 10,
+        "skipped": [],
+    }
     targets = pl.count_targets(low)
     assert targets["qlab.int8_bmm.default"] == 4 and targets["qlab.int8_linear.default"] == 9
     assert "aten.matmul.default" not in targets and "aten.linear.default" not in targets
@@ -113,8 +123,10 @@ def test_uint8_to_int8_keeps_the_real_values(n, seed):
     assert s8.dtype == torch.int8
     assert torch.equal(s8.to(torch.int32), codes.to(torch.int32) - 128)
     zp = 131
-    assert torch.equal(qd.dequantize_per_tensor(codes, 0.1, zp, 0, 255, torch.uint8),
-                       qd.dequantize_per_tensor(s8, 0.1, zp - 128, -128, 127, torch.int8))
+    assert torch.equal(
+        qd.dequantize_per_tensor(codes, 0.1, zp, 0, 255, torch.uint8),
+        qd.dequantize_per_tensor(s8, 0.1, zp - 128, -128, 127, torch.int8),
+    )
 
 
 def test_unsupported_patterns_are_left_alone():

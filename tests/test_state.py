@@ -3,6 +3,7 @@
 The dynamic half runs around every test of the session (tests/conftest.py, tests/statecheck.py): each
 public function and method is wrapped and checked. Here: the static half, and proof that the check bites.
 """
+
 from __future__ import annotations
 
 import ast
@@ -11,20 +12,27 @@ import random
 
 import numpy as np
 import pytest
+import statecheck
 import torch
 
 import qlab
-import statecheck
 
 QLAB = pathlib.Path(qlab.__file__).parent
 
 # What only qlab/_env.py may do, as (description, test on an AST node).
 FORBIDDEN = {
-    "assign torch.backends.quantized.engine": lambda n: isinstance(n, ast.Assign) and any(
-        isinstance(t, ast.Attribute) and t.attr == "engine" for t in n.targets),
-    "assign an Inductor config flag": lambda n: isinstance(n, ast.Assign) and any(
-        isinstance(t, ast.Attribute) and isinstance(t.value, (ast.Name, ast.Attribute))
-        and "config" in ast.unparse(t.value) for t in n.targets),
+    "assign torch.backends.quantized.engine": lambda n: (
+        isinstance(n, ast.Assign) and any(isinstance(t, ast.Attribute) and t.attr == "engine" for t in n.targets)
+    ),
+    "assign an Inductor config flag": lambda n: (
+        isinstance(n, ast.Assign)
+        and any(
+            isinstance(t, ast.Attribute)
+            and isinstance(t.value, (ast.Name, ast.Attribute))
+            and "config" in ast.unparse(t.value)
+            for t in n.targets
+        )
+    ),
 }
 FORBIDDEN_CALLS = {"manual_seed", "seed", "set_num_threads", "set_flush_denormal", "use_deterministic_algorithms"}
 
@@ -58,7 +66,9 @@ def test_the_check_detects_each_kind_of_leak():
 
     before = statecheck.snapshot()
     torch.rand(1)
-    assert statecheck.differences(before, statecheck.snapshot()) == ["torch's random generator advanced or was reseeded"]
+    assert statecheck.differences(before, statecheck.snapshot()) == [
+        "torch's random generator advanced or was reseeded"
+    ]
     before = statecheck.snapshot()
     np.random.rand()
     random.random()
@@ -67,8 +77,8 @@ def test_the_check_detects_each_kind_of_leak():
     with qlab.scoped(engine="fbgemm", threads=1, inductor={"freezing": True}):
         inside = statecheck.snapshot()
     diff = statecheck.differences(before, inside)
-    assert any(d.startswith("engine") for d in diff) and any(d.startswith("threads") for d in diff) \
-        and any("freezing" in d for d in diff)
+    assert any(d.startswith("engine") for d in diff) and any(d.startswith("threads") for d in diff), diff
+    assert any("freezing" in d for d in diff), (diff, before.get("inductor", {}).get("freezing"))
     assert statecheck.differences(before, statecheck.snapshot()) == []  # scoped restored all of it
 
 

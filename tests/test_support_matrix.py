@@ -1,4 +1,5 @@
 """qlab.support_matrix: the list of supported quantized operations, generated from the installed PyTorch."""
+
 from __future__ import annotations
 
 import pytest

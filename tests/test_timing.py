@@ -1,4 +1,5 @@
 """qlab.timing: the one timer -- interleaved rounds, medians with IQR, speedups paired per round, load recorded."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """qlab.vit and qlab.attention: the digits ViT, the eager int8 fixes, the converter on other timm ViTs."""
+
 from __future__ import annotations
 
 import ipywidgets as W
@@ -48,7 +49,9 @@ def test_quant_attention_reproduces_both_failures():
         m(torch.randn(1, 16, 128))
     q = m.quant(torch.randn(1, 16, 128))
     q, k, v = m.qkv(q).reshape(1, 16, 3, 8, 16).permute(2, 0, 3, 1, 4).unbind(0)
-    with pytest.raises(NotImplementedError, match=r"Could not run 'aten::bmm.out' with arguments from the 'QuantizedCPU'"):
+    with pytest.raises(
+        NotImplementedError, match=r"Could not run 'aten::bmm.out' with arguments from the 'QuantizedCPU'"
+    ):
         q @ k.transpose(-2, -1)
 
 
@@ -64,8 +67,6 @@ def test_fix_modules_in_float_match_timm_attention():
     ref = attn(x)
     for cls in (qa.DequantAttention, qa.FunctionalAttention):
         torch.testing.assert_close(cls(attn).eval()(x), ref, rtol=1e-5, atol=1e-6)  # before convert: float32
-
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,10 +140,12 @@ VARIANTS = {
     "scale_attn_norm": lambda: _small(scale_attn_norm=True),
     "depth 3, 6 heads, layer scale": lambda: _small(embed_dim=96, num_heads=6, depth=3, init_values=1e-2),
     "registers, avg pool": lambda: _small(reg_tokens=2, class_token=False, global_pool="avg"),
-    "deit_tiny_distilled": lambda: timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False,
-                                                     img_size=32, patch_size=8, depth=2).eval(),
-    "vit_tiny": lambda: timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
-                                          depth=2).eval(),
+    "deit_tiny_distilled": lambda: timm.create_model(
+        "deit_tiny_distilled_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2
+    ).eval(),
+    "vit_tiny": lambda: timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2
+    ).eval(),
 }
 
 
@@ -246,7 +249,9 @@ def test_attention_explorer_in_a_live_figure(digits_model, calib):
     q = vit.quantize_vit(digits_model, calib[:1])
     images = calib[0][:3]
     ex = vit_inspect.AttentionExplorer({"fp32": digits_model, "int8": q}, images)
-    lf = LiveFigure(ex.draw, {"image": W.IntSlider(0, 0, 2), "layer": W.IntSlider(0, 0, 3), "head": W.IntSlider(0, 0, 3)})
+    lf = LiveFigure(
+        ex.draw, {"image": W.IntSlider(0, 0, 2), "layer": W.IntSlider(0, 0, 3), "head": W.IntSlider(0, 0, 3)}
+    )
     first = lf.result
     assert first["head_error"]["fp32"] == [0.0] * 4 and max(first["head_error"]["int8"]) > 0
     lf.controls["image"].value = 2

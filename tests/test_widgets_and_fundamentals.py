@@ -1,4 +1,5 @@
 """The live-figure helper and notebook 01's measurements, without a browser."""
+
 from __future__ import annotations
 
 import ipywidgets as W
@@ -58,7 +59,7 @@ def test_live_figure_bad_input(args, exc, match):
 def test_error_vs_bits_gains_about_6db_per_bit():
     x = torch.randn(20000, generator=torch.Generator().manual_seed(0))
     rows = error_vs_bits(x)
-    slopes = [b["sqnr_db"] - a["sqnr_db"] for a, b in zip(rows, rows[1:])]
+    slopes = [b["sqnr_db"] - a["sqnr_db"] for a, b in zip(rows, rows[1:], strict=False)]
     assert all(5.0 < s < 7.0 for s in slopes[2:]), slopes
 
 
@@ -93,8 +94,16 @@ def test_draw_quantization_zero_point_offset_and_clip():
     [
         (lambda: sqnr_db(torch.zeros(3), torch.zeros(4)), ValueError, "one shape"),
         (lambda: quantization_error(torch.zeros(3), bits=9), ValueError, r"bits must be an int in \[2, 8\]"),
-        (lambda: vpmaddubsw(torch.zeros(2, dtype=torch.int8), torch.zeros(2, dtype=torch.int8)), TypeError, "a_u8 must have dtype torch.uint8"),
-        (lambda: vpmaddubsw(torch.zeros(3, dtype=torch.uint8), torch.zeros(3, dtype=torch.int8)), ValueError, "even last dimension"),
+        (
+            lambda: vpmaddubsw(torch.zeros(2, dtype=torch.int8), torch.zeros(2, dtype=torch.int8)),
+            TypeError,
+            "a_u8 must have dtype torch.uint8",
+        ),
+        (
+            lambda: vpmaddubsw(torch.zeros(3, dtype=torch.uint8), torch.zeros(3, dtype=torch.int8)),
+            ValueError,
+            "even last dimension",
+        ),
         (lambda: saturation_rate(300), ValueError, r"activation_max must be an int in \[1, 255\]"),
         (lambda: draw_quantization(None, SIGNAL, clip=10), ValueError, "clip must be"),
     ],
@@ -105,8 +114,9 @@ def test_fundamentals_bad_input(call, exc, match):
 
 
 def test_setup_reports_environment(capsys):
-    info = qlab.setup(seed=3, threads=1)
+    with qlab.scoped():  # setup changes threads and seeds on purpose (a notebook's first call); the test restores
+        info = qlab.setup(seed=3, threads=1)
+        assert torch.get_num_threads() == 1
     out = capsys.readouterr().out
     assert "torch 2." in out and "ISA:" in out and "quantized engines:" in out
-    assert torch.get_num_threads() == 1
     assert "x86" in info.engines or "fbgemm" in info.engines

@@ -7,6 +7,7 @@ live in ``qlab/exercises/nbNN.py``, beside their reference solutions in
 ``notebooks/solutions/NN-*.py`` (out of the learner's way); ``tests/test_exercises.py`` runs
 every checker against its reference solution and against typical wrong answers.
 """
+
 from __future__ import annotations
 
 from . import nb01, nb02, nb03, nb04, nb05, nb06, nb07, nb08, nb09  # noqa: F401  (registers the checkers)
@@ -16,5 +17,15 @@ from .nb05 import Head05, Net05, trace_cases_05
 from .nb07 import SWEEP_CASES_07
 from .nb08 import VIT_CALLS_08
 
-__all__ = ["Feedback", "check", "exercises", "solution", "StubNet", "Net05", "Head05", "trace_cases_05",
-           "SWEEP_CASES_07", "VIT_CALLS_08"]
+__all__ = [
+    "Feedback",
+    "check",
+    "exercises",
+    "solution",
+    "StubNet",
+    "Net05",
+    "Head05",
+    "trace_cases_05",
+    "SWEEP_CASES_07",
+    "VIT_CALLS_08",
+]

@@ -1,5 +1,6 @@
 """The exercise registry and what every checker shares: running the learner's code, describing it,
 reading multiple-choice answers. One module per notebook (``nb01`` ... ``nb09``) registers its checkers."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -109,14 +110,17 @@ def _call(fn, *args):
 
 def _letter_set(answer, letters: list[str], what: str) -> tuple[set[str], str | None]:
     """A multiple-choice answer as a set of letters, or the message saying what is wrong with it."""
-    if answer is None or isinstance(answer, str) or not isinstance(answer, (set, frozenset, list, tuple)) \
-            or not all(isinstance(a, str) for a in answer):
+    if (
+        answer is None
+        or isinstance(answer, str)
+        or not isinstance(answer, (set, frozenset, list, tuple))
+        or not all(isinstance(a, str) for a in answer)
+    ):
         return set(), f"answer with a set of letters from {letters} ({what}), got {answer!r}"
     unknown = set(answer) - set(letters)
     if unknown:
         return set(), f"unknown letter(s) {sorted(unknown)}: use letters from {letters}"
     return set(answer), None
-
 
 
 def _close(a: float, b: float, rel: float = 1e-5) -> bool:

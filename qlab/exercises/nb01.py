@@ -1,4 +1,6 @@
-"""Exercises of ``notebooks/01-*.ipynb`` (quantization fundamentals); reference answers in ``notebooks/solutions/01-*.py``."""
+"""Exercises of ``notebooks/01-*.ipynb`` (quantization fundamentals); reference answers in
+``notebooks/solutions/01-*.py``."""
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +27,10 @@ def _check_01_1(fn) -> list[str]:
         if z != int(z):
             return [f"the zero point must be an integer code (eq. 3 rounds it): for ({lo}, {hi}) you gave {z}"]
         if (lo > 0 or hi < 0) and close(s, (hi - lo) / 255):
-            return [f"widen the range to contain 0 first (lo = min(lo, 0), hi = max(hi, 0)): for ({lo}, {hi}) "
-                    f"the scale should be {ref_s:.6g}, you gave {s:.6g}"]
+            return [
+                f"widen the range to contain 0 first (lo = min(lo, 0), hi = max(hi, 0)): for ({lo}, {hi}) "
+                f"the scale should be {ref_s:.6g}, you gave {s:.6g}"
+            ]
         if not 0 <= z <= 255:
             return [f"the zero point must lie in [0, 255]: for ({lo}, {hi}) you gave {int(z)}"]
         if close(s, (whi - wlo) / 256):
@@ -34,8 +38,10 @@ def _check_01_1(fn) -> list[str]:
         if not close(s, ref_s):
             return [f"the scale for ({lo}, {hi}) should be {ref_s:.6g} (eq. 3), you gave {s:.6g}"]
         if z != ref_z:
-            return [f"the zero point for ({lo}, {hi}) should be {int(ref_z)} = 0 - round(lo / scale); with {int(z)} your "
-                    f"codes cover [{s * (0 - z):.4g}, {s * (255 - z):.4g}], not [{wlo:.4g}, {whi:.4g}]"]
+            return [
+                f"the zero point for ({lo}, {hi}) should be {int(ref_z)} = 0 - round(lo / scale); with {int(z)} your "
+                f"codes cover [{s * (0 - z):.4g}, {s * (255 - z):.4g}], not [{wlo:.4g}, {whi:.4g}]"
+            ]
     return []
 
 
@@ -63,8 +69,10 @@ def _check_01_2(fn) -> list[str]:
         got, torch.clamp(torch.trunc(x / scale + torch.sign(x) * 0.5) + zp, 0, 255).to(torch.int64)
     ):
         ties = [i for i in range(len(x)) if got[i] != ref[i]]
-        problems.append(f"round half to even (torch.round), not half up: {x[ties[0]].item()} / {scale} is a tie "
-                        f"and should give code {int(ref[ties[0]])}, you gave {int(got[ties[0]])}")
+        problems.append(
+            f"round half to even (torch.round), not half up: {x[ties[0]].item()} / {scale} is a tie "
+            f"and should give code {int(ref[ties[0]])}, you gave {int(got[ties[0]])}"
+        )
     elif torch.equal(got, torch.clamp(torch.round(x / scale), 0, 255).to(torch.int64)):
         problems.append(f"add the zero point after rounding: 0.0 must map to code {zp}")
     elif torch.equal(got, torch.clamp(torch.round(x * scale) + zp, 0, 255).to(torch.int64)):
@@ -80,10 +88,10 @@ def _check_01_3(axis) -> list[str]:
     if axis == 0:
         return []
     if axis == 1:
-        return ["axis 1 is the input channel: each *output* channel is one dot product, so its weights share a scale (axis 0)"]
-    return [f"a Conv2d weight has shape [out, in, kh, kw]; answer with the axis of output channels (an int), got {axis!r}"]
-
-
-
-
-
+        return [
+            "axis 1 is the input channel: each *output* channel is one dot product, so its weights share a "
+            "scale (axis 0)"
+        ]
+    return [
+        f"a Conv2d weight has shape [out, in, kh, kw]; answer with the axis of output channels (an int), got {axis!r}"
+    ]

@@ -1,4 +1,5 @@
 """Exercises of ``notebooks/04-*.ipynb`` (eager-mode QAT); reference answers in ``notebooks/solutions/04-*.py``."""
+
 from __future__ import annotations
 
 import functools
@@ -36,22 +37,30 @@ def _check_04_1(fn) -> list[str]:
         xi, ci = x[i].item(), int(code[i])
         if bool((got == 1).all()):
             j = int((ref == 0).nonzero()[0])
-            return [f"the gradient is 0 where the code was clamped: x = {x[j].item():g} gives code {int(code[j])}, "
-                    f"outside {qmin}..{qmax} {args}, so nothing flows back to it"]
+            return [
+                f"the gradient is 0 where the code was clamped: x = {x[j].item():g} gives code {int(code[j])}, "
+                f"outside {qmin}..{qmax} {args}, so nothing flows back to it"
+            ]
         if bool((got == 0).all()):
-            return ["rounding's true gradient is 0 almost everywhere; the straight-through estimator treats it as the "
-                    f"identity inside the range: x = {x[int(ref.nonzero()[0])].item():g} should get gradient 1"]
+            return [
+                "rounding's true gradient is 0 almost everywhere; the straight-through estimator treats it as the "
+                f"identity inside the range: x = {x[int(ref.nonzero()[0])].item():g} should get gradient 1"
+            ]
         lo, hi = s * (qmin - z), s * (qmax - z)
         if torch.equal(got, ((x >= lo) & (x <= hi)).float()):
-            return [f"equation (2) tests the rounded code, not x against [{lo:g}, {hi:g}]: x = {xi:g} gives "
-                    f"round({xi:g} / {s}) + {z} = {ci}, {'inside' if ref[i] else 'outside'} {qmin}..{qmax}, "
-                    f"so its gradient is {int(ref[i])}"]
+            return [
+                f"equation (2) tests the rounded code, not x against [{lo:g}, {hi:g}]: x = {xi:g} gives "
+                f"round({xi:g} / {s}) + {z} = {ci}, {'inside' if ref[i] else 'outside'} {qmin}..{qmax}, "
+                f"so its gradient is {int(ref[i])}"
+            ]
         if torch.equal(got, ((code > qmin) & (code < qmax)).float()):
             return [f"qmin and qmax are valid codes: x = {xi:g} gives code {ci}, not clamped, gradient 1"]
         nozp = torch.round(x * (1.0 / s))
         if torch.equal(got, ((nozp >= qmin) & (nozp <= qmax)).float()):
-            return [f"add the zero point before comparing with the range: the code of x = {xi:g} is "
-                    f"round(x / scale) + {z} = {ci}"]
+            return [
+                f"add the zero point before comparing with the range: the code of x = {xi:g} is "
+                f"round(x / scale) + {z} = {ci}"
+            ]
         return [f"x = {xi:g} {args} gives code {ci}, so its gradient is {int(ref[i])}; you gave {got[i].item():g}"]
     return []
 
@@ -89,11 +98,15 @@ def _frozen_qat_step() -> frozenset:
 
         def state():
             return {
-                "weights": block.weight, "bn_affine": torch.cat([block.bn.weight, block.bn.bias]),
+                "weights": block.weight,
+                "bn_affine": torch.cat([block.bn.weight, block.bn.bias]),
                 "bn_running_stats": torch.cat([block.bn.running_mean, block.bn.running_var]),
-                "activation_qparams": torch.cat([block.activation_post_process.scale,
-                                                 block.activation_post_process.zero_point.float()]),
-                "weight_qparams": torch.cat([block.weight_fake_quant.scale, block.weight_fake_quant.zero_point.float()]),
+                "activation_qparams": torch.cat(
+                    [block.activation_post_process.scale, block.activation_post_process.zero_point.float()]
+                ),
+                "weight_qparams": torch.cat(
+                    [block.weight_fake_quant.scale, block.weight_fake_quant.zero_point.float()]
+                ),
             }
 
         before = {k: v.detach().clone() for k, v in state().items()}
@@ -113,12 +126,13 @@ def _check_04_2(answer) -> list[str]:
     why = {
         "weights": "the weights keep training: the point of the last steps is to train them against fixed qparams",
         "bn_affine": "freeze_bn_stats freezes BatchNorm's statistics only; its gamma and beta are parameters, "
-                     "and the optimizer keeps training them",
+        "and the optimizer keeps training them",
         "bn_running_stats": "freeze_bn_stats makes BatchNorm normalise with its running mean and variance and stop "
-                            "updating them",
-        "activation_qparams": "disable_observer stops the moving-average update, so scale and zero point stay as they are",
+        "updating them",
+        "activation_qparams": "disable_observer stops the moving-average update, so scale and zero point stay as "
+        "they are",
         "weight_qparams": "model.apply(disable_observer) reaches every fake-quantize module, the weights' too: their "
-                          "scales freeze while the weights keep training",
+        "scales freeze while the weights keep training",
     }
     problems = [f"missing {k}: {why[k]}" for k in QAT_STATE_04 if k in truth - got]
     problems += [f"not {k}: {why[k]}" for k in QAT_STATE_04 if k in got - truth]
@@ -140,10 +154,14 @@ def _check_04_3(answer) -> list[str]:
     if _close(s, ref_s, 1e-4) and z == ref_z:
         return []
     if _close(s, full_s, 1e-4):
-        return [f"reduce_range=True halves the custom range quant_min=0, quant_max=255 to codes "
-                f"{fq.quant_min}..{fq.quant_max} (section 2): the scale is (hi - lo) / {fq.quant_max - fq.quant_min}"]
+        return [
+            f"reduce_range=True halves the custom range quant_min=0, quant_max=255 to codes "
+            f"{fq.quant_min}..{fq.quant_max} (section 2): the scale is (hi - lo) / {fq.quant_max - fq.quant_min}"
+        ]
     if _close(s, (hi - lo) / 128, 1e-4):
-        return [f"the codes are {fq.quant_min}..{fq.quant_max}: {fq.quant_max - fq.quant_min} steps between them, not 128"]
+        return [
+            f"the codes are {fq.quant_min}..{fq.quant_max}: {fq.quant_max - fq.quant_min} steps between them, not 128"
+        ]
     if not _close(s, ref_s, 1e-4):
         return [f"the scale should be (hi - lo) / (qmax - qmin) = {ref_s:.6g}, you gave {s:.6g}"]
     return [f"the zero point is qmin - round(lo / scale) = {ref_z}, you gave {z:g}"]

@@ -1,4 +1,5 @@
 """Exercises of ``notebooks/05-*.ipynb`` (FX graph mode); reference answers in ``notebooks/solutions/05-*.py``."""
+
 from __future__ import annotations
 
 import functools
@@ -67,27 +68,41 @@ def _check_05_1(answer) -> list[str]:
     problems = []
     if calls != ref_calls:
         if calls == ref_calls + fused:
-            problems.append(f"calls: prepare_fx fuses before it observes: conv1+bn1+relu1 and conv2+relu2 each become one "
-                            f"ConvReLU2d with one observer on its output, so {fused} of your observer calls do not exist")
+            problems.append(
+                f"calls: prepare_fx fuses before it observes: conv1+bn1+relu1 and conv2+relu2 each become one "
+                f"ConvReLU2d with one observer on its output, so {fused} of your observer calls do not exist"
+            )
         elif calls == ref_calls - 1:
-            problems.append("calls: count the observer on the input x too: it gives the quantize at the model's entry its scale")
+            problems.append(
+                "calls: count the observer on the input x too: it gives the quantize at the model's entry its scale"
+            )
         elif calls == ref_distinct:
-            problems.append("calls: that is the number of distinct observers; a shared observer is called once for every "
-                            "tensor it watches (the pools' and flatten's outputs too)")
+            problems.append(
+                "calls: that is the number of distinct observers; a shared observer is called once for every "
+                "tensor it watches (the pools' and flatten's outputs too)"
+            )
         else:
-            problems.append(f"calls: one observer call on the input, one after each fused conv block, one after each op "
-                            f"that shares its input's observer (pool, gap, torch.flatten), one after fc; you gave {calls:g}")
+            problems.append(
+                f"calls: one observer call on the input, one after each fused conv block, one after each op "
+                f"that shares its input's observer (pool, gap, torch.flatten), one after fc; you gave {calls:g}"
+            )
     if distinct != ref_distinct:
         if distinct == ref_calls or distinct == calls:
-            problems.append("distinct: max-pool, adaptive average pool and torch.flatten share their input's observer "
-                            "(OUTPUT_SHARE_OBSERVER_WITH_INPUT in the backend config, section 3): their calls reuse an "
-                            "observer instead of adding one")
+            problems.append(
+                "distinct: max-pool, adaptive average pool and torch.flatten share their input's observer "
+                "(OUTPUT_SHARE_OBSERVER_WITH_INPUT in the backend config, section 3): their calls reuse an "
+                "observer instead of adding one"
+            )
         elif distinct == ref_distinct + 1:
-            problems.append("distinct: one observer too many: torch.flatten is in the x86 backend config (only the module "
-                            "nn.Flatten was missing, section 3), so it shares its input's observer like the pools")
+            problems.append(
+                "distinct: one observer too many: torch.flatten is in the x86 backend config (only the module "
+                "nn.Flatten was missing, section 3), so it shares its input's observer like the pools"
+            )
         elif distinct > ref_distinct:
-            problems.append("distinct: the ops that share (max-pool, adaptive average pool, torch.flatten) add no observer "
-                            "of their own; count the input, the fused conv blocks and fc")
+            problems.append(
+                "distinct: the ops that share (max-pool, adaptive average pool, torch.flatten) add no observer "
+                "of their own; count the input, the fused conv blocks and fc"
+            )
         else:
             problems.append("distinct: the input, every fused conv block and fc each have an observer of their own")
     return problems
@@ -132,8 +147,10 @@ def _check_05_2(mapping) -> list[str]:
     int8 = {name: _is_quantized_module(converted.get_submodule(name)) for name in ("conv", "fc", "head")}
     if not int8["conv"]:
         if mapping.global_qconfig is None:
-            return ["nothing is quantized, the conv neither: QConfigMapping() (or set_global(None)) has no global qconfig; "
-                    "start from get_default_qconfig_mapping('x86') and take only the linear layers out"]
+            return [
+                "nothing is quantized, the conv neither: QConfigMapping() (or set_global(None)) has no global qconfig; "
+                "start from get_default_qconfig_mapping('x86') and take only the linear layers out"
+            ]
         return ["the conv must stay int8: leave only the linear layers in float"]
     by_type, by_name = mapping.object_type_qconfigs, mapping.module_name_qconfigs
     reasons: dict[str, list[str]] = {}  # why a layer is still int8 -> the layers
@@ -143,18 +160,25 @@ def _check_05_2(mapping) -> list[str]:
         kind = fused[name]
         if kind is not torch.nn.Linear and by_type.get(torch.nn.Linear, "unset") is None:
             full = f"{kind.__module__.split('.modules')[0]}.{kind.__name__}"
-            why = (f"prepare_fx fused {name} with the ReLU after it into a {full} before it looked up the qconfigs "
-                   f"(section 4), and set_object_type(nn.Linear, None) does not cover the fused type: also "
-                   f"set_object_type({full}, None), or name the layers (set_module_name)")
+            why = (
+                f"prepare_fx fused {name} with the ReLU after it into a {full} before it looked up the qconfigs "
+                f"(section 4), and set_object_type(nn.Linear, None) does not cover the fused type: also "
+                f"set_object_type({full}, None), or name the layers (set_module_name)"
+            )
         elif by_name and name not in by_name:
-            why = (f"set_module_name matches one module by its name, and {name!r} is not among yours "
-                   f"({sorted(by_name)})")
+            why = f"set_module_name matches one module by its name, and {name!r} is not among yours ({sorted(by_name)})"
         elif by_type.get(torch.nn.functional.linear, "unset") is None:
-            why = "set_object_type(F.linear, None) matches calls of the function F.linear; the model calls nn.Linear modules"
+            why = ("set_object_type(F.linear, None) matches calls of the function F.linear; "
+                   "the model calls nn.Linear modules")
         else:
-            why = "set the qconfig of each linear layer to None (set_object_type for its module type, or set_module_name)"
+            why = (
+                "set the qconfig of each linear layer to None (set_object_type for its module type, or set_module_name)"
+            )
         reasons.setdefault(why, []).append(name)
-    return [f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} still int8: {why}" for why, names in reasons.items()]
+    return [
+        f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} still int8: {why}"
+        for why, names in reasons.items()
+    ]
 
 
 def _trace_a(self, x):
@@ -194,8 +218,15 @@ def _trace_g(self, x):
 
 
 #: Exercise 05.3: forward methods; which of them can ``torch.fx.symbolic_trace`` record?
-TRACE_CASES_05 = {"a": _trace_a, "b": _trace_b, "c": _trace_c, "d": _trace_d, "e": _trace_e, "f": _trace_f,
-                  "g": _trace_g}
+TRACE_CASES_05 = {
+    "a": _trace_a,
+    "b": _trace_b,
+    "c": _trace_c,
+    "d": _trace_d,
+    "e": _trace_e,
+    "f": _trace_f,
+    "g": _trace_g,
+}
 
 
 def trace_cases_05() -> str:
@@ -234,14 +265,15 @@ def _check_05_3(answer) -> list[str]:
     why = {
         "a": "x.sum() > 0 is a proxy with no value: `if` asks it for a bool",
         "b": "range(3) is a plain Python range: the loop runs three times during tracing and the graph holds three "
-             "relu/add steps",
+        "relu/add steps",
         "c": "self.training is an ordinary bool attribute of the module, not a proxy: tracing takes the branch it "
-             "has now",
+        "has now",
         "d": "symbolic_trace has no concrete shapes: x.shape[0] is a proxy too, and so is the comparison",
         "e": "torch.where is an ordinary op with a tensor condition: it is recorded (fix (b) of section 8)",
-        "f": "len() must return a Python int, which a proxy cannot give (torch.fx.wrap('len') would record it as a call)",
+        "f": "len() must return a Python int, which a proxy cannot give "
+        "(torch.fx.wrap('len') would record it as a call)",
         "g": "x.shape[1] // 2 is recorded as getattr, getitem and floordiv nodes and the slice uses the result; "
-             "no bool or int is ever needed",
+        "no bool or int is ever needed",
     }
     problems = []
     for letter in letters:

@@ -1,4 +1,5 @@
 """Exercises of ``notebooks/07-*.ipynb`` (x86 performance); reference answers in ``notebooks/solutions/07-*.py``."""
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,12 @@ def _int8_linear_tensors(n_in: int, n_out: int) -> dict[str, torch.Tensor]:
             model(torch.randn(4, n_in))
         tq.convert(model, inplace=True)
     w, b = model[1].weight(), model[1].bias()
-    return {"codes": w.int_repr(), "scales": w.q_per_channel_scales(), "zero_points": w.q_per_channel_zero_points(),
-            "bias": b}
+    return {
+        "codes": w.int_repr(),
+        "scales": w.q_per_channel_scales(),
+        "zero_points": w.q_per_channel_zero_points(),
+        "bias": b,
+    }
 
 
 @exercise("07.1", "bytes of the weight and bias tensors of an int8 nn.Linear(n_in, n_out)")
@@ -45,26 +50,45 @@ def _check_07_1(fn) -> list[str]:
         s, z = t["scales"].element_size(), t["zero_points"].element_size()
         case = f"for Linear({n_in}, {n_out})"
         hints = [
-            (codes, "you counted only the int8 weight codes: the bias and one scale and one zero point per output "
-                    "channel come on top"),
+            (
+                codes,
+                "you counted only the int8 weight codes: the bias and one scale and one zero point per output "
+                "channel come on top",
+            ),
             (4 * n_out * (n_in + 1), "that is the fp32 size (4 bytes per weight and bias), not the int8 one"),
             (4 * n_in * n_out, "that is the fp32 weight, not the int8 one"),
-            (codes + n_out * (b + 4 + 4), f"the per-channel scales are {t['scales'].dtype} and the zero points "
-                                          f"{t['zero_points'].dtype}, {s} and {z} bytes each: look at "
-                                          "weight().q_per_channel_scales().dtype"),
-            (codes + n_out * b + s + z, "the weight is quantized per channel: one scale and one zero point per output "
-                                        f"channel ({n_out} of each), not one for the whole tensor"),
-            (codes + n_out * b + n_in * (s + z), "per-channel scales run along axis 0 of the weight [out, in], the "
-                                                 f"output channels: {n_out} of them, not {n_in}"),
-            (codes + n_out * (s + z), f"add the bias: a quantized Linear keeps it in {t['bias'].dtype} "
-                                      f"({b} bytes per output)"),
-            (codes + n_out * (1 + s + z), f"the bias is not quantized: it stays {t['bias'].dtype}, {b} bytes per output"),
+            (
+                codes + n_out * (b + 4 + 4),
+                f"the per-channel scales are {t['scales'].dtype} and the zero points "
+                f"{t['zero_points'].dtype}, {s} and {z} bytes each: look at "
+                "weight().q_per_channel_scales().dtype",
+            ),
+            (
+                codes + n_out * b + s + z,
+                "the weight is quantized per channel: one scale and one zero point per output "
+                f"channel ({n_out} of each), not one for the whole tensor",
+            ),
+            (
+                codes + n_out * b + n_in * (s + z),
+                "per-channel scales run along axis 0 of the weight [out, in], the "
+                f"output channels: {n_out} of them, not {n_in}",
+            ),
+            (
+                codes + n_out * (s + z),
+                f"add the bias: a quantized Linear keeps it in {t['bias'].dtype} ({b} bytes per output)",
+            ),
+            (
+                codes + n_out * (1 + s + z),
+                f"the bias is not quantized: it stays {t['bias'].dtype}, {b} bytes per output",
+            ),
         ]
         hint = next((msg for value, msg in hints if got == value), None)
         if hint:
             return [f"{case}: {hint}"]
-        return [f"{case}: int8 codes {codes} B + bias {n_out} x {b} B + scales {n_out} x {s} B + zero points "
-                f"{n_out} x {z} B; you gave {got:g}"]
+        return [
+            f"{case}: int8 codes {codes} B + bias {n_out} x {b} B + scales {n_out} x {s} B + zero points "
+            f"{n_out} x {z} B; you gave {got:g}"
+        ]
     return []
 
 
@@ -85,22 +109,30 @@ def _check_07_2(answer) -> list[str]:
         if macs == 512 // 8:
             problems.append("64 is the zmm (512-bit) count of AVX-512 VNNI; AVX-VNNI works on 256-bit ymm registers")
         elif macs == _YMM_BITS // 32:
-            problems.append(f"{_YMM_BITS // 32} is the number of int32 accumulators in a ymm register; vpdpbusd adds "
-                            "four u8 x s8 products into each")
+            problems.append(
+                f"{_YMM_BITS // 32} is the number of int32 accumulators in a ymm register; vpdpbusd adds "
+                "four u8 x s8 products into each"
+            )
         elif abs(macs - (_YMM_BITS // 8) / 3) < 0.1:
-            problems.append("that is AVX2's three-instruction sequence (vpmaddubsw + vpmaddwd + vpaddd); vpdpbusd does "
-                            "the products and the accumulation in one instruction")
+            problems.append(
+                "that is AVX2's three-instruction sequence (vpmaddubsw + vpmaddwd + vpaddd); vpdpbusd does "
+                "the products and the accumulation in one instruction"
+            )
         else:
             problems.append(f"one multiply-add per byte of the register: {_YMM_BITS} bits / 8; you gave {macs:g}")
     if not _close(ratio, ref_macs / fp32_macs, 1e-3):
         if _close(ratio, ref_macs / (512 // 32), 1e-3) or _close(ratio, (512 // 8) / fp32_macs, 1e-3):
-            problems.append("compare at the same width: the fp32 FMA on a ymm register (vfmadd231ps ymm) does "
-                            f"{fp32_macs} multiply-adds")
+            problems.append(
+                "compare at the same width: the fp32 FMA on a ymm register (vfmadd231ps ymm) does "
+                f"{fp32_macs} multiply-adds"
+            )
         elif _close(ratio, macs / fp32_macs, 1e-3):
             pass  # follows from a wrong count, already explained
         else:
-            problems.append(f"the ratio is int8 multiply-adds / fp32 multiply-adds per instruction, with "
-                            f"vfmadd231ps ymm doing {_YMM_BITS} / 32 = {fp32_macs}; you gave {ratio:g}")
+            problems.append(
+                f"the ratio is int8 multiply-adds / fp32 multiply-adds per instruction, with "
+                f"vfmadd231ps ymm doing {_YMM_BITS} / 32 = {fp32_macs}; you gave {ratio:g}"
+            )
     return problems
 
 
@@ -145,10 +177,14 @@ def _check_07_3(answer) -> list[str]:
         timed = f"recorded x{r['speedup']:.2f} (fp32 {r['fp32_ms'] * 1000:.0f} us, int8 {r['int8_ms'] * 1000:.0f} us)"
         wins = r["speedup"] > 1
         if wins and letter not in got:
-            problems.append(f"missing {letter}, {what}: {timed}; its {r['macs']:,} multiply-adds repay the quantize "
-                            "and dequantize at its boundaries")
+            problems.append(
+                f"missing {letter}, {what}: {timed}; its {r['macs']:,} multiply-adds repay the quantize "
+                "and dequantize at its boundaries"
+            )
         elif not wins and letter in got:
             where = f" (int8 wins from {r['crossover']} in this sweep)" if r["crossover"] is not None else ""
-            problems.append(f"not {letter}, {what}: {timed}; {r['macs']:,} multiply-adds are too few to repay the fixed "
-                            f"cost of quantizing the input and dequantizing the output{where}")
+            problems.append(
+                f"not {letter}, {what}: {timed}; {r['macs']:,} multiply-adds are too few to repay the fixed "
+                f"cost of quantizing the input and dequantizing the output{where}"
+            )
     return problems

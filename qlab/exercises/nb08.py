@@ -1,4 +1,6 @@
-"""Exercises of ``notebooks/08-*.ipynb`` (ViT attention in int8); reference answers in ``notebooks/solutions/08-*.py``."""
+"""Exercises of ``notebooks/08-*.ipynb`` (ViT attention in int8); reference answers in
+``notebooks/solutions/08-*.py``."""
+
 from __future__ import annotations
 
 import functools
@@ -51,9 +53,12 @@ def _check_08_1(answer) -> list[str]:
             problems.append(f"missing {letter} ({call}): it fails, {why}: {rest}")
         elif category != "fails" and letter in got:
             op, _, rest = detail.partition(" -> ")
-            how = ("its aten op has a QuantizedCPU kernel of its own" if category == "works: QuantizedCPU kernel"
-                   else f"it has no QuantizedCPU kernel of its own, but its decomposition reaches {rest.split(' -> ')[0]}, "
-                        "which does")
+            how = (
+                "its aten op has a QuantizedCPU kernel of its own"
+                if category == "works: QuantizedCPU kernel"
+                else "it has no QuantizedCPU kernel of its own, but its decomposition reaches "
+                f"{rest.split(' -> ')[0]}, which does"
+            )
             problems.append(f"not {letter} ({call}): it runs on quantized tensors: {how}")
     return problems
 
@@ -81,15 +86,19 @@ def _check_08_2(fn) -> list[str]:
         if got.dtype != torch.quint8:
             return [f"return quint8 codes (as quantized::matmul does for quint8 inputs), got {got.dtype}"]
         if (got.q_scale(), got.q_zero_point()) != (scale, zp):
-            return [f"the output carries its own qparams: quantize with scale={scale} and zero_point={zp} (the "
-                    f"arguments), not ({got.q_scale():g}, {got.q_zero_point()})"]
+            return [
+                f"the output carries its own qparams: quantize with scale={scale} and zero_point={zp} (the "
+                f"arguments), not ({got.q_scale():g}, {got.q_zero_point()})"
+            ]
         codes = got.int_repr()
     elif got.dtype == torch.uint8:
         codes = got  # the codes alone are fine too
     else:
-        return [f"you returned a {got.dtype} tensor: quantized::matmul returns quint8 codes; quantize the float32 "
-                f"product with the output's scale and zero point (torch.quantize_per_tensor(..., {scale}, {zp}, "
-                "torch.quint8))"]
+        return [
+            f"you returned a {got.dtype} tensor: quantized::matmul returns quint8 codes; quantize the float32 "
+            f"product with the output's scale and zero point (torch.quantize_per_tensor(..., {scale}, {zp}, "
+            "torch.quint8))"
+        ]
     if torch.equal(codes, ref):
         return []
     ia, ib = a.int_repr().float(), b.int_repr().float()
@@ -99,24 +108,30 @@ def _check_08_2(fn) -> list[str]:
     floor = torch.clamp(torch.floor(product / scale) + zp, 0, 255).to(torch.uint8)
     n = int((codes != ref).sum())
     if torch.equal(codes, no_zp):
-        return ["subtract each operand's zero point before multiplying: a ~ s_a (A - z_a), b ~ s_b (B - z_b) "
-                f"(here z_a = {a.q_zero_point()}, z_b = {b.q_zero_point()}); dequantize() does it for you"]
+        return [
+            "subtract each operand's zero point before multiplying: a ~ s_a (A - z_a), b ~ s_b (B - z_b) "
+            f"(here z_a = {a.q_zero_point()}, z_b = {b.q_zero_point()}); dequantize() does it for you"
+        ]
     if torch.equal(codes, trunc) or torch.equal(codes, floor):
-        return ["round to the nearest code (half to even, as torch.quantize_per_tensor does), don't truncate: "
-                f"{n} of {ref.numel()} codes are off by one"]
-    return [f"{n} of {ref.numel()} codes differ from quantized::matmul: it dequantizes both operands, multiplies in "
-            "float32 and quantizes the product with the output's scale and zero point (section 5)"]
+        return [
+            "round to the nearest code (half to even, as torch.quantize_per_tensor does), don't truncate: "
+            f"{n} of {ref.numel()} codes are off by one"
+        ]
+    return [
+        f"{n} of {ref.numel()} codes differ from quantized::matmul: it dequantizes both operands, multiplies in "
+        "float32 and quantizes the product with the output's scale and zero point (section 5)"
+    ]
 
 
 def _requant_codes_08(m: float, s_q: float, s_k: float, s_o: float, head_dim: int):
     """The output codes of ``q·kᵀ·c`` (c = head_dim ** -0.5) two ways: requantized from the int32 accumulator
     with multiplier ``m``, and in float32 (dequantize, matmul, scale, quantize with s_o and zero point 128)."""
     g = torch.Generator().manual_seed(head_dim)
-    q_codes = torch.randint(0, 256, (3, 9, head_dim), generator=g)          # uint8, zero point 128
-    k_codes = torch.randint(-128, 128, (3, 9, head_dim), generator=g)       # int8, zero point 0
-    acc = (q_codes - 128) @ k_codes.mT                                       # int32 accumulator (exact in int64)
+    q_codes = torch.randint(0, 256, (3, 9, head_dim), generator=g)  # uint8, zero point 128
+    k_codes = torch.randint(-128, 128, (3, 9, head_dim), generator=g)  # int8, zero point 0
+    acc = (q_codes - 128) @ k_codes.mT  # int32 accumulator (exact in int64)
     mine = torch.clamp(torch.round(m * acc.double()) + 128, 0, 255)
-    logits = (s_q * (q_codes - 128).float()) @ (s_k * k_codes.float()).mT * head_dim ** -0.5
+    logits = (s_q * (q_codes - 128).float()) @ (s_k * k_codes.float()).mT * head_dim**-0.5
     ref = torch.quantize_per_tensor(logits, s_o, 128, torch.quint8).int_repr().double()
     return mine, ref
 
@@ -134,18 +149,30 @@ def _check_08_3(fn) -> list[str]:
         except Exception:
             return [f"return a number; for {(s_q, s_k, s_o, d)} you returned {got!r}"]
         # out = round(acc * M) + z_o must be quantize(s_q s_k acc * c, s_o, z_o) = round(s_q s_k c acc / s_o) + z_o
-        ref = s_q * s_k * d ** -0.5 / s_o
+        ref = s_q * s_k * d**-0.5 / s_o
         if _close(m, ref, 1e-6):
             continue
         case = f"for s_q={s_q}, s_k={s_k}, s_o={s_o}, head_dim={d}"
         hints = [
-            (s_q * s_k / s_o, "you left out the attention scale c = head_dim ** -0.5: with q's codes unscaled, the "
-                              "kernel's multiplier has to carry it"),
-            (s_q * s_k * d ** 0.5 / s_o, "c = head_dim ** -0.5: the logits are divided by sqrt(head_dim), not multiplied"),
-            (s_q * s_k / d / s_o, "c = head_dim ** -0.5 is one over the square root of head_dim, not one over head_dim"),
-            (s_q * s_k * d ** -0.5, "that turns the accumulator into float logits (what fix 4 hands to the softmax); "
-                                    "to requantize, divide by the output scale s_o as well"),
-            (s_q * s_k * d ** -0.5 * s_o, "divide by the output scale, don't multiply: codes = value / s_o"),
+            (
+                s_q * s_k / s_o,
+                "you left out the attention scale c = head_dim ** -0.5: with q's codes unscaled, the "
+                "kernel's multiplier has to carry it",
+            ),
+            (
+                s_q * s_k * d**0.5 / s_o,
+                "c = head_dim ** -0.5: the logits are divided by sqrt(head_dim), not multiplied",
+            ),
+            (
+                s_q * s_k / d / s_o,
+                "c = head_dim ** -0.5 is one over the square root of head_dim, not one over head_dim",
+            ),
+            (
+                s_q * s_k * d**-0.5,
+                "that turns the accumulator into float logits (what fix 4 hands to the softmax); "
+                "to requantize, divide by the output scale s_o as well",
+            ),
+            (s_q * s_k * d**-0.5 * s_o, "divide by the output scale, don't multiply: codes = value / s_o"),
             (1 / ref, "upside down: acc * s_q * s_k * c is the float value, and the code is that value / s_o"),
         ]
         hint = next((msg for value, msg in hints if _close(m, value, 1e-6)), None)
@@ -153,6 +180,8 @@ def _check_08_3(fn) -> list[str]:
             return [f"{case}: {hint}"]
         mine, want = _requant_codes_08(m, s_q, s_k, s_o, d)
         n = int((mine != want).sum())
-        return [f"{case}: with M = {m:.6g}, {n} of {want.numel()} output codes differ from quantizing "
-                f"dequantize(q) @ dequantize(k)ᵀ · c with scale s_o; one multiplier must turn acc into value / s_o"]
+        return [
+            f"{case}: with M = {m:.6g}, {n} of {want.numel()} output codes differ from quantizing "
+            f"dequantize(q) @ dequantize(k)ᵀ · c with scale s_o; one multiplier must turn acc into value / s_o"
+        ]
     return []

@@ -33,6 +33,7 @@ Environment variables: ``QLAB_NO_EXT=1`` (use the reference, do not build),
 ``QLAB_ISA=scalar|avx2|avx512_vnni|amx|auto`` (force a path), ``QLAB_CACHE_DIR``
 (where builds are cached), ``QLAB_BUILD_VERBOSE=1`` (show the compiler output).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -136,11 +137,14 @@ def set_isa(name: str) -> None:
     if backend() != "native":
         if name not in ("auto", "reference"):
             raise ValueError(
-                f"name must be one of ['auto', 'reference'] without the C++ extension ({_ops.state['error']}), got {name!r}"
+                f"name must be one of ['auto', 'reference'] without the C++ extension ({_ops.state['error']}), "
+                f"got {name!r}"
             )
         return
     if name == "reference":
-        raise ValueError(f"name must be one of {['auto', *available_isas()]} with the C++ extension loaded, got 'reference'")
+        raise ValueError(
+            f"name must be one of {['auto', *available_isas()]} with the C++ extension loaded, got 'reference'"
+        )
     torch.ops.qlab._set_isa(name)
 
 
@@ -189,7 +193,8 @@ def _out_qparams(out_dtype, out_scale, out_zero_point):
         return out_scale, out_zero_point
     if out_scale is not None or out_zero_point != 0:
         raise ValueError(
-            f"out_scale and out_zero_point apply to out_dtype torch.uint8 / torch.int8 only; leave them unset for {out_dtype}"
+            "out_scale and out_zero_point apply to out_dtype torch.uint8 / torch.int8 only; leave them unset "
+            f"for {out_dtype}"
         )
     return 1.0, 0
 
@@ -224,11 +229,21 @@ def int8_bmm(
     Notebook: ``notebooks/08-vit-attention-int8.ipynb``.
     """
     out_scale, out_zero_point = _out_qparams(out_dtype, out_scale, out_zero_point)
-    _validate.python_types(a=(a, "tensor"), b=(b, "tensor"), a_scale=(a_scale, "float"), a_zero_point=(a_zero_point, "int"),
-                           b_scale=(b_scale, "float"), b_zero_point=(b_zero_point, "int"), out_scale=(out_scale, "float"),
-                           out_zero_point=(out_zero_point, "int"), transpose_b=(transpose_b, "bool"), requant=(requant, "str"))
-    return torch.ops.qlab.int8_bmm(a, b, a_scale, a_zero_point, b_scale, b_zero_point, out_scale, out_zero_point,
-                                   out_dtype, transpose_b, requant)
+    _validate.python_types(
+        a=(a, "tensor"),
+        b=(b, "tensor"),
+        a_scale=(a_scale, "float"),
+        a_zero_point=(a_zero_point, "int"),
+        b_scale=(b_scale, "float"),
+        b_zero_point=(b_zero_point, "int"),
+        out_scale=(out_scale, "float"),
+        out_zero_point=(out_zero_point, "int"),
+        transpose_b=(transpose_b, "bool"),
+        requant=(requant, "str"),
+    )
+    return torch.ops.qlab.int8_bmm(
+        a, b, a_scale, a_zero_point, b_scale, b_zero_point, out_scale, out_zero_point, out_dtype, transpose_b, requant
+    )
 
 
 def int8_linear(
@@ -266,14 +281,25 @@ def int8_linear(
     else:
         weight_scale = torch.tensor(check_positive_scale("weight_scale", weight_scale), dtype=torch.float32)
     out_scale, out_zero_point = _out_qparams(out_dtype, out_scale, out_zero_point)
-    _validate.python_types(x=(x, "tensor"), weight=(weight, "tensor"), bias=(bias, "tensor?"), x_scale=(x_scale, "float"),
-                           x_zero_point=(x_zero_point, "int"), out_scale=(out_scale, "float"),
-                           out_zero_point=(out_zero_point, "int"), relu=(relu, "bool"), requant=(requant, "str"))
-    return torch.ops.qlab.int8_linear(x, weight, weight_scale, bias, x_scale, x_zero_point, out_scale, out_zero_point,
-                                      out_dtype, relu, requant)
+    _validate.python_types(
+        x=(x, "tensor"),
+        weight=(weight, "tensor"),
+        bias=(bias, "tensor?"),
+        x_scale=(x_scale, "float"),
+        x_zero_point=(x_zero_point, "int"),
+        out_scale=(out_scale, "float"),
+        out_zero_point=(out_zero_point, "int"),
+        relu=(relu, "bool"),
+        requant=(requant, "str"),
+    )
+    return torch.ops.qlab.int8_linear(
+        x, weight, weight_scale, bias, x_scale, x_zero_point, out_scale, out_zero_point, out_dtype, relu, requant
+    )
 
 
-def quantize_per_tensor(x: torch.Tensor, scale: float, zero_point: int, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+def quantize_per_tensor(
+    x: torch.Tensor, scale: float, zero_point: int, dtype: torch.dtype = torch.uint8
+) -> torch.Tensor:
     """float32 ``x`` -> plain uint8/int8 codes ``clamp(nearbyint(x * float32(1/scale)) + zero_point, qmin, qmax)``.
 
     Every step in float32, rounding half to even: the same codes as PyTorch's deprecated
@@ -281,7 +307,9 @@ def quantize_per_tensor(x: torch.Tensor, scale: float, zero_point: int, dtype: t
     pass and without a quantized tensor. NaN gives qmin. Returns a contiguous tensor of ``x``'s shape.
     Notebook: ``notebooks/08-vit-attention-int8.ipynb`` (fix 4).
     """
-    _validate.python_types(x=(x, "tensor"), scale=(scale, "float"), zero_point=(zero_point, "int"), dtype=(dtype, "dtype"))
+    _validate.python_types(
+        x=(x, "tensor"), scale=(scale, "float"), zero_point=(zero_point, "int"), dtype=(dtype, "dtype")
+    )
     return torch.ops.qlab.quantize_per_tensor(x, scale, zero_point, dtype)
 
 

@@ -6,6 +6,7 @@ failed build; ``--strict`` exits with status 1 when the extension is not availab
 (by default the pure-PyTorch fallback is reported and the status is 0). A failing
 self-check (a path disagreeing with the reference) always exits with status 1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,10 +29,21 @@ def _self_check() -> str:
     want_lin = reference.int8_linear(a[0], w, ws, bias, 0.02, 131, 0.05, 7, torch.uint8, True, "float")
     for name in available_isas():
         with use_isa(name):
-            got_bmm = int8_bmm(a, b, a_scale=0.02, a_zero_point=131, b_scale=0.01, b_zero_point=-3, out_scale=0.05,
-                               out_zero_point=7, transpose_b=True, requant="fixed")
-            got_lin = int8_linear(a[0], w, ws, bias, x_scale=0.02, x_zero_point=131, out_scale=0.05, out_zero_point=7,
-                                  relu=True)
+            got_bmm = int8_bmm(
+                a,
+                b,
+                a_scale=0.02,
+                a_zero_point=131,
+                b_scale=0.01,
+                b_zero_point=-3,
+                out_scale=0.05,
+                out_zero_point=7,
+                transpose_b=True,
+                requant="fixed",
+            )
+            got_lin = int8_linear(
+                a[0], w, ws, bias, x_scale=0.02, x_zero_point=131, out_scale=0.05, out_zero_point=7, relu=True
+            )
         if not (torch.equal(got_bmm, want_bmm) and torch.equal(got_lin, want_lin)):
             return f"FAILED on the {name} path"
     return "ok"
@@ -50,8 +62,10 @@ def main(argv=None) -> int:
     if backend() == "native":
         how = "cached" if st["compiled_s"] is None else f"compiled now in {st['compiled_s']:.0f} s"
         print(f"qlab.kernels: C++ extension {st['library_path']} ({how})")
-        print(f"ISA path: {isa()} (this CPU runs: {', '.join(available_isas())}; force one with QLAB_ISA=... "
-              "or qlab.kernels.set_isa)")
+        print(
+            f"ISA path: {isa()} (this CPU runs: {', '.join(available_isas())}; force one with QLAB_ISA=... "
+            "or qlab.kernels.set_isa)"
+        )
         print(f"build: {torch.ops.qlab._build_info()}")
     else:
         print(f"qlab.kernels: pure-PyTorch reference, no C++ extension ({st['error'].splitlines()[0][:300]})")

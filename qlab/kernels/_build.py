@@ -14,6 +14,7 @@ use ATen's OpenMP thread pool (without it, it silently runs on one thread);
 ``-ffp-contract=off`` forbids fusing a multiply and an add into an FMA, which would
 change float32 rounding and break bit-exactness with PyTorch.
 """
+
 from __future__ import annotations
 
 import hashlib

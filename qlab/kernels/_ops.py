@@ -8,6 +8,7 @@ without computing it, which is all ``torch.compile`` and ``torch.export`` need.
 The state lives here rather than in ``qlab/kernels/__init__.py`` so that reloading
 that module does not register the ops twice.
 """
+
 from __future__ import annotations
 
 import torch
@@ -48,17 +49,32 @@ def register_fallback() -> None:
     state["lib"] = lib  # the registration lives as long as this object
 
 
-def _bmm_fake(a, b, a_scale, a_zero_point, b_scale, b_zero_point, out_scale, out_zero_point, out_dtype, transpose_b,
-              requant):
-    M, N, _ = _validate.bmm_args(a, b, a_scale, a_zero_point, b_scale, b_zero_point, out_scale, out_zero_point,
-                                 out_dtype, transpose_b, requant)
+def _bmm_fake(
+    a, b, a_scale, a_zero_point, b_scale, b_zero_point, out_scale, out_zero_point, out_dtype, transpose_b, requant
+):
+    M, N, _ = _validate.bmm_args(
+        a, b, a_scale, a_zero_point, b_scale, b_zero_point, out_scale, out_zero_point, out_dtype, transpose_b, requant
+    )
     return a.new_empty((*a.shape[:-2], M, N), dtype=out_dtype)
 
 
-def _linear_fake(x, weight, weight_scale, bias, x_scale, x_zero_point, out_scale, out_zero_point, out_dtype, relu,
-                 requant):
-    N, _, _ = _validate.linear_args(x, weight, weight_scale, bias, x_scale, x_zero_point, out_scale, out_zero_point,
-                                    out_dtype, relu, requant, check_values=False)
+def _linear_fake(
+    x, weight, weight_scale, bias, x_scale, x_zero_point, out_scale, out_zero_point, out_dtype, relu, requant
+):
+    N, _, _ = _validate.linear_args(
+        x,
+        weight,
+        weight_scale,
+        bias,
+        x_scale,
+        x_zero_point,
+        out_scale,
+        out_zero_point,
+        out_dtype,
+        relu,
+        requant,
+        check_values=False,
+    )
     return x.new_empty((*x.shape[:-1], N), dtype=out_dtype)
 
 

@@ -5,6 +5,7 @@ Every message names the argument and what is allowed (``qlab/_checks.py`` style)
 a finite bias): fake kernels and traced code only see shapes and dtypes. The C++
 ops repeat these checks, so nothing unchecked reaches a kernel.
 """
+
 from __future__ import annotations
 
 import torch
@@ -105,16 +106,27 @@ def _ok_output(out_dtype, requant, out_scale, out_zero_point) -> bool:
     return out_dtype is torch.int32 or out_dtype is torch.float32
 
 
-def bmm_args(a, b, a_scale, a_zero_point, b_scale, b_zero_point, out_scale, out_zero_point, out_dtype, transpose_b,
-             requant) -> tuple:
+def bmm_args(
+    a, b, a_scale, a_zero_point, b_scale, b_zero_point, out_scale, out_zero_point, out_dtype, transpose_b, requant
+) -> tuple:
     """Check ``int8_bmm``'s arguments; return ``(M, N, K)``."""
     # Fast path: one cheap test of the usual case (these calls sit in inference loops).
     # Anything unusual goes through the detailed checks below, which say what is wrong.
     if (
-        isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype in QRANGE and b.dtype is torch.int8
-        and a.is_cpu and b.is_cpu and a.dim() >= 2 and a.dim() == b.dim() and type(transpose_b) is bool
-        and _ok_scale(a_scale) and _ok_scale(b_scale) and _ok_zp(a_zero_point, a.dtype)
-        and _ok_zp(b_zero_point, torch.int8) and _ok_output(out_dtype, requant, out_scale, out_zero_point)
+        isinstance(a, torch.Tensor)
+        and isinstance(b, torch.Tensor)
+        and a.dtype in QRANGE
+        and b.dtype is torch.int8
+        and a.is_cpu
+        and b.is_cpu
+        and a.dim() >= 2
+        and a.dim() == b.dim()
+        and type(transpose_b) is bool
+        and _ok_scale(a_scale)
+        and _ok_scale(b_scale)
+        and _ok_zp(a_zero_point, a.dtype)
+        and _ok_zp(b_zero_point, torch.int8)
+        and _ok_output(out_dtype, requant, out_scale, out_zero_point)
     ):
         sa, sb = a.shape, b.shape
         kb, n = (sb[-1], sb[-2]) if transpose_b else (sb[-2], sb[-1])
@@ -127,7 +139,9 @@ def bmm_args(a, b, a_scale, a_zero_point, b_scale, b_zero_point, out_scale, out_
     if b.dim() != a.dim():
         raise ValueError(f"b must have as many dimensions as a ({a.dim()}), got shape {tuple(b.shape)}")
     if a.shape[:-2] != b.shape[:-2]:
-        raise ValueError(f"a and b must have the same batch dimensions, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"a and b must have the same batch dimensions, got shapes {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     if not isinstance(transpose_b, bool):
         raise TypeError(f"transpose_b must be a bool, got {type(transpose_b).__name__}")
     M, K = a.shape[-2], a.shape[-1]
@@ -135,7 +149,8 @@ def bmm_args(a, b, a_scale, a_zero_point, b_scale, b_zero_point, out_scale, out_
     if Kb != K:
         layout = "[..., N, K]" if transpose_b else "[..., K, N]"
         raise ValueError(
-            f"b must have shape {layout} with K = a.shape[-1] = {K} (transpose_b={transpose_b}), got shape {tuple(b.shape)}"
+            f"b must have shape {layout} with K = a.shape[-1] = {K} (transpose_b={transpose_b}), got shape "
+            f"{tuple(b.shape)}"
         )
     scale_f32("a_scale", a_scale)
     scale_f32("b_scale", b_scale)
@@ -145,22 +160,58 @@ def bmm_args(a, b, a_scale, a_zero_point, b_scale, b_zero_point, out_scale, out_
     return M, N, K
 
 
-def linear_args(x, weight, weight_scale, bias, x_scale, x_zero_point, out_scale, out_zero_point, out_dtype, relu,
-                requant, *, check_values: bool = True) -> tuple:
+def linear_args(
+    x,
+    weight,
+    weight_scale,
+    bias,
+    x_scale,
+    x_zero_point,
+    out_scale,
+    out_zero_point,
+    out_dtype,
+    relu,
+    requant,
+    *,
+    check_values: bool = True,
+) -> tuple:
     """Check ``int8_linear``'s arguments; return ``(N, K, per_channel)``."""
     if (  # fast path, as in bmm_args
-        not check_values and isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)
-        and isinstance(weight_scale, torch.Tensor) and x.dtype in QRANGE and weight.dtype is torch.int8
-        and weight_scale.dtype is torch.float32 and x.is_cpu and weight.is_cpu and weight_scale.is_cpu
-        and weight.dim() == 2 and x.dim() >= 1 and weight_scale.dim() <= 1 and type(relu) is bool
-        and _ok_scale(x_scale) and _ok_zp(x_zero_point, x.dtype) and _ok_output(out_dtype, requant, out_scale, out_zero_point)
-        and (bias is None or (isinstance(bias, torch.Tensor) and bias.is_cpu and bias.dim() == 1
-                              and (bias.dtype is torch.int32 or (bias.dtype is torch.float32 and requant == "float"
-                                                                 and out_dtype is not torch.int32))))
+        not check_values
+        and isinstance(x, torch.Tensor)
+        and isinstance(weight, torch.Tensor)
+        and isinstance(weight_scale, torch.Tensor)
+        and x.dtype in QRANGE
+        and weight.dtype is torch.int8
+        and weight_scale.dtype is torch.float32
+        and x.is_cpu
+        and weight.is_cpu
+        and weight_scale.is_cpu
+        and weight.dim() == 2
+        and x.dim() >= 1
+        and weight_scale.dim() <= 1
+        and type(relu) is bool
+        and _ok_scale(x_scale)
+        and _ok_zp(x_zero_point, x.dtype)
+        and _ok_output(out_dtype, requant, out_scale, out_zero_point)
+        and (
+            bias is None
+            or (
+                isinstance(bias, torch.Tensor)
+                and bias.is_cpu
+                and bias.dim() == 1
+                and (
+                    bias.dtype is torch.int32
+                    or (bias.dtype is torch.float32 and requant == "float" and out_dtype is not torch.int32)
+                )
+            )
+        )
     ):
         N, K = weight.shape
-        if x.shape[-1] == K and (weight_scale.dim() == 0 or weight_scale.shape[0] == N) and (
-            bias is None or bias.shape[0] == N
+        if (
+            x.shape[-1] == K
+            and (weight_scale.dim() == 0 or weight_scale.shape[0] == N)
+            and (bias is None or bias.shape[0] == N)
         ):
             return N, K, weight_scale.dim() == 1
     _activation("x", x)
@@ -208,7 +259,8 @@ def linear_args(x, weight, weight_scale, bias, x_scale, x_zero_point, out_scale,
 
 
 def quantize_args(x, scale, zero_point, dtype) -> None:
-    """``quantize_per_tensor``: float32 ``x`` on the CPU, a float32-representable scale, an 8-bit dtype and its zero point."""
+    """``quantize_per_tensor``: float32 ``x`` on the CPU, a float32-representable scale, an 8-bit dtype and its zero
+    point."""
     check_tensor("x", x)
     _cpu("x", x)
     if x.dtype != torch.float32:

@@ -29,6 +29,7 @@ The functions :func:`int8_bmm` and :func:`int8_linear` take the same arguments, 
 the same order, as ``torch.ops.qlab.int8_bmm`` / ``int8_linear``; they also serve
 those ops when the C++ extension cannot be built (``QLAB_NO_EXT=1``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -56,7 +57,9 @@ def wrap_int32(x: torch.Tensor) -> torch.Tensor:
 # The two ops
 
 
-def _finish(acc, out_dtype, requant, scale_ab, mult_real, out_scale, out_zero_point, relu=False, fbias=None, per_channel=True):
+def _finish(
+    acc, out_dtype, requant, scale_ab, mult_real, out_scale, out_zero_point, relu=False, fbias=None, per_channel=True
+):
     """Steps (2)/(3): turn the int32 accumulator into the requested output.
 
     ``scale_ab``: float32 ``sa * sb`` per column (1-D) or scalar (0-d);
@@ -108,8 +111,9 @@ def int8_bmm(
     int32 -> ``acc``; float32 -> ``acc * float32(sa * sb)``; uint8/int8 -> (3) with
     ``out_scale``/``out_zero_point`` and ``requant`` ("float" or "fixed").
     """
-    _validate.bmm_args(a, b, a_scale, a_zero_point, b_scale, b_zero_point, out_scale, out_zero_point, out_dtype,
-                       transpose_b, requant)
+    _validate.bmm_args(
+        a, b, a_scale, a_zero_point, b_scale, b_zero_point, out_scale, out_zero_point, out_dtype, transpose_b, requant
+    )
     if transpose_b:
         b = b.transpose(-1, -2)  # a view: B[k, n] = b[n, k]
 
@@ -144,8 +148,9 @@ def int8_linear(
     or float32 (PyTorch's convention, real units; needs ``requant="float"``).
     ``relu`` clamps at the output zero point (at 0 for int32/float32 outputs).
     """
-    _, _, per_channel = _validate.linear_args(x, weight, weight_scale, bias, x_scale, x_zero_point, out_scale,
-                                              out_zero_point, out_dtype, relu, requant)
+    _, _, per_channel = _validate.linear_args(
+        x, weight, weight_scale, bias, x_scale, x_zero_point, out_scale, out_zero_point, out_dtype, relu, requant
+    )
     fbias = bias if bias is not None and bias.dtype == torch.float32 else None
 
     # (1) with B = weight.T; the weight is symmetric (zero point 0)

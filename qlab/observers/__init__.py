@@ -49,6 +49,7 @@ Two torch.ao quirks are reproduced on purpose, because they change results:
 with custom ``quant_min``/``quant_max``, ``reduce_range`` halves both bounds;
 HistogramObserver's search always assumes 256 destination bins, even with ``reduce_range``.
 """
+
 from __future__ import annotations
 
 from .clipping import MSEObserver, PercentileObserver

@@ -1,5 +1,6 @@
 """What every qlab observer shares: the constructor's checks, the integer range, and
 ``calculate_qparams() = choose_qparams(*chosen_range())`` (:mod:`qlab.observers`)."""
+
 from __future__ import annotations
 
 import torch
@@ -47,7 +48,9 @@ class _Observer(ObserverBase):
         self.qscheme = qscheme
         self.reduce_range = reduce_range
         if qscheme in _SYMMETRIC and reduce_range and dtype == torch.quint8:
-            raise ValueError("reduce_range cannot be combined with a symmetric qscheme for torch.quint8 (as in torch.ao)")
+            raise ValueError(
+                "reduce_range cannot be combined with a symmetric qscheme for torch.quint8 (as in torch.ao)"
+            )
         self.has_customized_qrange = quant_min is not None or quant_max is not None
         if self.has_customized_qrange:
             self.quant_min, self.quant_max = _custom_range(dtype, quant_min, quant_max, reduce_range)
@@ -129,6 +132,7 @@ def _custom_range(dtype, quant_min, quant_max, reduce_range):
         if quant_min >= quant_max:
             raise ValueError(f"reduce_range halves the custom range to the empty [{quant_min}, {quant_max}]")
     return quant_min, quant_max
+
 
 def _check_averaging_constant(c):
     check_number("averaging_constant", c, 0, 1, lo_open=True)

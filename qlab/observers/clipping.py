@@ -1,4 +1,6 @@
-"""Equations (5) and (6) of :mod:`qlab.observers`: percentile and MSE-optimal ranges, no torch.ao twin (``notebooks/02``)."""
+"""Equations (5) and (6) of :mod:`qlab.observers`: percentile and MSE-optimal ranges, no torch.ao twin
+(``notebooks/02``)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -123,7 +125,9 @@ class MSEObserver(HistogramObserver):
         counts = self.histogram[full]
         xs = centres.expand(len(lo), -1).contiguous()  # row k: every bin centre, for range k
         # equation (2) of qlab.primitives per row; torch's kernel equals qlab.fake_quantize bit for bit, and is faster
-        xq = torch.fake_quantize_per_channel_affine(xs, scale, zero_point.to(torch.int32), 0, self.quant_min, self.quant_max)
+        xq = torch.fake_quantize_per_channel_affine(
+            xs, scale, zero_point.to(torch.int32), 0, self.quant_min, self.quant_max
+        )
         return ((xq - xs) ** 2 * counts).sum(dim=1) / counts.sum()
 
     def chosen_range(self):

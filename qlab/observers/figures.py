@@ -2,6 +2,7 @@
 function ``draw(fig, ...) -> result`` on a ``matplotlib.figure.Figure`` (never pyplot) that returns
 what it shows, so a cell or a test can assert the figure's message and
 :class:`qlab.widgets.LiveFigure` can redraw it from widget callbacks."""
+
 from __future__ import annotations
 
 from typing import Mapping
@@ -36,7 +37,7 @@ def _histogram_and_ranges(ax_hist, ax_rng, values: torch.Tensor, ranges: Mapping
     ax_hist.stairs(np.maximum(counts, 0.8), edges, fill=True, color="0.6", baseline=0.8)
     ax_hist.set_yscale("log")
     ax_hist.set_ylabel("count")
-    for i, (name, (lo, hi)) in enumerate(ranges.items()):
+    for i, (_name, (lo, hi)) in enumerate(ranges.items()):
         c = _COLOURS[i % len(_COLOURS)]
         ax_rng.plot([lo, hi], [i, i], color=c, lw=5, solid_capstyle="butt")
         ax_hist.axvline(hi, color=c, lw=1, ls="--")
@@ -103,10 +104,14 @@ def draw_explorer(
     ax_err = fig.add_subplot(gs[:, 1])
     ranges = _per_tensor(report)
     _histogram_and_ranges(ax_hist, ax_rng, x, ranges)
-    ax_hist.set_title(f"calibration: {n_images} images" + (f", outlier {outlier_value:.3g}" if outlier else ""), fontsize=10)
+    ax_hist.set_title(
+        f"calibration: {n_images} images" + (f", outlier {outlier_value:.3g}" if outlier else ""), fontsize=10
+    )
     names = list(report)
     sqnr = [report[n]["sqnr_db"] for n in names]
-    bars = ax_err.barh(range(len(names)), sqnr, color=[_COLOURS[i % len(_COLOURS)] for i in range(len(names))], height=0.6)
+    bars = ax_err.barh(
+        range(len(names)), sqnr, color=[_COLOURS[i % len(_COLOURS)] for i in range(len(names))], height=0.6
+    )
     ax_err.bar_label(bars, fmt="%.1f", fontsize=8, padding=2)
     finite = [v for v in sqnr if np.isfinite(v)] or [0.0]
     ax_err.set_xlim(max(0.0, min(finite) - 8), max(finite) + 6)  # start near the data: differences of a few dB show

@@ -1,4 +1,5 @@
 """Equation (4) of :mod:`qlab.observers`: PyTorch's histogram observer and its greedy L2 search (``notebooks/02``)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -119,16 +120,16 @@ def _l2_search(hist, min_val, max_val, dst_nbins=256, stepsize=1e-5):
     while alpha < beta:
         next_alpha, next_beta = alpha + stepsize, beta - stepsize
         lo_t, hi_t = float(np.float32(next_alpha * total)), float(np.float32(next_beta * total))
-        l, r = start_bin, end_bin
-        while l < end_bin and csum[l] < lo_t:
-            l += 1
-        while r > start_bin and csum[r] > hi_t:
-            r -= 1
+        left, right = start_bin, end_bin
+        while left < end_bin and csum[left] < lo_t:
+            left += 1
+        while right > start_bin and csum[right] > hi_t:
+            right -= 1
         next_start, next_end = start_bin, end_bin
-        if l - start_bin > end_bin - r:  # cut on the side that moves further
-            next_start, alpha = l, next_alpha
+        if left - start_bin > end_bin - right:  # cut on the side that moves further
+            next_start, alpha = left, next_alpha
         else:
-            next_end, beta = r, next_beta
+            next_end, beta = right, next_beta
         if (next_start, next_end) == (start_bin, end_bin):
             continue
         norm = _l2_error(hist, bin_width, next_start, next_end, dst_nbins)

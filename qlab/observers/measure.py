@@ -1,4 +1,5 @@
 """How well an observer's ``(scale, zero_point)`` represent data, and several observers compared (``notebooks/02``)."""
+
 from __future__ import annotations
 
 import torch

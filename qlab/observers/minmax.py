@@ -1,4 +1,5 @@
 """Equations (1)-(3) of :mod:`qlab.observers`: min/max, moving average, per channel (``notebooks/02``)."""
+
 from __future__ import annotations
 
 import torch
@@ -92,7 +93,6 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
         return f"averaging_constant={self.averaging_constant}, " + super().extra_repr()
 
 
-
 class PerChannelMinMaxObserver(_Observer):
     """Equation (3) with (1): one running min/max per slice along ``ch_axis``.
 
@@ -125,7 +125,9 @@ class PerChannelMinMaxObserver(_Observer):
         """Per-channel (min, max) of ``x``: move ``ch_axis`` to the front, flatten the rest."""
         x = self._check_input(x)
         if x.dim() < 2:
-            raise ValueError(f"x must have at least 2 dimensions for a per-channel observer, got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"x must have at least 2 dimensions for a per-channel observer, got shape {tuple(x.shape)}"
+            )
         axis = check_axis("ch_axis", self.ch_axis, x.dim())
         if self.min_val.numel() and x.shape[axis] != self.min_val.numel():
             raise ValueError(
