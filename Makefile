@@ -24,8 +24,14 @@ $(STAMP): requirements/lock.txt pyproject.toml Makefile
 	@touch $@
 	@echo "set-up done: $(VENV) with the pinned dependencies, qlab (editable), kernel 'qlab'"
 
+# JupyterLab refuses to start as root unless told to: root is what containers and many cloud images give.
 lab: setup
-	$(BIN)/jupyter lab --notebook-dir=notebooks --port=$(PORT)
+	@if [ "$$(id -u)" = 0 ]; then \
+	  echo "make lab: running as root, so starting JupyterLab with --allow-root"; \
+	  exec $(BIN)/jupyter lab --notebook-dir=notebooks --port=$(PORT) --allow-root; \
+	else \
+	  exec $(BIN)/jupyter lab --notebook-dir=notebooks --port=$(PORT); \
+	fi
 
 # The browser test drives Debian's Chromium (Playwright's own browser download fails here).
 browser:
@@ -35,9 +41,14 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium not found: install it (apt-get install chromium) or the browser test is skipped"; fi; }
 
+# Lint; the unit tests in random order; strict nbval over every notebook; then nbval again with the
+# libraries held to AVX2, to AVX-512 without AMX, and without the C++ kernels (scripts/isa_matrix.py).
 test: setup browser
-	$(BIN)/python -m pytest tests notebooks --nbval --nbval-current-env \
-		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest tests -p randomly -p no:cacheprovider
+	$(BIN)/python -m pytest notebooks --nbval --nbval-current-env \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider -p no:randomly
+	$(BIN)/python scripts/isa_matrix.py
 
 # Re-execute the committed notebooks (after editing one): outputs saved, widget state stripped.
 notebooks: setup

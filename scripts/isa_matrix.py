@@ -1,0 +1,84 @@
+#!/usr/bin/env python
+"""Strict nbval over every notebook again, with the libraries held to what a learner's CPU offers.
+
+    .venv/bin/python scripts/isa_matrix.py            # every setting this CPU can run
+    .venv/bin/python scripts/isa_matrix.py avx2       # one setting
+
+A workbook claim that depends on the instruction set must hold (or be stated conditionally) on every
+CPU a learner brings, so `make test` replays the committed notebooks under:
+
+* ``avx2``         -- AVX2 only (most AMD Ryzen before Zen 4, Intel client CPUs): ATen, oneDNN, MKL,
+                      FBGEMM and qlab's kernels all held to AVX2 by their environment variables;
+* ``avx512_vnni``  -- AVX-512 with VNNI but no AMX (Xeons before Sapphire Rapids, AMD EPYC Zen 4/5):
+                      oneDNN and qlab's kernels held below AMX;
+* ``no_ext``       -- no C++ compiler: qlab's kernels served by the pure-PyTorch reference.
+
+A setting the host cannot run (it lacks the instructions), or that the main run already was (an
+AVX-512 VNNI host without AMX), is skipped with the reason printed.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SETTINGS = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+             "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "QLAB_ISA": "avx2"},
+    "avx512_vnni": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI", "QLAB_ISA": "avx512_vnni"},
+    "no_ext": {"QLAB_NO_EXT": "1"},
+}
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def skip_reason(name: str, flags: set[str]) -> str | None:
+    if name == "avx2" and not {"avx2", "fma"} <= flags:
+        return "this CPU has no AVX2"
+    if name == "avx512_vnni":
+        if "avx512_vnni" not in flags:
+            return "this CPU has no AVX-512 VNNI"
+        if "amx_int8" not in flags:
+            return "this CPU has no AMX: the main nbval run already was this setting"
+    return None
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(SETTINGS)
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown:
+        print(f"unknown setting(s) {unknown}: choose from {list(SETTINGS)}")
+        return 2
+    flags, failed = cpu_flags(), []
+    for name in names:
+        reason = skip_reason(name, flags)
+        if reason:
+            print(f"== nbval [{name}]: skipped ({reason})", flush=True)
+            continue
+        env = {**os.environ, **SETTINGS[name]}
+        print(f"== nbval [{name}]: " + " ".join(f"{k}={v}" for k, v in SETTINGS[name].items()), flush=True)
+        t0 = time.perf_counter()
+        rc = subprocess.call([sys.executable, "-m", "pytest", "notebooks", "--nbval", "--nbval-current-env",
+                              "--nbval-sanitize-with", "tests/nbval_sanitize.cfg", "-p", "no:cacheprovider",
+                              "-p", "no:randomly", "-q"], cwd=ROOT, env=env)
+        print(f"== nbval [{name}]: {'passed' if rc == 0 else 'FAILED'} in {time.perf_counter() - t0:.0f} s", flush=True)
+        if rc:
+            failed.append(name)
+    if failed:
+        print(f"nbval failed under: {failed}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
