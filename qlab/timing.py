@@ -29,7 +29,7 @@ import torch
 
 from ._checks import check_int, check_number
 
-__all__ = ["Timing", "Timings", "time_interleaved", "speedups", "geomean", "loadavg"]
+__all__ = ["Timing", "Timings", "time_interleaved", "speedups", "geomean", "loadavg", "wait_for_quiet"]
 
 
 def loadavg() -> float:
@@ -38,6 +38,22 @@ def loadavg() -> float:
         return round(os.getloadavg()[0], 2)
     except OSError:  # not on Linux/macOS
         return math.nan
+
+
+def wait_for_quiet(max_load: float = 0.5, timeout_s: float = 600.0, poll_s: float = 10.0) -> float:
+    """Wait until the 1-minute load average is at most ``max_load``, then return it; raise ``RuntimeError``
+    after ``timeout_s``. The benchmarks refuse to record on a busy machine: on 2 cores, one other busy
+    process halves what a 2-thread measurement gets and slows the single-thread ones unevenly."""
+    check_number("max_load", max_load, 0, lo_open=True)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        load = loadavg()
+        if not load > max_load:  # also NaN: no load average on this OS
+            return load
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the machine stayed busy (load average {load} > {max_load}) for {timeout_s:.0f} s: "
+                               "a recording made now would measure the other processes; stop them and retry")
+        time.sleep(poll_s)
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:

@@ -63,3 +63,11 @@ def test_time_interleaved_validates():
         timing.time_interleaved({"a": lambda: None}, number=1.5)
     with pytest.raises(ValueError, match="target_s must be"):
         timing.time_interleaved({"a": lambda: None}, target_s=0)
+
+
+def test_wait_for_quiet(monkeypatch):
+    monkeypatch.setattr(timing, "loadavg", lambda: 0.2)
+    assert timing.wait_for_quiet(0.5) == 0.2
+    monkeypatch.setattr(timing, "loadavg", lambda: 3.0)
+    with pytest.raises(RuntimeError, match="stayed busy"):
+        timing.wait_for_quiet(0.5, timeout_s=0, poll_s=0)
