@@ -15,8 +15,8 @@ module                                    what it holds                         
 :mod:`qlab.data`                          scikit-learn's digits, offline                               02-09
 :mod:`qlab.models`                        the digits CNN; evaluate, train, capture activations         02-06
 :mod:`qlab.checkpoints`                   the trained checkpoints in ``data/`` (one registry)          02-09
-:mod:`qlab.eager`                         eager PTQ/QAT in a few calls, models run on their engine,    03, 04
-                                          the engine and QAT figures
+:mod:`qlab.flows`                         torch.ao's eager PTQ/QAT and FX PTQ in one call each,       03-05, 07
+                                          models run on their engine; the engine and QAT figures
 :mod:`qlab.fake_quant`                    ``FakeQuantize``, torch.ao's twin                            04
 :mod:`qlab.fxviz`                         FX graphs classified and drawn                               05, 06
 :mod:`qlab.pt2e`                          the PT2E flow: export with a dynamic batch, quantize,        06-08
@@ -39,6 +39,7 @@ module                                    what it holds                         
 :mod:`qlab.diagnose`                      fake vs real, layer by layer                                 09
 :mod:`qlab.onnx_check`                    the same integers on ONNX Runtime                            09
 :mod:`qlab.widgets`                       the live-figure pattern behind every interactive plot        01-09
+:mod:`qlab.show`                          library source and expected errors, shown short and exact    01-09
 :mod:`qlab.check`                         the environment checks of notebook 00                         00
 :mod:`qlab.exercises`                     the exercise checkers, one module per notebook               01-09
 ========================================  ==========================================================  ========
@@ -50,7 +51,7 @@ inside :func:`qlab.scoped`, which restores it.
 __version__ = "0.1.0"
 
 from . import data, fake_quant, models, observers  # noqa: E402
-from ._env import env_info, isa_summary, scoped, setup  # noqa: E402
+from ._env import drop_log_message, env_info, isa_summary, scoped, setup  # noqa: E402
 from .fake_quant import FakeQuantize  # noqa: E402
 from .primitives import (  # noqa: E402
     PerChannel,
@@ -66,6 +67,7 @@ __all__ = [
     "__version__",
     "setup",
     "scoped",
+    "drop_log_message",
     "env_info",
     "isa_summary",
     "qrange",

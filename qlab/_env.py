@@ -26,7 +26,8 @@ import torch
 
 from ._checks import check_int
 
-__all__ = ["EnvInfo", "cpu_flags", "isa_summary", "int8_units", "env_info", "machine_info", "setup", "scoped"]
+__all__ = ["EnvInfo", "EXPLAINED_WARNINGS", "cpu_flags", "isa_summary", "int8_units", "env_info", "machine_info",
+           "filter_explained_warnings", "drop_log_message", "setup", "scoped"]
 
 # /proc/cpuinfo flag -> the name a learner meets in Intel/AMD documentation.
 _ISA_FLAGS = {
@@ -223,13 +224,61 @@ def machine_info() -> dict:
     }
 
 
-def setup(seed: int = 0, threads: int | None = 2, quiet: bool = False) -> EnvInfo:
+#: The warnings notebook 00 triggers and explains once; :func:`setup` filters exactly these afterwards
+#: (by category and message, nothing else): name -> (category, message regex, the one-line explanation).
+EXPLAINED_WARNINGS = {
+    "torch.ao.quantization": (DeprecationWarning, r".*torch\.ao\.quantization.*is deprecated",
+                              "the eager and FX flows are deprecated in favour of torchao (PT2E); they still work"),
+    "reduce_range": (UserWarning, r"Please use quant_min and quant_max to specify the range",
+                     "observers' reduce_range flag will give way to explicit quant_min/quant_max"),
+    "quantized tensors": (UserWarning, r".*quantized tensor creation functions.*deprecated",
+                          "torch.quint8/qint8 tensors will give way to plain integer tensors (as PT2E uses)"),
+}
+#: The log line torchao's import writes (a torch deprecation inside torchao), dropped by :func:`setup`.
+EXPLAINED_LOG = ("torch.utils._pytree", "<enum 'KernelPreference'> is an Enum subclass")
+
+
+class _DropMessage:
+    def __init__(self, start: str):
+        self.start = start
+
+    def filter(self, record) -> bool:
+        return not record.getMessage().startswith(self.start)
+
+
+def drop_log_message(logger: str, start: str):
+    """Drop the log records of ``logger`` whose message starts with ``start``; everything else it logs still
+    shows. Idempotent; returns the filter (``logging.getLogger(logger).removeFilter(f)`` undoes it)."""
+    import logging
+
+    if not isinstance(logger, str) or not isinstance(start, str) or not start:
+        raise TypeError("logger and start must be strings, start non-empty")
+    log = logging.getLogger(logger)
+    for f in log.filters:
+        if isinstance(f, _DropMessage) and f.start == start:
+            return f
+    f = _DropMessage(start)
+    log.addFilter(f)
+    return f
+
+
+def filter_explained_warnings() -> None:
+    """Filter the warnings of :data:`EXPLAINED_WARNINGS` and the log line :data:`EXPLAINED_LOG` (idempotent)."""
+    import warnings
+
+    for category, message, _ in EXPLAINED_WARNINGS.values():
+        warnings.filterwarnings("ignore", message=message, category=category)
+    drop_log_message(*EXPLAINED_LOG)
+
+
+def setup(seed: int = 0, threads: int | None = 2, quiet: bool = False, filter_warnings: bool = True) -> EnvInfo:
     """Make a notebook reproducible and say what it runs on.
 
     Seeds Python, NumPy and torch; fixes torch's intra-op thread count
     (``threads``, capped at the machine's cores; ``None`` leaves it); makes
     matplotlib render PNG at a fixed size so committed notebooks stay small;
-    prints the environment line (versions, CPU ISA, quantized engines).
+    prints the environment line (versions, CPU ISA, quantized engines); filters the warnings
+    notebook 00 explains (:data:`EXPLAINED_WARNINGS`), unless ``filter_warnings=False``.
     """
     check_int("seed", seed, 0)
     if threads is not None:
@@ -238,6 +287,8 @@ def setup(seed: int = 0, threads: int | None = 2, quiet: bool = False) -> EnvInf
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    if filter_warnings:
+        filter_explained_warnings()
 
     import matplotlib
 

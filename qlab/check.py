@@ -29,6 +29,7 @@ class Check:
     found: str
     fix: str = ""
     required: bool = True
+    machine: bool = False  # describes this machine (CPU, compiler, the kernel build): differs between learners
 
     @property
     def status(self) -> str:
@@ -112,6 +113,7 @@ def environment_checks(lock: pathlib.Path = LOCK, flags: set[str] | None = None)
             "yes" if "avx2" in flags else "no",
             "int8 kernels fall back to slow scalar code on this CPU",
             required=False,
+            machine=True,
         )
     )
     vnni = "avx512_vnni" in flags or "avx_vnni" in flags
@@ -122,6 +124,7 @@ def environment_checks(lock: pathlib.Path = LOCK, flags: set[str] | None = None)
             "yes" if vnni else "no",
             "int8 speedups will be small: the performance notebook explains why",
             required=False,
+            machine=True,
         )
     )
 
@@ -133,6 +136,7 @@ def environment_checks(lock: pathlib.Path = LOCK, flags: set[str] | None = None)
             "found" if cxx else "not found",
             "install g++ (Debian/Ubuntu: apt-get install g++); qlab then uses its slower pure-PyTorch kernels",
             required=False,
+            machine=True,
         )
     )
     checks.append(
@@ -142,6 +146,7 @@ def environment_checks(lock: pathlib.Path = LOCK, flags: set[str] | None = None)
             "found" if importlib.util.find_spec("ninja") else "not found",
             "pip install ninja",
             required=False,
+            machine=True,
         )
     )
 
@@ -157,11 +162,13 @@ def environment_checks(lock: pathlib.Path = LOCK, flags: set[str] | None = None)
                     found,
                     "run `make setup` to build them (needs a C++ compiler and ninja)",
                     required=False,
+                    machine=True,
                 )
             )
         except Exception as e:
             checks.append(
-                Check("qlab int8 kernels compiled", False, type(e).__name__, "run `make setup`", required=False)
+                Check("qlab int8 kernels compiled", False, type(e).__name__, "run `make setup`", required=False,
+                      machine=True)
             )
 
     try:

@@ -39,7 +39,7 @@ from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 from .observers import MovingAverageMinMaxObserver
 from .primitives import PerChannel, PerTensor, fake_quantize
 
-__all__ = ["FakeQuantize"]
+__all__ = ["FakeQuantize", "qat_qconfig"]
 
 _PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric)
 
@@ -113,3 +113,16 @@ class FakeQuantize(FakeQuantizeBase):
             f"quant_min={self.quant_min}, quant_max={self.quant_max}, dtype={self.dtype}, "
             f"qscheme={self.qscheme}, ch_axis={self.ch_axis}"
         )
+
+
+def qat_qconfig(fake_quant, activation_observer, weight_observer):
+    """A QAT ``QConfig`` with the x86 defaults' ranges -- 7-bit affine ``quint8`` activations
+    (``quant_min=0, quant_max=255, reduce_range=True``), per-channel symmetric ``qint8`` weights -- built from
+    any fake-quantize class and observer classes: torch.ao's or qlab's (notebook 04 trains one of each)."""
+    import torch.ao.quantization as tq
+
+    return tq.QConfig(
+        activation=fake_quant.with_args(observer=activation_observer, quant_min=0, quant_max=255, reduce_range=True),
+        weight=fake_quant.with_args(observer=weight_observer, quant_min=-128, quant_max=127, dtype=torch.qint8,
+                                    qscheme=torch.per_channel_symmetric),
+    )

@@ -1,5 +1,6 @@
-"""Eager-mode quantization in a few calls: the PTQ and QAT flows of ``notebooks/03-eager-mode-ptq.ipynb``
-and ``notebooks/04-eager-mode-qat.ipynb``, and their figures.
+"""torch.ao's quantization flows in one call each: eager PTQ and QAT (``notebooks/03-eager-mode-ptq.ipynb``,
+``notebooks/04-eager-mode-qat.ipynb``), FX PTQ (``notebooks/05-fx-graph-mode.ipynb``, ``07``), and the
+figures of 03 and 04.
 
     fused    = fuse_modules(copy(model), model.fuse_spec())      # Conv-BN-ReLU -> ConvReLU2d
     fused.qconfig = qconfig                                      # which observers
@@ -7,9 +8,12 @@ and ``notebooks/04-eager-mode-qat.ipynb``, and their figures.
     prepared(calibration batches)                                # observe
     int8     = convert(prepared)                                 # int8 modules, packed for the engine
 
+FX graph mode traces the model instead (:func:`fx_ptq`): ``prepare_fx(model, qconfig_mapping,
+example, backend_config)``, calibrate, ``convert_fx``.
+
 The engine (``torch.backends.quantized.engine``) matters twice: ``convert`` packs the weights for
-it, and the int8 model must run under the same engine. :func:`ptq` converts inside
-:func:`qlab.scoped` and returns an :class:`OnEngine`, which runs the model under its engine and puts
+it, and the int8 model must run under the same engine. :func:`ptq` and :func:`fx_ptq` convert inside
+:func:`qlab.scoped` and return an :class:`OnEngine`, which runs the model under its engine and puts
 the caller's engine back afterwards.
 """
 
@@ -26,7 +30,7 @@ from torch import nn
 from ._checks import check_int, check_number
 from ._env import scoped
 
-__all__ = ["OnEngine", "ptq", "qat_finetune", "draw_engines", "draw_fake_quant_ranges", "draw_accuracy"]
+__all__ = ["OnEngine", "ptq", "fx_ptq", "qat_finetune", "draw_engines", "draw_fake_quant_ranges", "draw_accuracy"]
 
 _COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 
@@ -73,6 +77,34 @@ def ptq(model: nn.Module, calibration: Iterable[torch.Tensor], engine: str = "x8
         for b in batches:
             m(b)
         return OnEngine(tq.convert(m), engine)
+
+
+@torch.no_grad()
+def fx_ptq(model: nn.Module, calibration: Iterable[torch.Tensor], engine: str = "x86", qconfig_mapping=None,
+           prepare_custom_config=None) -> OnEngine:
+    """FX post-training quantization of a copy of ``model`` under ``engine``: ``prepare_fx`` with the
+    engine's default ``QConfigMapping`` (unless given) and its ``BackendConfig``, every calibration batch,
+    ``convert_fx``. The example input for tracing is the first calibration batch."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.backend_config import get_fbgemm_backend_config, get_qnnpack_backend_config
+    from torch.ao.quantization.backend_config.onednn import get_onednn_backend_config
+    from torch.ao.quantization.backend_config.x86 import get_x86_backend_config
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx  # before backend_config (notebook 05)
+
+    batches = list(calibration)
+    if not batches or not all(isinstance(b, torch.Tensor) for b in batches):
+        raise TypeError("calibration must be a non-empty iterable of input tensors")
+    backends = {"x86": get_x86_backend_config, "fbgemm": get_fbgemm_backend_config,
+                "onednn": get_onednn_backend_config, "qnnpack": get_qnnpack_backend_config}
+    if engine not in backends:
+        raise ValueError(f"engine must be one of {list(backends)}, got {engine!r}")
+    with scoped(engine=engine):
+        mapping = qconfig_mapping if qconfig_mapping is not None else get_default_qconfig_mapping(engine)
+        prepared = prepare_fx(copy.deepcopy(model).eval(), mapping, (batches[0],),
+                              prepare_custom_config=prepare_custom_config, backend_config=backends[engine]())
+        for b in batches:
+            prepared(b)
+        return OnEngine(convert_fx(prepared, backend_config=backends[engine]()), engine)
 
 
 def qat_finetune(

@@ -64,8 +64,11 @@ def _qconv(x_codes, x_s, x_z, w_codes, w_s, b, y_s, y_z, relu=False, padding=0, 
 
 
 def _random_layer(seed: int, cin: int = 32, cout: int = 64, size: int = 32, bias: bool = True):
+    """A 3x3 conv layer's integer codes and scales. Activation codes are 7-bit (0..127, fbgemm's default range):
+    then AVX2's ``vpmaddubsw`` cannot saturate, and the layer isolates one source on every CPU
+    (:func:`exp_saturation` measures saturation on its own)."""
     g = torch.Generator().manual_seed(seed)
-    x_codes = torch.randint(0, 256, (1, cin, size, size), generator=g, dtype=torch.int32).to(torch.uint8)
+    x_codes = torch.randint(0, 128, (1, cin, size, size), generator=g, dtype=torch.int32).to(torch.uint8)
     w_codes = torch.randint(-127, 128, (cout, cin, 3, 3), generator=g, dtype=torch.int32).to(torch.int8)
     b = (torch.rand(cout, generator=g) - 0.5) * 0.4 if bias else None
     x_s, x_z, w_s = 0.02, 17, 0.004
@@ -293,8 +296,8 @@ def exp_bn_folding(seed: int = 0) -> dict[str, SourceResult]:
             bn.running_var.uniform_(0.2, 3.0)
         m.eval()
         tq.fuse_modules_qat(m, [["1", "2", "3"]], inplace=True)
-        act = tq.FakeQuantize.with_args(
-            observer=tq.MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8
+        act = tq.FakeQuantize.with_args(  # 7-bit activations: no vpmaddubsw saturation on AVX2
+            observer=tq.MovingAverageMinMaxObserver, quant_min=0, quant_max=127, dtype=torch.quint8
         )
         wt = tq.FakeQuantize.with_args(
             observer=tq.MovingAveragePerChannelMinMaxObserver,
@@ -446,16 +449,31 @@ def simulate(k: float = 1.0, input_max: float = 1.0, **sources: bool) -> dict:
 
 
 def draw_mismatch(fig: Figure, k: float = 1.0, input_max: float = 1.0, **sources: bool) -> dict:
-    """The notebook's interactive figure: fake vs real codes of channel 0 along the input ramp (left)
-    and the histogram of LSB differences over all outputs (right). Returns the :func:`simulate` stats."""
+    """The notebook's interactive figure. Left, top: fake and real codes of channel 0 along the input ramp
+    (they overlap wherever they agree); left, bottom: their difference along the ramp in LSB, so a
+    one-code difference is visible; right: the histogram of the differences over all outputs.
+    Returns the :func:`simulate` stats and ``differ_at``, the ramp positions where channel 0 differs."""
     r = simulate(k, input_max, **sources)
-    ax1, ax2 = fig.subplots(1, 2)
-    f0, r0 = r["fake"][0, 0].flatten(), r["real"][0, 0].flatten()
-    ax1.plot(f0.numpy(), lw=1.2, label="fake-quant")
-    ax1.plot(r0.numpy(), lw=1.0, ls="--", label="real int8")
-    ax1.set_xlabel("position along the input ramp (channel 0)")
+    gs = fig.add_gridspec(2, 2, height_ratios=[2, 1], width_ratios=[3, 2])
+    ax1 = fig.add_subplot(gs[0, 0])
+    ax_d = fig.add_subplot(gs[1, 0], sharex=ax1)
+    ax2 = fig.add_subplot(gs[:, 1])
+    f0, r0 = r["fake"][0, 0].flatten().double(), r["real"][0, 0].flatten().double()
+    ax1.plot(f0.numpy(), lw=1.6, color="C0", label="fake-quant")
+    ax1.plot(r0.numpy(), lw=1.0, ls="--", color="C1", label="real int8")
     ax1.set_ylabel("output code")
-    ax1.legend(loc="upper left", fontsize=8)
+    ax1.legend(loc="upper left", fontsize=7)
+    ax1.tick_params(labelbottom=False)
+    d0 = f0 - r0
+    differ_at = torch.nonzero(d0 != 0).flatten()
+    ax_d.axhline(0.0, color="0.6", lw=0.8)
+    ax_d.plot(d0.numpy(), lw=0.8, color="C3")
+    if len(differ_at):
+        ax_d.plot(differ_at.numpy(), d0[differ_at].numpy(), "o", ms=2.5, color="C3")
+    lim = max(1.0, float(d0.abs().max()))
+    ax_d.set_ylim(-1.2 * lim, 1.2 * lim)
+    ax_d.set_xlabel("position along the input ramp (channel 0)")
+    ax_d.set_ylabel("fake - real", fontsize=8)
     d = r["diff"]
     lo, hi = float(d.min()), float(d.max())
     edges = torch.arange(min(lo, -1.0) - 0.25, max(hi, 1.0) + 0.5, 0.5)
@@ -467,4 +485,5 @@ def draw_mismatch(fig: Figure, k: float = 1.0, input_max: float = 1.0, **sources
     st = r["stats"]
     on = ", ".join(r["sources"]) or "no source"
     ax2.set_title(f"{on}: {st.n_diff}/{st.n} differ, max {st.max_lsb:g} LSB", fontsize=8)
-    return {"n": st.n, "n_diff": st.n_diff, "max_lsb": st.max_lsb, "mean_lsb": st.mean_lsb, "sources": r["sources"]}
+    return {"n": st.n, "n_diff": st.n_diff, "max_lsb": st.max_lsb, "mean_lsb": st.mean_lsb, "sources": r["sources"],
+            "differ_at": differ_at.tolist()}

@@ -28,7 +28,7 @@ from typing import Iterable, Mapping
 
 from matplotlib.figure import Figure
 
-from ._checks import check_choice
+from ._checks import check_choice, check_int
 from .timing import geomean
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "kernel_table",
     "draw_kernels",
     "onednn_kernels",
+    "engine_kernels",
 ]
 
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "models.json"
@@ -334,38 +335,72 @@ def draw_kernels(fig: Figure, results, kind: str = "attention", threads: int = 1
 
 
 # --------------------------------------------------------------------------- which kernels an engine runs
-_CONV_PROBE = """
+_PROBE = """
 import warnings
 import torch
 import torch.ao.nn.quantized as nnq
+import qlab
 warnings.filterwarnings("ignore")
-torch.backends.quantized.engine = {engine!r}
-conv = nnq.Conv2d(64, 64, 3, padding=1)
-x = torch.quantize_per_tensor(torch.rand(1, 64, 56, 56), 0.02, 0, torch.quint8)
-conv(x)
-conv(x)
+layer, channels = {layer!r}, {channels}
+
+
+def per_channel(shape):  # symmetric per-channel int8 weights, as the default qconfigs make them
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    s = w.abs().amax(dim=tuple(range(1, w.dim()))) / 127
+    return torch.quantize_per_channel(w, s.double(), torch.zeros(shape[0], dtype=torch.long), 0, torch.qint8)
+
+
+with qlab.scoped(engine={engine!r}):
+    if layer == "linear":
+        m = nnq.Linear(channels, channels)
+        m.set_weight_bias(per_channel((channels, channels)), None)
+        x = torch.quantize_per_tensor(torch.rand(64, channels), 0.02, 0, torch.quint8)
+    else:
+        groups = channels if layer == "depthwise" else 1
+        m = nnq.Conv2d(channels, channels, 3, padding=1, groups=groups)
+        m.set_weight_bias(per_channel((channels, channels // groups, 3, 3)), None)
+        x = torch.quantize_per_tensor(torch.rand(1, channels, 28, 28), 0.02, 0, torch.quint8)
+    print("--- probe starts", flush=True)
+    m(x)
+    m(x)
 """
+PROBE_LAYERS = ("linear", "conv", "depthwise")
 
 
-def onednn_kernels(engine: str, timeout: float = 120.0) -> list[tuple[str, str]]:
-    """The oneDNN primitives ``(kind, implementation)`` that a quantized 3×3 ``Conv2d`` (64 channels,
-    56×56) executes under ``engine``, read from oneDNN's own log (``ONEDNN_VERBOSE=1``) in a fresh
-    Python process, e.g. ``("convolution", "brg_conv_fwd:avx10_1_512_amx")``. FBGEMM's kernels do not
-    log, so an engine that never calls oneDNN gives ``[]``."""
+def onednn_kernels(
+    engine: str, layer: str = "conv", channels: int = 64, timeout: float = 120.0
+) -> list[tuple[str, str]]:
+    """The oneDNN primitives ``(kind, implementation)`` one quantized layer executes under ``engine``, read from
+    oneDNN's own log (``ONEDNN_VERBOSE=1``) in a fresh Python process with this process's environment (so
+    ``ONEDNN_MAX_CPU_ISA`` and the other caps apply), e.g. ``("convolution", "brg_conv_fwd:avx10_1_512_amx")``.
+
+    ``layer``: ``"linear"`` (``channels`` -> ``channels``, 64 rows), ``"conv"`` (3x3, ``channels`` in and out,
+    28x28) or ``"depthwise"`` (3x3, ``groups=channels``). FBGEMM's kernels do not log, so a layer the
+    engine gives to FBGEMM returns ``[]``.
+    """
     check_choice("engine", engine, ["x86", "fbgemm", "onednn"])
+    check_choice("layer", layer, list(PROBE_LAYERS))
+    check_int("channels", channels, 1)
     env = {**os.environ, "ONEDNN_VERBOSE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", _CONV_PROBE.format(engine=engine)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    code = _PROBE.format(engine=engine, layer=layer, channels=channels)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"the {engine} convolution probe failed:\n{proc.stderr[-2000:]}")
+        raise RuntimeError(f"the {engine} {layer} probe failed:\n{proc.stderr[-2000:]}")
     found = []
-    for line in proc.stdout.splitlines():
+    for line in proc.stdout.split("--- probe starts", 1)[-1].splitlines():
         parts = line.split(",")
         if len(parts) > 6 and parts[0] == "onednn_verbose" and parts[2:4] == ["primitive", "exec"]:
-            found.append((parts[5], parts[6]))
+            if (parts[5], parts[6]) not in found:
+                found.append((parts[5], parts[6]))
     return found
+
+
+def engine_kernels(engine: str = "x86", layers=(("linear", 256), ("conv", 64), ("depthwise", 64),
+                                               ("depthwise", 128))) -> dict[str, str]:
+    """Which library runs each probe layer under ``engine``: ``"oneDNN <implementation>"`` or ``"FBGEMM"``
+    (nothing in oneDNN's log). Keys like ``"depthwise 128 ch"``."""
+    out = {}
+    for layer, channels in layers:
+        kernels = [impl for kind, impl in onednn_kernels(engine, layer, channels) if kind != "reorder"]
+        out[f"{layer} {channels} ch"] = f"oneDNN {kernels[0]}" if kernels else "FBGEMM"
+    return out

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import io
-import logging
 from typing import Iterable
 
 import torch
@@ -30,7 +29,6 @@ __all__ = [
     "lower",
     "graph_tensors",
     "graph_bytes",
-    "drop_log_message",
 ]
 
 
@@ -117,22 +115,3 @@ def graph_bytes(gm: torch.nn.Module) -> int:
     buf = io.BytesIO()
     torch.save(graph_tensors(gm), buf)
     return buf.getbuffer().nbytes
-
-
-class _DropMessage(logging.Filter):
-    def __init__(self, start: str):
-        super().__init__()
-        self.start = start
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.start)
-
-
-def drop_log_message(logger: str, start: str) -> logging.Filter:
-    """Drop the log records of ``logger`` whose message starts with ``start``; everything else it logs
-    still shows. Returns the filter (``logging.getLogger(logger).removeFilter(f)`` undoes it)."""
-    if not isinstance(logger, str) or not isinstance(start, str) or not start:
-        raise TypeError("logger and start must be strings, start non-empty")
-    f = _DropMessage(start)
-    logging.getLogger(logger).addFilter(f)
-    return f

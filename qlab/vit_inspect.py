@@ -157,9 +157,12 @@ def draw_attention(
     axes["img"].set_title("input", fontsize=8)
     for n in names:
         ax = axes[n]
-        ax.imshow(cls[n].numpy(), cmap="viridis", vmin=0.0, vmax=vmax)
+        im = ax.imshow(cls[n].numpy(), cmap="viridis", vmin=0.0, vmax=vmax)
         title = n if n == reference else f"{n}\nmax err {errors[n][head]:.3f}"
         ax.set_title(title, fontsize=7)
+    cbar = fig.colorbar(im, ax=[axes[n] for n in names], fraction=0.02, pad=0.01)  # one scale for every map
+    cbar.set_label("attention weight", fontsize=7)
+    cbar.ax.tick_params(labelsize=6)
     for ax in [axes["img"], *(axes[n] for n in names)]:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -177,6 +180,7 @@ def draw_attention(
     bars.tick_params(labelsize=7)
     worst = max(((n, h) for n in others for h in range(heads)), key=lambda nh: errors[nh[0]][nh[1]], default=None)
     return {
+        "vmax": vmax,
         "head_error": errors,
         "cls_attention": {n: [round(float(v), 6) for v in c.flatten()] for n, c in cls.items()},
         "worst": worst,

@@ -1,4 +1,4 @@
-"""The figures of notebooks 02-04 (qlab.observers.figures, qlab.eager): each draws on a Figure and returns what it
+"""The figures of notebooks 02-04 (qlab.observers.figures, qlab.flows): each draws on a Figure and returns what it
 shows."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 from matplotlib.figure import Figure
 
 import qlab.observers as qobs
-from qlab import eager
+from qlab import flows
 from qlab.observers import figures
 from qlab.widgets import LiveFigure
 
@@ -98,16 +98,16 @@ def test_engine_comparison():
         {"engine": "qnnpack", "accuracy": 0.99, "fp32_accuracy": 0.99, "size_ratio": 0.28, "latency_ratio": 0.9},
     ]
     fig = Figure()
-    assert eager.draw_engines(fig, rows) == {"fastest": "x86", "best_accuracy": "qnnpack"}
+    assert flows.draw_engines(fig, rows) == {"fastest": "x86", "best_accuracy": "qnnpack"}
     assert len(fig.axes) == 3
     with pytest.raises(ValueError, match="at least one engine"):
-        eager.draw_engines(Figure(), [])
+        flows.draw_engines(Figure(), [])
 
 
 def test_fake_quant_ranges():
     history = {"a": [(0.0, 1.0), (0.0, 2.0), (0.0, 2.0)], "b": [(-1.0, 1.0)] * 3}
     fig = Figure()
-    shown = eager.draw_fake_quant_ranges(fig, history, freeze_at=2, title="t")
+    shown = flows.draw_fake_quant_ranges(fig, history, freeze_at=2, title="t")
     assert shown == {
         "steps": 3,
         "start": {"a": (0.0, 1.0), "b": (-1.0, 1.0)},
@@ -115,14 +115,14 @@ def test_fake_quant_ranges():
     }
     assert len(fig.axes) == 4  # hi and lo rows, one column per module
     with pytest.raises(ValueError, match="pairs"):
-        eager.draw_fake_quant_ranges(Figure(), {"a": [1.0, 2.0]})
+        flows.draw_fake_quant_ranges(Figure(), {"a": [1.0, 2.0]})
 
 
 def test_accuracy_bars():
-    shown = eager.draw_accuracy(Figure(), {"fp32": 0.99, "PTQ": 0.95, "QAT": 0.98})
+    shown = flows.draw_accuracy(Figure(), {"fp32": 0.99, "PTQ": 0.95, "QAT": 0.98})
     assert shown == {"best": "fp32", "worst": "PTQ"}
 
 
 def test_figures_only():
     with pytest.raises(TypeError, match="matplotlib.figure.Figure"):
-        eager.draw_accuracy(None, {"a": 1.0})
+        flows.draw_accuracy(None, {"a": 1.0})

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+import qlab
 from qlab import fxviz, pt2e
 from qlab.models import state_dict_bytes
 
@@ -117,7 +118,7 @@ def test_lower_compiles_a_private_copy_with_freezing_restored():
 
 def test_drop_log_message_drops_only_that_message(caplog):
     log = logging.getLogger("qlab.test.pt2e")
-    f = pt2e.drop_log_message("qlab.test.pt2e", "No CUDA runtime")
+    f = qlab.drop_log_message("qlab.test.pt2e", "No CUDA runtime")
     try:
         with caplog.at_level(logging.WARNING, logger="qlab.test.pt2e"):
             log.warning("No CUDA runtime is found, using CUDA_HOME='/x'")
@@ -126,7 +127,7 @@ def test_drop_log_message_drops_only_that_message(caplog):
     finally:
         log.removeFilter(f)
     with pytest.raises(TypeError, match="start non-empty"):
-        pt2e.drop_log_message("x", "")
+        qlab.drop_log_message("x", "")
 
 
 def test_drawn_weight_dequantize_sits_above_its_op():

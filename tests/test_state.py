@@ -98,8 +98,8 @@ def test_the_monitor_names_a_leaking_function(monkeypatch):
 
 def test_discovery_finds_the_public_functions_and_those_that_change_state():
     found = statecheck.public_callables()
-    assert "qlab.primitives.quantize" in found and "qlab.eager.OnEngine.forward" in found
+    assert "qlab.primitives.quantize" in found and "qlab.flows.OnEngine.forward" in found
     assert all(not k.split(".")[-1].startswith("_") or k.endswith(("__init__", "__call__")) for k in found)
     changers = {k for k, fn in found.items() if statecheck.changes_state(fn)}
-    assert {"qlab.eager.ptq", "qlab.models.evaluate", "qlab.pt2e.lower"} <= changers
+    assert {"qlab.flows.ptq", "qlab.models.evaluate", "qlab.pt2e.lower"} <= changers
     assert "qlab.primitives.quantize" not in changers

@@ -8,6 +8,8 @@ import torch
 from ..primitives import choose_qparams
 from ._core import _call, _close, _pair, exercise
 
+__all__ = []
+
 
 def _activations_02_1() -> torch.Tensor:
     """A signed activation tensor [8, 4, 8, 8] (2048 values) with one outlier at each end."""

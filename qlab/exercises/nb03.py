@@ -7,6 +7,9 @@ import torch
 from .._env import scoped
 from ._core import _call, exercise
 
+# the checkers register themselves with @exercise; the names below are what a notebook prints or uses
+__all__ = ["StubNet"]
+
 
 @exercise("03.1", "the module groups fuse_modules should fuse in DigitsCNN")
 def _check_03_1(groups) -> list[str]:

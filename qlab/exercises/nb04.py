@@ -9,6 +9,8 @@ import torch
 from .._env import scoped
 from ._core import _call, _close, _pair, exercise
 
+__all__ = []
+
 
 @exercise("04.1", "the straight-through gradient of fake quantization, equation (2)")
 def _check_04_1(fn) -> list[str]:

@@ -9,6 +9,9 @@ import torch
 from .._env import scoped
 from ._core import _letter_set, _pair, exercise
 
+# the checkers register themselves with @exercise; the names below are what a notebook prints or uses
+__all__ = ["Net05", "Head05", "trace_cases_05"]
+
 
 def _prepare_fx_x86(model: torch.nn.Module, mapping, example: torch.Tensor):
     """``prepare_fx`` on a copy of ``model`` with ``mapping`` and the x86 backend config, as notebook 05 does."""
@@ -168,8 +171,10 @@ def _check_05_2(mapping) -> list[str]:
         elif by_name and name not in by_name:
             why = f"set_module_name matches one module by its name, and {name!r} is not among yours ({sorted(by_name)})"
         elif by_type.get(torch.nn.functional.linear, "unset") is None:
-            why = ("set_object_type(F.linear, None) matches calls of the function F.linear; "
-                   "the model calls nn.Linear modules")
+            why = (
+                "set_object_type(F.linear, None) matches calls of the function F.linear; "
+                "the model calls nn.Linear modules"
+            )
         else:
             why = (
                 "set the qconfig of each linear layer to None (set_object_type for its module type, or set_module_name)"

@@ -9,6 +9,8 @@ import torch
 from .._env import scoped
 from ._core import _call, _describe, _letter_set, exercise
 
+__all__ = []
+
 
 class Net06(torch.nn.Module):
     """The model of exercise 06.1: two Conv-BN-ReLU blocks, a global average pool and a linear classifier."""

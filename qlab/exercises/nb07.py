@@ -7,6 +7,9 @@ import torch
 from .._env import scoped
 from ._core import _call, _close, _letter_set, _pair, exercise
 
+# the checkers register themselves with @exercise; the names below are what a notebook prints or uses
+__all__ = ["SWEEP_CASES_07"]
+
 
 def _int8_linear_tensors(n_in: int, n_out: int) -> dict[str, torch.Tensor]:
     """The tensors of an nn.Linear(n_in, n_out) quantized with the x86 defaults (eager convert, the same

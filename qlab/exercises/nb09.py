@@ -7,6 +7,8 @@ import torch
 from ..primitives import choose_qparams
 from ._core import _call, exercise
 
+__all__ = []
+
 
 @exercise(
     "09.1", "the weight scale the fused fake quant uses vs the one convert uses, for a symmetric qint8 range [0, 0.8]"

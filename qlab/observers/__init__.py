@@ -54,7 +54,7 @@ from __future__ import annotations
 
 from .clipping import MSEObserver, PercentileObserver
 from .histogram import HistogramObserver
-from .measure import compare_observers, quantization_error
+from .measure import compare_observers, quantization_error, report_table
 from .minmax import (
     MinMaxObserver,
     MovingAverageMinMaxObserver,
@@ -72,4 +72,5 @@ __all__ = [
     "MSEObserver",
     "quantization_error",
     "compare_observers",
+    "report_table",
 ]

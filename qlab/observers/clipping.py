@@ -9,6 +9,8 @@ import torch
 from .._checks import check_int, check_number
 from .histogram import HistogramObserver
 
+__all__ = ["PercentileObserver", "MSEObserver"]
+
 
 class PercentileObserver(HistogramObserver):
     """Equation (5): clip to the ``(100 - percentile)``-th and ``percentile``-th percentiles.

@@ -8,6 +8,8 @@ import torch
 from .._checks import check_int
 from ._base import _Observer
 
+__all__ = ["HistogramObserver"]
+
 
 class HistogramObserver(_Observer):
     """Equation (4): a running histogram, then PyTorch's greedy L2 search for ``[lo, hi]``.

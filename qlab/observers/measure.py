@@ -10,6 +10,8 @@ from ._base import (
     _Observer,
 )
 
+__all__ = ["quantization_error", "compare_observers", "report_table"]
+
 
 def quantization_error(x: torch.Tensor, observer: _Observer) -> dict:
     """How well ``observer``'s current ``(scale, zero_point)`` represent ``x``::
@@ -71,3 +73,22 @@ def compare_observers(observers, calibration, heldout: torch.Tensor) -> dict[str
             **_error(heldout, obs, signal),
         }
     return report
+
+
+def report_table(report: dict) -> str:
+    """:func:`compare_observers`' report as a table: the kept range, scale, zero point, held-out SQNR and
+    the fraction clipped. Per-channel rows show the spread over channels."""
+    lines = [f"{'observer':20s} {'lo':>7s} {'hi':>11s} {'scale':>9s} {'zp':>4s} {'SQNR dB':>8s} {'clipped':>8s}"]
+    for name, r in report.items():
+        if isinstance(r["lo"], list):  # per channel: the spread over channels
+            hi = f"{min(r['hi']):.2f}..{max(r['hi']):.2f}"
+            scale = f"{float(r['scale'].min()):.4f}.."
+            lines.append(
+                f"{name:20s} {min(r['lo']):7.3f} {hi:>11s} {scale:>9s} {'':>4s} {r['sqnr_db']:8.2f} {r['clipped']:8.4%}"
+            )
+        else:
+            lines.append(
+                f"{name:20s} {r['lo']:7.3f} {r['hi']:11.3f} {float(r['scale']):9.5f} "
+                f"{int(r['zero_point']):4d} {r['sqnr_db']:8.2f} {r['clipped']:8.4%}"
+            )
+    return "\n".join(lines)

@@ -11,6 +11,13 @@ from ._base import (
     _Observer,
 )
 
+__all__ = [
+    "MinMaxObserver",
+    "MovingAverageMinMaxObserver",
+    "PerChannelMinMaxObserver",
+    "MovingAveragePerChannelMinMaxObserver",
+]
+
 
 class MinMaxObserver(_Observer):
     """Equation (1): the running minimum and maximum of everything seen.
