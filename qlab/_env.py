@@ -27,7 +27,7 @@ import torch
 from ._checks import check_int
 
 __all__ = ["EnvInfo", "EXPLAINED_WARNINGS", "cpu_flags", "isa_summary", "int8_units", "env_info", "machine_info",
-           "filter_explained_warnings", "drop_log_message", "setup", "scoped"]
+           "filter_explained_warnings", "drop_log_message", "setup", "scoped", "engine"]
 
 # /proc/cpuinfo flag -> the name a learner meets in Intel/AMD documentation.
 _ISA_FLAGS = {
@@ -357,3 +357,29 @@ def scoped(
                 torch.set_num_threads(saved[1])
             random.setstate(saved[2])
             np.random.set_state(saved[3])
+
+
+class engine:  # noqa: N801 -- used like a function: ``with engine("fbgemm"): ...``
+    """``with qlab.engine("fbgemm"): ...`` -- only ``torch.backends.quantized.engine``, set for the block and
+    restored after it: the cheap form of ``scoped(engine=...)`` for a call that runs many times (a converted
+    model calls it on every forward, see :class:`qlab.flows.OnEngine`; ``scoped`` also saves and restores
+    three random generators, which costs more than a small int8 model's forward)."""
+
+    __slots__ = ("name", "saved")
+
+    def __init__(self, name: str):
+        if name not in torch.backends.quantized.supported_engines or name == "none":
+            engines = [e for e in torch.backends.quantized.supported_engines if e != "none"]
+            raise ValueError(f"engine must be one of {engines}, got {name!r}")
+        self.name = name
+
+    def __enter__(self):
+        self.saved = torch.backends.quantized.engine
+        if self.saved != self.name:
+            torch.backends.quantized.engine = self.name
+        return self
+
+    def __exit__(self, *exc):
+        if torch.backends.quantized.engine != self.saved:
+            torch.backends.quantized.engine = self.saved
+        return False

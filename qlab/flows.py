@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from ._checks import check_int, check_number
-from ._env import scoped
+from ._env import engine, scoped
 
 __all__ = ["OnEngine", "ptq", "fx_ptq", "qat_finetune", "draw_engines", "draw_fake_quant_ranges", "draw_accuracy"]
 
@@ -49,7 +49,7 @@ class OnEngine(nn.Module):
         self.model, self.engine = model, engine
 
     def forward(self, *args, **kwargs):
-        with scoped(engine=self.engine):
+        with engine(self.engine):
             return self.model(*args, **kwargs)
 
     def extra_repr(self) -> str:
