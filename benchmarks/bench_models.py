@@ -548,6 +548,13 @@ def main(argv=None) -> int:
     if args.threads < 1:
         ap.error("--threads must be positive")
 
+    # one thread count, one seed, and the Inductor flag its int8 kernels need (frozen, constant weights)
+    with _env.scoped(threads=args.threads, seed=0, inductor={"freezing": True}):
+        return record(args, argv)
+
+
+def record(args, argv) -> int:
+    """Run the study into ``args.out`` (under the caller's :func:`qlab.scoped` settings)."""
     _env.drop_log_message("torch.utils.cpp_extension", "No CUDA runtime is found")  # CUDA build, no GPU
     if not (args.quick or args.allow_busy):
         print(f"waiting for a quiet machine (load average {loadavg():.2f}; at most 0.5) ...")
@@ -578,12 +585,10 @@ def main(argv=None) -> int:
         f"{machine['cpu']} | ISA {' '.join(machine['isa'])} | torch {machine['torch']} | threads {machine['threads']}"
     )
     t0 = time.perf_counter()
-    # one thread count, one seed, and the Inductor flag its int8 kernels need (frozen, constant weights)
-    with _env.scoped(threads=args.threads, seed=0, inductor={"freezing": True}):
-        if not args.sweep_only:
-            run_models(args, data, out, run_id)
-        if not args.no_sweep:
-            run_sweep(args, data, out, run_id)
+    if not args.sweep_only:
+        run_models(args, data, out, run_id)
+    if not args.no_sweep:
+        run_sweep(args, data, out, run_id)
     data["runs"][-1]["seconds"] = round(time.perf_counter() - t0, 1)
     data["runs"][-1]["load_after"] = round(loadavg(), 2)
     save(data, out)
