@@ -49,6 +49,21 @@ def _check_fig(fig):
         raise TypeError(f"fig must be a matplotlib.figure.Figure, got {type(fig).__name__}")
 
 
+def _flow_args(model, calibration, fuse_spec: bool) -> list[torch.Tensor]:
+    """The checks every flow makes: an ``nn.Module`` (with ``fuse_spec()`` for eager mode) and a non-empty
+    iterable of input tensors, returned as a list."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if fuse_spec and not hasattr(model, "fuse_spec"):
+        raise TypeError(
+            f"model must provide fuse_spec() (the [conv, bn, relu] names to fuse), got {type(model).__name__}"
+        )
+    batches = list(calibration)
+    if not batches or not all(isinstance(b, torch.Tensor) for b in batches):
+        raise TypeError("calibration must be a non-empty iterable of input tensors")
+    return batches
+
+
 class OnEngine(nn.Module):
     """A converted eager-mode model and the quantized engine it was packed for; calling it runs the
     model under that engine (:func:`qlab.scoped`), whatever engine the caller has selected."""
@@ -72,13 +87,7 @@ def ptq(model: nn.Module, calibration: Iterable[torch.Tensor], engine: str = "x8
     ``get_default_qconfig``), ``prepare``, run every calibration batch, ``convert`` -- all under ``engine``."""
     import torch.ao.quantization as tq
 
-    if not hasattr(model, "fuse_spec"):
-        raise TypeError(
-            f"model must provide fuse_spec() (the [conv, bn, relu] names to fuse), got {type(model).__name__}"
-        )
-    batches = list(calibration)
-    if not batches or not all(isinstance(b, torch.Tensor) for b in batches):
-        raise TypeError("calibration must be a non-empty iterable of input tensors")
+    batches = _flow_args(model, calibration, fuse_spec=True)
     with scoped(engine=engine):
         m = tq.fuse_modules(copy.deepcopy(model).eval(), model.fuse_spec())
         m.qconfig = qconfig if qconfig is not None else tq.get_default_qconfig(engine)
@@ -105,9 +114,7 @@ def fx_ptq(
     from torch.ao.quantization.backend_config.x86 import get_x86_backend_config
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx  # before backend_config (notebook 05)
 
-    batches = list(calibration)
-    if not batches or not all(isinstance(b, torch.Tensor) for b in batches):
-        raise TypeError("calibration must be a non-empty iterable of input tensors")
+    batches = _flow_args(model, calibration, fuse_spec=False)
     backends = {
         "x86": get_x86_backend_config,
         "fbgemm": get_fbgemm_backend_config,
@@ -179,13 +186,7 @@ def qat_observed(model: nn.Module, calibration: Iterable[torch.Tensor], engine: 
     import torch.ao.nn.intrinsic.qat as nniqat
     import torch.ao.quantization as tq
 
-    if not hasattr(model, "fuse_spec"):
-        raise TypeError(
-            f"model must provide fuse_spec() (the [conv, bn, relu] names to fuse), got {type(model).__name__}"
-        )
-    batches = list(calibration)
-    if not batches or not all(isinstance(b, torch.Tensor) for b in batches):
-        raise TypeError("calibration must be a non-empty iterable of input tensors")
+    batches = _flow_args(model, calibration, fuse_spec=True)
     with scoped(engine=engine):
         fake = tq.fuse_modules_qat(copy.deepcopy(model).train(), model.fuse_spec())
         fake.qconfig = tq.get_default_qat_qconfig(engine)
