@@ -53,7 +53,8 @@ def _ignored_cells() -> set[tuple[str, str]]:
             lines = "".join(c["source"]).splitlines()
             if lines and lines[0].strip() == "# NBVAL_IGNORE_OUTPUT":
                 reason = lines[1].strip() if len(lines) > 1 else ""
-                assert re.fullmatch(r"# \(.+\)", reason), f"{path.name} code cell {i}: say why under the marker, as # (reason)"
+                where = f"{path.name} code cell {i}"
+                assert re.fullmatch(r"# \(.+\)", reason), f"{where}: say why under the marker, as # (reason)"
                 found.add((path.name[:2], reason[3:-1]))
             else:
                 assert "NBVAL_IGNORE_OUTPUT" not in "".join(lines), f"{path.name} code cell {i}: the marker goes first"
@@ -63,8 +64,9 @@ def _ignored_cells() -> set[tuple[str, str]]:
 def test_every_ignored_cell_is_listed_with_its_reason_in_contributing():
     listed = set(IGNORED_TABLE.findall((NB_DIR.parent / "CONTRIBUTING.md").read_text()))
     actual = _ignored_cells()
-    assert actual - listed == set(), f"ignored in a notebook but not listed in CONTRIBUTING.md: {sorted(actual - listed)}"
-    assert listed - actual == set(), f"listed in CONTRIBUTING.md but no such ignored cell: {sorted(listed - actual)}"
+    missing, stale = sorted(actual - listed), sorted(listed - actual)
+    assert not missing, f"ignored in a notebook but not listed in CONTRIBUTING.md: {missing}"
+    assert not stale, f"listed in CONTRIBUTING.md but no such ignored cell: {stale}"
 
 
 def test_all_notebooks_were_executed_on_one_machine():
