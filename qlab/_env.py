@@ -271,11 +271,23 @@ def filter_explained_warnings() -> None:
     drop_log_message(*EXPLAINED_LOG)
 
 
+def _max_threads() -> int:
+    cap = os.cpu_count() or 1
+    env = os.environ.get("QLAB_MAX_THREADS")
+    if env:
+        try:
+            cap = min(cap, check_int("QLAB_MAX_THREADS", int(env), 1))
+        except ValueError:
+            raise ValueError(f"QLAB_MAX_THREADS must be a positive integer, got {env!r}") from None
+    return cap
+
+
 def setup(seed: int = 0, threads: int | None = 2, quiet: bool = False, filter_warnings: bool = True) -> EnvInfo:
     """Make a notebook reproducible and say what it runs on.
 
     Seeds Python, NumPy and torch; fixes torch's intra-op thread count
-    (``threads``, capped at the machine's cores; ``None`` leaves it); makes
+    (``threads``, capped at the machine's cores and at ``$QLAB_MAX_THREADS`` if set -- a workshop hub sets
+    it to give each learner one core; ``None`` leaves it); makes
     matplotlib render PNG at a fixed size so committed notebooks stay small;
     prints the environment line (versions, CPU ISA, quantized engines); filters the warnings
     notebook 00 explains (:data:`EXPLAINED_WARNINGS`), unless ``filter_warnings=False``.
@@ -283,7 +295,7 @@ def setup(seed: int = 0, threads: int | None = 2, quiet: bool = False, filter_wa
     check_int("seed", seed, 0)
     if threads is not None:
         check_int("threads", threads, 1)
-        torch.set_num_threads(min(threads, os.cpu_count() or 1))
+        torch.set_num_threads(min(threads, _max_threads()))
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -117,3 +117,13 @@ def test_engine_sets_only_the_engine_and_restores_it_even_on_error():
     assert torch.backends.quantized.engine == before
     with pytest.raises(ValueError, match="engine must be one of"):
         qlab.engine("tpu")
+
+
+def test_setup_honours_qlab_max_threads(monkeypatch):
+    monkeypatch.setenv("QLAB_MAX_THREADS", "1")
+    with qlab.scoped():
+        qlab.setup(threads=2, quiet=True)
+        assert torch.get_num_threads() == 1
+    monkeypatch.setenv("QLAB_MAX_THREADS", "none")
+    with qlab.scoped(), pytest.raises(ValueError, match="QLAB_MAX_THREADS must be a positive integer"):
+        qlab.setup(quiet=True)
