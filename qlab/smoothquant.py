@@ -80,8 +80,9 @@ class ChannelScale(nn.Module):
         return self.linear(x * self.inv_s)
 
 
-def _bert(model) -> nn.Module:
-    """The ``BertModel`` inside a :class:`qlab.transformer.Embedder` (or a BertModel), or ``TypeError``."""
+def _bert(model, smoothed_ok: bool = False) -> nn.Module:
+    """The ``BertModel`` inside a :class:`qlab.transformer.Embedder` (or a BertModel), or ``TypeError``;
+    one already smoothed only if ``smoothed_ok``."""
     bert = getattr(model, "bert", model)
     ok = hasattr(bert, "embeddings") and hasattr(bert, "encoder") and hasattr(bert.embeddings, "LayerNorm")
     if ok:
@@ -90,7 +91,8 @@ def _bert(model) -> nn.Module:
             ok &= all(isinstance(getattr(a.self, n, None), nn.Linear) for n in ("query", "key", "value"))
             ok &= isinstance(getattr(layer.intermediate, "dense", None), nn.Linear)
             ok &= all(isinstance(getattr(b, "LayerNorm", None), nn.LayerNorm) for b in (a.output, layer.output))
-            ok &= type(a.output).__name__ == "BertSelfOutput" and type(layer.output).__name__ == "BertOutput"
+            if not smoothed_ok:
+                ok &= type(a.output).__name__ == "BertSelfOutput" and type(layer.output).__name__ == "BertOutput"
     if not ok:
         raise TypeError(f"model must be a qlab.transformer.Embedder around a transformers BertModel (post-LN "
                         f"BERT layers, not already smoothed), got {type(model).__name__}")
@@ -99,7 +101,7 @@ def _bert(model) -> nn.Module:
 
 def smooth_points(model) -> dict[str, tuple[str, list[str]]]:
     """Where (3) applies: activation name -> (the LayerNorm producing it, the Linears it feeds)."""
-    bert = _bert(model)
+    bert = _bert(model, smoothed_ok=True)
     points = {}
     prev = "embeddings.LayerNorm"
     for i, _ in enumerate(bert.encoder.layer):
@@ -114,7 +116,7 @@ def smooth_points(model) -> dict[str, tuple[str, list[str]]]:
 def activation_maxima(model, calibration: list[dict]) -> dict[str, torch.Tensor]:
     """Per-channel ``max|x|`` over the calibration batches (all tokens, as a static observer sees them) of the
     input of every Linear in the encoder: module name -> ``[C_in]``."""
-    bert = _bert(model)
+    bert = _bert(model, smoothed_ok=True)
     if not isinstance(calibration, (list, tuple)) or not calibration:
         raise TypeError("calibration must be a non-empty list of tokenized batches (qlab.transformer.tokenize)")
     maxima: dict[str, torch.Tensor] = {}
@@ -151,7 +153,7 @@ def smooth(model, act_max: dict[str, torch.Tensor], alpha: float = 0.5, ffn_down
     if not isinstance(act_max, dict):
         raise TypeError(f"act_max must be the dict activation_maxima returns, got {type(act_max).__name__}")
     m = copy.deepcopy(model)
-    bert = _bert(m)
+    bert = _bert(m, smoothed_ok=True)
     residual_of = {}  # LayerNorm name -> the block whose residual input it is
     for i, layer in enumerate(bert.encoder.layer):
         prev = "embeddings.LayerNorm" if i == 0 else f"encoder.layer.{i - 1}.output.LayerNorm"

@@ -29,6 +29,7 @@ nodes are the nodes used *outside* it: an unused ``tanh`` has none, and ``output
 from __future__ import annotations
 
 import copy
+import re
 
 import torch
 from torch import nn
@@ -39,16 +40,21 @@ from .transformer import Embedder
 
 __all__ = [
     "TORCHAO_CONFIGS",
+    "TORCHAO_INDUCTOR",
     "ao_dynamic",
     "torchao_int8",
     "export",
     "dead_code",
+    "ffn_down_names",
     "pt2e_static",
     "bf16_autocast",
     "compiled",
     "linear_names",
 ]
 
+#: What torchao's ``recommended_inductor_config_setter`` assigns (its CPU-relevant part), for :func:`compiled`.
+TORCHAO_INDUCTOR = {"coordinate_descent_tuning": True, "coordinate_descent_check_all_directions": True,
+                    "force_fuse_int_mm_with_mul": True}
 #: torchao 0.18's configs, by the name notebook 10 uses.
 TORCHAO_CONFIGS = {
     "dynamic": "Int8DynamicActivationInt8WeightConfig",
@@ -95,12 +101,16 @@ def ao_dynamic(model: Embedder, per_channel: bool = False, reduce_range: bool = 
 
 def torchao_int8(model: Embedder, kind: str = "dynamic") -> Embedder:
     """torchao ``quantize_(copy, config)`` on the encoder's Linears, ``kind`` one of :data:`TORCHAO_CONFIGS`.
-    Raises what torchao raises when the config has no x86 CPU path (the float model stays unchanged)."""
+    Raises what torchao raises when the config has no x86 CPU path (the float model stays unchanged).
+
+    torchao's configs default to ``set_inductor_config=True``: ``quantize_`` then *assigns* Inductor's global
+    flags :data:`TORCHAO_INDUCTOR` (and leaves them set for every later compile, fp32 included). Here it is
+    ``False``; :func:`compiled` takes the flags for the one compile that should have them."""
     import torchao.quantization as tao
 
     _check_embedder(model)
     check_choice("kind", kind, list(TORCHAO_CONFIGS))
-    config = getattr(tao, TORCHAO_CONFIGS[kind])()
+    config = getattr(tao, TORCHAO_CONFIGS[kind])(set_inductor_config=False)
     names = set(linear_names(model))
     q = copy.deepcopy(model)
     tao.quantize_(q, config, filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and fqn in names)
@@ -150,10 +160,18 @@ def dead_code(gm: torch.fx.GraphModule) -> list[str]:
     return out
 
 
-def pt2e_static(model: Embedder, calibration: list[dict], quantizer=None, dce: bool = True) -> torch.fx.GraphModule:
+def ffn_down_names(model: nn.Module) -> list[str]:
+    """The FFN down-projections (``encoder.layer.N.output.dense``): the Linears whose GELU input has outliers
+    nothing can fold away (:mod:`qlab.smoothquant`)."""
+    return [n for n in linear_names(model) if re.search(r"layer\.\d+\.output\.dense$", n)]
+
+
+def pt2e_static(model: Embedder, calibration: list[dict], quantizer=None, dce: bool = True,
+                skip: list[str] | tuple[str, ...] = ()) -> torch.fx.GraphModule:
     """Static int8 with PT2E: :func:`export` (dynamic shapes, dead code removed unless ``dce=False``),
-    ``prepare_pt2e`` with ``quantizer`` (default :func:`qlab.pt2e.x86_quantizer`), run the ``calibration``
-    batches (dicts from :func:`qlab.transformer.tokenize`), ``convert_pt2e``. Returns the q/dq GraphModule;
+    ``prepare_pt2e`` with ``quantizer`` (default :func:`qlab.pt2e.x86_quantizer`; the modules named in
+    ``skip`` stay float: ``set_module_name_qconfig(name, None)``), run the ``calibration`` batches (dicts
+    from :func:`qlab.transformer.tokenize`), ``convert_pt2e``. Returns the q/dq GraphModule;
     :func:`compiled` lowers it to oneDNN's int8 kernels."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -162,9 +180,15 @@ def pt2e_static(model: Embedder, calibration: list[dict], quantizer=None, dce: b
     if not isinstance(calibration, (list, tuple)) or not calibration:
         raise TypeError("calibration must be a non-empty list of tokenized batches (qlab.transformer.tokenize)")
     batches = [_example(b) for b in calibration]
+    known = set(linear_names(model))
+    for name in skip:
+        check_choice("skip", name, sorted(known))
+    quantizer = quantizer if quantizer is not None else x86_quantizer()
+    for name in skip:
+        quantizer.set_module_name_qconfig(name, None)
     gm = export(model, calibration[0], dce=dce)
     with scoped():
-        prepared = prepare_pt2e(gm, quantizer if quantizer is not None else x86_quantizer())
+        prepared = prepare_pt2e(gm, quantizer)
         with torch.no_grad():
             for ids, mask in batches:
                 prepared(ids, mask)
@@ -188,12 +212,22 @@ def bf16_autocast(model: Embedder) -> nn.Module:
     return _Autocast(model, torch.bfloat16)
 
 
-def compiled(model: nn.Module, example: dict, freezing: bool = True, dynamic: bool = True) -> nn.Module:
+def compiled(model: nn.Module, example: dict, freezing: bool = True, dynamic: bool = True,
+             inductor: dict | None = None) -> nn.Module:
     """``torch.compile`` (Inductor) a copy of ``model``, compiled now on ``example`` under ``no_grad`` with
-    ``freezing`` (:func:`qlab.pt2e.lower`). Call the result under ``torch.no_grad()`` too: under
-    ``inference_mode`` Dynamo's guard fails and it recompiles -- without freezing, into the slow graph."""
-    from .pt2e import lower
-
+    Inductor's ``freezing`` and any further ``inductor`` flags (e.g. :data:`TORCHAO_INDUCTOR`), all restored
+    afterwards (as :func:`qlab.pt2e.lower`). ``dynamic``: symbolic batch and sequence length, one compile for
+    every shape. Call the result under ``torch.no_grad()``, and inside ``qlab.scoped(inductor={"freezing":
+    True})`` where a new shape may recompile: under ``inference_mode``, or outside the flags, Dynamo
+    recompiles without freezing -- into the slow graph, silently."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    return lower(model, _example(example), freezing=freezing, dynamic=dynamic)
+    check_bool("freezing", freezing)
+    check_bool("dynamic", dynamic)
+    if inductor is not None and not isinstance(inductor, dict):
+        raise TypeError(f"inductor must be a dict of torch._inductor.config flags, got {type(inductor).__name__}")
+    args = _example(example)
+    c = torch.compile(copy.deepcopy(model), dynamic=dynamic)
+    with scoped(inductor={"freezing": freezing, **(inductor or {})}), torch.no_grad():
+        c(*args)
+    return c
