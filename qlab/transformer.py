@@ -53,6 +53,9 @@ __all__ = [
     "bootstrap_ci",
     "sts_spearman",
     "paired_difference",
+    "retrieval_margins",
+    "embed_sets",
+    "quality",
     "Pairs",
 ]
 
@@ -324,3 +327,37 @@ def paired_difference(emb1, emb2, ref1, ref2, scores, n_boot: int = 2000, seed: 
     d = float(spearman(cos, s) - spearman(ref, s))
     return d, bootstrap_ci(lambda idx: spearman(cos[idx], s[idx]) - spearman(ref[idx], s[idx]), len(s), n_boot,
                            seed=seed)
+
+
+def retrieval_margins(ref: torch.Tensor) -> torch.Tensor:
+    """Per query (row), how far its nearest neighbour under ``ref`` is ahead of the second: ``cos₁ - cos₂``. A
+    query with a small margin can flip its nearest neighbour under a small perturbation."""
+    check_tensor("ref", ref)
+    if ref.dim() != 2 or ref.shape[0] < 3:
+        raise ValueError(f"ref must be [N, C] with N >= 3, got {tuple(ref.shape)}")
+    sim = ref.double() @ ref.double().T
+    sim.fill_diagonal_(-float("inf"))
+    top2 = sim.topk(2, dim=1).values
+    return top2[:, 0] - top2[:, 1]
+
+
+@torch.no_grad()
+def embed_sets(model, tokenizer, batch: dict, pairs: Pairs, retrieval: list[str]) -> dict[str, torch.Tensor]:
+    """What every path of notebook 10 is scored on: ``"batch"`` (the padded latency batch, one call),
+    ``"retrieval"`` (the 205 sentences, batches of 41), ``"first"``/``"second"`` (the pairs, batches of 34)."""
+    return {"batch": model(batch["input_ids"], batch["attention_mask"]).float(),
+            "retrieval": embed(model, tokenizer, retrieval, 41),
+            "first": embed(model, tokenizer, pairs.first, 34), "second": embed(model, tokenizer, pairs.second, 34)}
+
+
+def quality(e: dict, ref: dict, pairs: Pairs, n_boot: int = 2000) -> dict:
+    """The three measures of :func:`embed_sets` ``e`` against the fp32 ``ref``: ``min_cos``/``mean_cos`` and
+    ``worst`` (sentence) on the batch, ``retrieval`` agreement, ``sts`` Spearman with ``sts_ci``, and
+    ``diff``/``diff_ci``: the paired bootstrap of the Spearman difference to fp32."""
+    cos = cosines(e["batch"], ref["batch"])
+    rho, ci = sts_spearman(e["first"], e["second"], pairs.scores, n_boot)
+    d, dci = paired_difference(e["first"], e["second"], ref["first"], ref["second"], pairs.scores, n_boot)
+    return {"min_cos": float(cos.min()), "mean_cos": float(cos.mean()), "worst": SENTENCES[int(cos.argmin())]
+            if len(cos) == len(SENTENCES) else int(cos.argmin()),
+            "retrieval": retrieval_agreement(e["retrieval"], ref["retrieval"])[0], "sts": rho, "sts_ci": ci,
+            "diff": d, "diff_ci": dci}

@@ -50,6 +50,7 @@ __all__ = [
     "bf16_autocast",
     "compiled",
     "linear_names",
+    "DeadBranch",
 ]
 
 #: What torchao's ``recommended_inductor_config_setter`` assigns (its CPU-relevant part), for :func:`compiled`.
@@ -61,6 +62,20 @@ TORCHAO_CONFIGS = {
     "weight_only": "Int8WeightOnlyConfig",
     "int4_weight_only": "Int4WeightOnlyConfig",
 }
+
+
+class DeadBranch(nn.Module):
+    """The smallest model that fails like ``BertModel`` in ``prepare_pt2e``: a Linear -> Tanh branch whose result
+    nobody uses (what ``BertPooler`` is when only ``last_hidden_state`` is read)."""
+
+    def __init__(self, dim: int = 8):
+        super().__init__()
+        self.out, self.fc, self.act = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Tanh()
+
+    def forward(self, x):
+        y = self.out(x)
+        self.act(self.fc(x))  # computed, never used
+        return y
 
 
 def _check_embedder(model) -> Embedder:

@@ -14,19 +14,6 @@ from qlab import transformer_int8 as ti
 from qlab.transformer import Embedder, cosines
 
 
-class DeadTanh(nn.Module):
-    """The smallest model that fails like BertModel: a Linear -> Tanh branch whose result nobody uses."""
-
-    def __init__(self):
-        super().__init__()
-        self.out, self.fc, self.act = nn.Linear(8, 8), nn.Linear(8, 8), nn.Tanh()
-
-    def forward(self, x):
-        y = self.out(x)
-        self.act(self.fc(x))  # computed, never used -- what BertPooler is when only last_hidden_state is read
-        return y
-
-
 def _prepare(gm):
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
@@ -36,7 +23,7 @@ def _prepare(gm):
 
 def test_minimal_reproduction_and_its_fix():
     with qlab.scoped(seed=0):
-        m = DeadTanh().eval()
+        m = ti.DeadBranch().eval()
     gm = torch.export.export(m, (torch.randn(2, 8),)).module()
     assert [s.split(": ")[1] for s in ti.dead_code(gm)] == ["aten.tanh.default"]
     with pytest.raises(IndexError, match="list index out of range"):
