@@ -44,6 +44,7 @@ module                                    what it holds                         
                                           dynamic, torchao, PT2E static, bf16); the PT2E dead-code fix
 :mod:`qlab.transformer_errors`            why accuracy drops: outlier channels, each quantization      10
                                           choice emulated alone
+:mod:`qlab.transformer_plots`             profiler tables, the SmoothQuant figure, the recorded sweep 10
 :mod:`qlab.smoothquant`                   SmoothQuant for a post-LayerNorm BERT                        10
 :mod:`qlab.bert_attention`                the padding-mask convention, float reference, BERT attention 10
                                           on qlab's int8 kernels

@@ -7,7 +7,9 @@ Every draw function returns what it shows, so the notebook asserts the figure's 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pathlib
 
 import torch
@@ -25,10 +27,25 @@ def load_results(path: pathlib.Path | None = None) -> dict:
     return json.loads(pathlib.Path(path or RESULTS).read_text())
 
 
-def profile_ops(fn, runs: int = 3, top: int = 8) -> list[dict]:
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Point file descriptor 2 at /dev/null for the block: the profiler's C++ library (kineto) writes a
+    ``profiler_start``/``profiler_stop`` line per run and a failed GPU probe there, below Python's reach."""
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def profile_ops(fn, runs: int = 3, top: int = 8, quiet: bool = True) -> list[dict]:
     """Run ``fn()`` ``runs`` times under ``torch.profiler`` (CPU) and return the ``top`` operators by self CPU
     time: ``{"op", "calls", "self_ms", "share"}`` per forward (calls and milliseconds divided by ``runs``;
-    ``share`` of the total self time)."""
+    ``share`` of the total self time). ``quiet``: silence the profiler library's own log lines on stderr
+    (start/stop and "gpuGetDeviceCount failed" on a CPU-only machine) while it runs."""
     from torch.profiler import ProfilerActivity, profile
 
     check_int("runs", runs, 1)
@@ -37,7 +54,7 @@ def profile_ops(fn, runs: int = 3, top: int = 8) -> list[dict]:
         raise TypeError(f"fn must be a zero-argument callable, got {type(fn).__name__}")
     with torch.no_grad():
         fn()  # warm-up: first-call allocations and lazy initialisation stay out of the table
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with _quiet_stderr() if quiet else contextlib.nullcontext(), profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(runs):
                 fn()
     events = [e for e in prof.key_averages() if e.key.startswith(("aten::", "quantized::", "qlab::", "onednn::",
