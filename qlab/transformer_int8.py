@@ -146,7 +146,7 @@ def _example(example) -> tuple[torch.Tensor, torch.Tensor]:
 
 def export(model: Embedder, example: dict, dce: bool = True, dynamic: bool = True) -> torch.fx.GraphModule:
     """``torch.export.export(model, (input_ids, attention_mask)).module()``, batch and sequence length symbolic
-    (``dynamic``), with ``graph.eliminate_dead_code()`` applied if ``dce``: that removes the pooler's dead
+    (``dynamic``; up to the model's ``max_position_embeddings``), with ``graph.eliminate_dead_code()`` applied if ``dce``: that removes the pooler's dead
     ``tanh`` that makes ``prepare_pt2e`` raise ``IndexError``. Export never decomposes ``aten.linear``:
     the quantizer needs it whole (``run_decompositions()`` first gives ``ValueError: ... not an aten linear``)."""
     _check_embedder(model)
@@ -155,7 +155,8 @@ def export(model: Embedder, example: dict, dce: bool = True, dynamic: bool = Tru
     ids, mask = _example(example)
     shapes = None
     if dynamic:
-        b, t = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("seq", min=2, max=512)
+        longest = getattr(getattr(model.bert, "config", None), "max_position_embeddings", 512)
+        b, t = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("seq", min=2, max=longest)
         shapes = {"input_ids": {0: b, 1: t}, "attention_mask": {0: b, 1: t}}
     with scoped():  # export runs the model on fake tensors; keep the caller's generators unmoved
         gm = torch.export.export(model.eval(), (ids, mask), dynamic_shapes=shapes).module()

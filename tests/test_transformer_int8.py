@@ -50,6 +50,14 @@ def test_the_bert_pooler_is_the_dead_code():
     assert ti.dead_code(ti.export(model, b)) == []
 
 
+def test_without_the_pooler_nothing_is_dead():
+    """The other fix: add_pooling_layer=False (tiny_bert has no pooler) exports without the dead tanh."""
+    model, b = tiny_bert(outlier=3.0), batch()
+    gm = ti.export(model, b, dce=False)
+    assert not any(s.endswith("aten.tanh.default") for s in ti.dead_code(gm))
+    assert _prepare(gm) is not None
+
+
 def test_decomposing_before_prepare_breaks_the_annotation():
     model, b = with_pooler(), batch()
     with qlab.scoped():
