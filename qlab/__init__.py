@@ -22,8 +22,10 @@ module                                    what it holds                         
 :mod:`qlab.pt2e`                          the PT2E flow: export with a dynamic batch, quantize,        06-08, 10
                                           lower with Inductor, graph sizes
 :mod:`qlab.timing`                        the one timer: interleaved rounds, medians with spread       03-08, 10
-:mod:`qlab.perf`                          benchmark results and their figures; which oneDNN kernels    07
-                                          an engine runs
+:mod:`qlab.perf`                          benchmark results, geomeans (broken models left out) and     07
+                                          their figures
+:mod:`qlab.engines`                       which library (FBGEMM or oneDNN) the x86 engine hands each   07
+                                          layer: the rule, measured in oneDNN's log, applied to models
 :mod:`qlab.kernels`                       C++ int8 kernels (``int8_bmm``, ``int8_linear``,              07, 08
                                           ``quantize_per_tensor``) and their pure-PyTorch reference
 :mod:`qlab.requant`                       requantization arithmetic, float and fixed point             08, 09
@@ -61,7 +63,7 @@ inside :func:`qlab.scoped`, which restores it.
 __version__ = "0.1.0"
 
 from . import data, fake_quant, models, observers  # noqa: E402
-from ._env import drop_log_message, env_info, isa_summary, scoped, setup  # noqa: E402
+from ._env import drop_log_message, engine, env_info, isa_summary, scoped, setup  # noqa: E402
 from .fake_quant import FakeQuantize  # noqa: E402
 from .primitives import (  # noqa: E402
     PerChannel,
@@ -77,6 +79,7 @@ __all__ = [
     "__version__",
     "setup",
     "scoped",
+    "engine",
     "drop_log_message",
     "env_info",
     "isa_summary",
