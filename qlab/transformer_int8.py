@@ -146,9 +146,10 @@ def _example(example) -> tuple[torch.Tensor, torch.Tensor]:
 
 def export(model: Embedder, example: dict, dce: bool = True, dynamic: bool = True) -> torch.fx.GraphModule:
     """``torch.export.export(model, (input_ids, attention_mask)).module()``, batch and sequence length symbolic
-    (``dynamic``; up to the model's ``max_position_embeddings``), with ``graph.eliminate_dead_code()`` applied if ``dce``: that removes the pooler's dead
-    ``tanh`` that makes ``prepare_pt2e`` raise ``IndexError``. Export never decomposes ``aten.linear``:
-    the quantizer needs it whole (``run_decompositions()`` first gives ``ValueError: ... not an aten linear``)."""
+    (``dynamic``; up to the model's ``max_position_embeddings``), with ``graph.eliminate_dead_code()`` applied
+    if ``dce``: that removes the pooler's dead ``tanh`` that makes ``prepare_pt2e`` raise ``IndexError``.
+    Export never decomposes ``aten.linear``: the quantizer needs it whole (``run_decompositions()`` first
+    gives ``ValueError: ... not an aten linear``)."""
     _check_embedder(model)
     check_bool("dce", dce)
     check_bool("dynamic", dynamic)
