@@ -19,9 +19,9 @@ module                                    what it holds                         
                                           models run on their engine; the engine and QAT figures
 :mod:`qlab.fake_quant`                    ``FakeQuantize``, torch.ao's twin                            04
 :mod:`qlab.fxviz`                         FX graphs classified and drawn                               05, 06
-:mod:`qlab.pt2e`                          the PT2E flow: export with a dynamic batch, quantize,        06-08
+:mod:`qlab.pt2e`                          the PT2E flow: export with a dynamic batch, quantize,        06-08, 10
                                           lower with Inductor, graph sizes
-:mod:`qlab.timing`                        the one timer: interleaved rounds, medians with spread       03-08
+:mod:`qlab.timing`                        the one timer: interleaved rounds, medians with spread       03-08, 10
 :mod:`qlab.perf`                          benchmark results, geomeans (broken models left out) and     07
                                           their figures
 :mod:`qlab.engines`                       which library (FBGEMM or oneDNN) the x86 engine hands each   07
@@ -29,7 +29,7 @@ module                                    what it holds                         
 :mod:`qlab.kernels`                       C++ int8 kernels (``int8_bmm``, ``int8_linear``,              07, 08
                                           ``quantize_per_tensor``) and their pure-PyTorch reference
 :mod:`qlab.requant`                       requantization arithmetic, float and fixed point             08, 09
-:mod:`qlab.attention`                     the report's attention module and four int8 versions         08
+:mod:`qlab.attention`                     the report's attention module and four int8 versions         08, 10
 :mod:`qlab.vit`                           the digits ViT and the four fixes of seed 000                 08
 :mod:`qlab.vit_inspect`                   attention maps, int8 call checks, the attention figure       08
 :mod:`qlab.pt2e_lowering`                 a PT2E graph lowered to qlab's kernels                        08
@@ -40,10 +40,20 @@ module                                    what it holds                         
 :mod:`qlab.int_conv`                      an integer reference of a quantized convolution              09
 :mod:`qlab.diagnose`                      fake vs real, layer by layer                                 09
 :mod:`qlab.onnx_check`                    the same integers on ONNX Runtime                            09
-:mod:`qlab.widgets`                       the live-figure pattern behind every interactive plot        01-09
-:mod:`qlab.show`                          library source and expected errors, shown short and exact    01-09
+:mod:`qlab.transformer`                   all-MiniLM-L6-v2 offline, its sentences, embeddings; cosine, 10
+                                          retrieval agreement, STS Spearman with bootstrap intervals
+:mod:`qlab.transformer_int8`              every int8 path for an encoder in one call each (torch.ao    10
+                                          dynamic, torchao, PT2E static, bf16); the PT2E dead-code fix
+:mod:`qlab.transformer_errors`            why accuracy drops: outlier channels, each quantization      10
+                                          choice emulated alone
+:mod:`qlab.transformer_plots`             profiler tables, the SmoothQuant figure, the recorded sweep 10
+:mod:`qlab.smoothquant`                   SmoothQuant for a post-LayerNorm BERT                        10
+:mod:`qlab.bert_attention`                the padding-mask convention, float reference, BERT attention 10
+                                          on qlab's int8 kernels
+:mod:`qlab.widgets`                       the live-figure pattern behind every interactive plot        01-10
+:mod:`qlab.show`                          library source and expected errors, shown short and exact    01-10
 :mod:`qlab.check`                         the environment checks of notebook 00                         00
-:mod:`qlab.exercises`                     the exercise checkers, one module per notebook               01-09
+:mod:`qlab.exercises`                     the exercise checkers, one module per notebook               01-10
 ========================================  ==========================================================  ========
 
 Global state (the quantized engine, the random generators, threads, Inductor's flags) changes only

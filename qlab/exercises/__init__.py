@@ -10,12 +10,13 @@ every checker against its reference solution and against typical wrong answers.
 
 from __future__ import annotations
 
-from . import nb01, nb02, nb03, nb04, nb05, nb06, nb07, nb08, nb09  # noqa: F401  (registers the checkers)
+from . import nb01, nb02, nb03, nb04, nb05, nb06, nb07, nb08, nb09, nb10  # noqa: F401  (registers the checkers)
 from ._core import Feedback, check, exercises, solution
 from .nb03 import StubNet
 from .nb05 import Head05, Net05, trace_cases_05
 from .nb07 import SWEEP_CASES_07
 from .nb08 import VIT_CALLS_08
+from .nb10 import STATEMENTS_10
 
 __all__ = [
     "Feedback",
@@ -28,4 +29,5 @@ __all__ = [
     "trace_cases_05",
     "SWEEP_CASES_07",
     "VIT_CALLS_08",
+    "STATEMENTS_10",
 ]
