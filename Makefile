@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.qlab-setup
 PORT   ?= 8888
 
-.PHONY: lab test setup browser notebooks book lock clean-venv
+.PHONY: lab test setup browser notebooks book hub lock clean-venv
 
 setup: $(STAMP)
 
@@ -44,7 +44,7 @@ browser:
 # The book is built first (tests/test_book.py opens it in Chromium).
 # Lint; the unit tests in random order; strict nbval over every notebook; then nbval again with the
 # libraries held to AVX2, to AVX-512 without AMX, and without the C++ kernels (scripts/isa_matrix.py).
-test: setup browser book
+test: setup browser book hub
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests -p randomly -p no:cacheprovider
 	$(BIN)/python -m pytest notebooks --nbval --nbval-current-env \
@@ -67,6 +67,16 @@ book: $(BOOK_STAMP)
 	cp -r book/node_modules/mathjax/es5 build/book-static/mathjax
 	$(BIN)/sphinx-build -q -W --keep-going -b html -c book . build/book
 	@echo "make book: build/book/index.html (serve it: $(BIN)/python -m http.server -d build/book)"
+
+# The workshop hub (deploy/jupyterhub): jupyterhub from requirements/hub.txt, its proxy from npm. Start it as
+# root with the passwords in the environment (docs/instructor-guide.md); tests/test_hub.py drives it.
+HUB_STAMP := $(VENV)/.qlab-hub
+$(HUB_STAMP): $(STAMP) requirements/hub.txt deploy/jupyterhub/package-lock.json
+	$(BIN)/python -m pip install --quiet -r requirements/hub.txt
+	cd deploy/jupyterhub && npm ci --no-audit --no-fund --silent
+	@touch $@
+
+hub: $(HUB_STAMP)
 
 # Re-execute the committed notebooks (after editing one): outputs saved, widget state stripped.
 notebooks: setup

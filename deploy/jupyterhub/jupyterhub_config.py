@@ -12,7 +12,10 @@
 * Each learner's server runs as the system user of the same name (``LocalProcessSpawner``; the hub runs as
   root to switch users), in that user's home, with a copy of the notebooks made at first spawn; one torch
   thread each (``QLAB_MAX_THREADS``), and qlab's int8 kernels loaded from one shared, pre-built cache
-  (``QLAB_CACHE_DIR``: build it once with ``python -m qlab.kernels``) so a class does not compile at once.
+  (``QLAB_CACHE_DIR``, default ``<state>/kernel-cache``: build it once before the class with
+  ``QLAB_CACHE_DIR=<it> python -m qlab.kernels`` and make it world-readable) so a class does not compile at once.
+* Learners' processes run the hub's own Python: every directory on the way to it and to this clone must be
+  searchable by other users (a Python under ``/root`` is not; ``deploy/jupyterhub/loadtest.py`` checks).
 """
 
 import os
@@ -64,7 +67,7 @@ c.Spawner.http_timeout = 120
 c.Spawner.environment = {
     "QLAB_MAX_THREADS": os.environ.get("QLAB_MAX_THREADS", "1"),
     "OMP_NUM_THREADS": os.environ.get("QLAB_MAX_THREADS", "1"),
-    "QLAB_CACHE_DIR": os.environ.get("QLAB_CACHE_DIR", str(pathlib.Path.home() / ".cache" / "qlab")),
+    "QLAB_CACHE_DIR": os.environ.get("QLAB_CACHE_DIR", str(state / "kernel-cache")),
     "PATH": f"{VENV_BIN}:/usr/bin:/bin",
 }
 
