@@ -2,7 +2,7 @@
 
 Who gets in (the workshop password, the admin password, nobody else), that learners are kept apart (through the
 hub and server APIs and from code in their own kernel), that a learner server that dies is reported while the
-others keep working, and a small load: the heaviest notebook (by notebooks/timings.json) run by one and by two
+others keep working, and a small load: the heaviest notebook (by notebooks/timings.json) run by two
 learners at once. benchmarks/bench_hub.py measures the full capacity table. Needs root: it creates the users.
 """
 
@@ -140,12 +140,10 @@ def test_a_dead_learner_server_is_reported_and_the_others_keep_working(hub):
     assert hub.server_alive(b)
 
 
-@pytest.mark.parametrize("n", [1, 2])
-def test_the_heaviest_notebook_runs_for_n_learners_at_once(hub, n):
-    users = LEARNERS[:n]
-    ready(hub, *users)
-    nb = heaviest_notebook()
-    round_ = lt.load_round(hub, users, hub.tokens, nb, cap_s=600)
+def test_the_heaviest_notebook_runs_for_two_learners_at_once(hub):
+    # one and 1..8 learners: benchmarks/bench_hub.py (the capacity table); here the concurrent case, in CI's budget
+    ready(hub, *LEARNERS)
+    round_ = lt.load_round(hub, LEARNERS, hub.tokens, heaviest_notebook(), cap_s=600)
     for r in round_["results"]:
         assert r["failure"] is None and r["errors"] == [], r
         assert r["peak_rss_mib"] > 100, r
