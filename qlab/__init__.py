@@ -19,9 +19,10 @@ module                                    what it holds                         
                                           models run on their engine; the engine and QAT figures
 :mod:`qlab.fake_quant`                    ``FakeQuantize``, torch.ao's twin                            04
 :mod:`qlab.fxviz`                         FX graphs classified and drawn                               05, 06
-:mod:`qlab.pt2e`                          the PT2E flow: export with a dynamic batch, quantize,        06-08
-                                          lower with Inductor, graph sizes
-:mod:`qlab.timing`                        the one timer: interleaved rounds, medians with spread       03-08
+:mod:`qlab.pt2e`                          the PT2E flow: export with a dynamic batch (strict or not),  06-08, 11
+                                          quantize (per-channel or per-tensor weights, float layers),
+                                          lower with Inductor and count its kernels, graph sizes
+:mod:`qlab.timing`                        the one timer: interleaved rounds, medians with spread       03-08, 11
 :mod:`qlab.perf`                          benchmark results and their figures; which oneDNN kernels    07
                                           an engine runs
 :mod:`qlab.kernels`                       C++ int8 kernels (``int8_bmm``, ``int8_linear``,              07, 08
@@ -38,10 +39,20 @@ module                                    what it holds                         
 :mod:`qlab.int_conv`                      an integer reference of a quantized convolution              09
 :mod:`qlab.diagnose`                      fake vs real, layer by layer                                 09
 :mod:`qlab.onnx_check`                    the same integers on ONNX Runtime                            09
-:mod:`qlab.widgets`                       the live-figure pattern behind every interactive plot        01-09
-:mod:`qlab.show`                          library source and expected errors, shown short and exact    01-09
+:mod:`qlab.effnet`                        EfficientNet-Lite0 with ImageNet weights offline, its        11
+                                          export shims, photos, agreement/KL/SQNR per photo with
+                                          cluster-bootstrap intervals
+:mod:`qlab.sensitivity`                   the PT2E numeric debugger, per-layer sensitivity scans,      11
+                                          mixed precision to an accuracy budget
+:mod:`qlab.cle`                           BN folding, cross-layer equalization (exact under ReLU6),    11
+                                          bias correction (Nagel et al. 2019)
+:mod:`qlab.deploy`                        ``torch.export`` save/load, dead fp32 weights, AOTInductor   11
+                                          packages, a run in a fresh process
+:mod:`qlab.debug_figures`                 notebook 11's figures and its recorded benchmark             11
+:mod:`qlab.widgets`                       the live-figure pattern behind every interactive plot        01-09, 11
+:mod:`qlab.show`                          library source and expected errors, shown short and exact    01-09, 11
 :mod:`qlab.check`                         the environment checks of notebook 00                         00
-:mod:`qlab.exercises`                     the exercise checkers, one module per notebook               01-09
+:mod:`qlab.exercises`                     the exercise checkers, one module per notebook               01-09, 11
 ========================================  ==========================================================  ========
 
 Global state (the quantized engine, the random generators, threads, Inductor's flags) changes only

