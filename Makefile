@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.qlab-setup
 PORT   ?= 8888
 
-.PHONY: lab test setup browser notebooks lock clean-venv
+.PHONY: lab test setup browser notebooks book lock clean-venv
 
 setup: $(STAMP)
 
@@ -41,14 +41,32 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium not found: install it (apt-get install chromium) or the browser test is skipped"; fi; }
 
+# The book is built first (tests/test_book.py opens it in Chromium).
 # Lint; the unit tests in random order; strict nbval over every notebook; then nbval again with the
 # libraries held to AVX2, to AVX-512 without AMX, and without the C++ kernels (scripts/isa_matrix.py).
-test: setup browser
+test: setup browser book
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests -p randomly -p no:cacheprovider
 	$(BIN)/python -m pytest notebooks --nbval --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider -p no:randomly
 	$(BIN)/python scripts/isa_matrix.py
+
+# The rendered book: a static site of the committed notebooks (not re-executed) and the docs, in build/book/.
+# Its own pins (requirements/book.txt) and MathJax from npm (book/package-lock.json), served from the site:
+# the build and the pages need no network once these are installed.
+BOOK_STAMP := $(VENV)/.qlab-book
+$(BOOK_STAMP): $(STAMP) requirements/book.txt book/package-lock.json
+	$(BIN)/python -m pip install --quiet -r requirements/book.txt
+	cd book && npm ci --no-audit --no-fund --silent
+	@touch $@
+
+book: $(BOOK_STAMP)
+	@# the notebook checks first: a notebook not executed in order, or with an untagged error, fails the build
+	$(BIN)/python -m pytest -q -p no:randomly -p no:cacheprovider tests/test_notebook_files.py
+	rm -rf build/book build/book-static && mkdir -p build/book-static
+	cp -r book/node_modules/mathjax/es5 build/book-static/mathjax
+	$(BIN)/sphinx-build -q -W --keep-going -b html -c book . build/book
+	@echo "make book: build/book/index.html (serve it: $(BIN)/python -m http.server -d build/book)"
 
 # Re-execute the committed notebooks (after editing one): outputs saved, widget state stripped.
 notebooks: setup

@@ -256,7 +256,11 @@ def main(argv=None) -> int:
 
     warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated")
     warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*deprecated")
-    torch.backends.quantized.engine = "x86"
+    with _env.scoped(engine="x86"):  # torch.ao's quantized Linear is packed for, and run under, the x86 engine
+        return _run(args)
+
+
+def _run(args) -> int:
     models = ["ViT-Base"] if args.quick else list(MODELS)
     tokens = [197] if args.quick else [197, 785]
 
@@ -293,54 +297,8 @@ def main(argv=None) -> int:
 
     results = []
     for threads in args.threads:
-        torch.set_num_threads(threads)
-        peak = 2 * peak_core * threads
-        peak_of = {"qlab-vnni": 2 * peaks.get("avx512_vnni", float("nan")) * threads}  # each path against its own
-        print(f"\n== {threads} thread(s): int8 peak {peak:.0f} GOP/s ==")
-        print(
-            f"{'attention':34s} "
-            + " ".join(f"{m:>11s}" for m in ("fp32", "q.matmul", "deq-bmm-q", "int_mm", "qlab", "qlab-fixed"))
-            + (" qlab-vnni" if isa == "amx" else "")
-            + "   qlab GOP/s  %peak  x fp32  x int_mm"
-        )
-        cases = list(attention_cases(tokens, models))
-        for model, T, name, a_f, b_f, is_kT in tqdm(
-            cases, desc=f"attention, {threads} thread(s)", unit="shape", leave=False, dynamic_ncols=True
-        ):
-            macs, t = bench_attention(model, T, name, a_f, b_f, is_kT, args.repeats)
-            shape = f"{name} H={a_f.shape[0]} T={T}"
-            for m, s in t.items():
-                results.append(row("attention", model, shape, threads, m, s, macs, t["fp32"], peak_of.get(m, peak)))
-            q = next(r for r in results[::-1] if r["method"] == "qlab")
-            tqdm.write(
-                f"{model + ' ' + shape:34s} "
-                + " ".join(f"{t[m][0] * 1e3:9.3f}ms" for m in t)
-                + f"   {q['gops']:9.1f} {q['pct_int8_peak']:6.1f} {q['speedup_vs_fp32']:6.2f}x"
-                + f" {t['int_mm'][0] / t['qlab'][0]:6.2f}x"
-            )
-        print(
-            f"\n{'linear (197 tokens)':34s} {'fp32':>11s} {'torch.ao':>11s} {'qlab':>11s}"
-            + (" qlab-vnni" if isa == "amx" else "")
-            + "   qlab GOP/s  %peak  x fp32  x torch.ao"
-        )
-        for model, layer, K, N in tqdm(
-            list(linear_cases(models)),
-            desc=f"linear, {threads} thread(s)",
-            unit="shape",
-            leave=False,
-            dynamic_ncols=True,
-        ):
-            macs, t = bench_linear(K, N, args.repeats)
-            shape = f"{layer} {K}->{N}"
-            for m, s in t.items():
-                results.append(row("linear", model, shape, threads, m, s, macs, t["fp32"], peak_of.get(m, peak)))
-            q = next(r for r in results[::-1] if r["method"] == "qlab")
-            tqdm.write(
-                f"{model + ' ' + shape:34s} "
-                + " ".join(f"{t[m][0] * 1e3:9.3f}ms" for m in t)
-                + f"   {q['gops']:9.1f} {q['pct_int8_peak']:6.1f} {q['speedup_vs_fp32']:6.2f}x"
-                + f" {t['torch.ao'][0] / t['qlab'][0]:6.2f}x"
-            )
+        with _env.scoped(threads=threads):
+            _run_threads(args, threads, isa, peaks, peak_core, models, tokens, results)
 
     machine["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
     targets = check_targets(results)
@@ -354,6 +312,57 @@ def main(argv=None) -> int:
     )
     print(f"\nsaved {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
     return 0
+
+
+def _run_threads(args, threads, isa, peaks, peak_core, models, tokens, results) -> None:
+    """One thread count: every attention and linear shape, appended to ``results``."""
+    peak = 2 * peak_core * threads
+    peak_of = {"qlab-vnni": 2 * peaks.get("avx512_vnni", float("nan")) * threads}  # each path against its own
+    print(f"\n== {threads} thread(s): int8 peak {peak:.0f} GOP/s ==")
+    print(
+        f"{'attention':34s} "
+        + " ".join(f"{m:>11s}" for m in ("fp32", "q.matmul", "deq-bmm-q", "int_mm", "qlab", "qlab-fixed"))
+        + (" qlab-vnni" if isa == "amx" else "")
+        + "   qlab GOP/s  %peak  x fp32  x int_mm"
+    )
+    cases = list(attention_cases(tokens, models))
+    for model, T, name, a_f, b_f, is_kT in tqdm(
+        cases, desc=f"attention, {threads} thread(s)", unit="shape", leave=False, dynamic_ncols=True
+    ):
+        macs, t = bench_attention(model, T, name, a_f, b_f, is_kT, args.repeats)
+        shape = f"{name} H={a_f.shape[0]} T={T}"
+        for m, s in t.items():
+            results.append(row("attention", model, shape, threads, m, s, macs, t["fp32"], peak_of.get(m, peak)))
+        q = next(r for r in results[::-1] if r["method"] == "qlab")
+        tqdm.write(
+            f"{model + ' ' + shape:34s} "
+            + " ".join(f"{t[m][0] * 1e3:9.3f}ms" for m in t)
+            + f"   {q['gops']:9.1f} {q['pct_int8_peak']:6.1f} {q['speedup_vs_fp32']:6.2f}x"
+            + f" {t['int_mm'][0] / t['qlab'][0]:6.2f}x"
+        )
+    print(
+        f"\n{'linear (197 tokens)':34s} {'fp32':>11s} {'torch.ao':>11s} {'qlab':>11s}"
+        + (" qlab-vnni" if isa == "amx" else "")
+        + "   qlab GOP/s  %peak  x fp32  x torch.ao"
+    )
+    for model, layer, K, N in tqdm(
+        list(linear_cases(models)),
+        desc=f"linear, {threads} thread(s)",
+        unit="shape",
+        leave=False,
+        dynamic_ncols=True,
+    ):
+        macs, t = bench_linear(K, N, args.repeats)
+        shape = f"{layer} {K}->{N}"
+        for m, s in t.items():
+            results.append(row("linear", model, shape, threads, m, s, macs, t["fp32"], peak_of.get(m, peak)))
+        q = next(r for r in results[::-1] if r["method"] == "qlab")
+        tqdm.write(
+            f"{model + ' ' + shape:34s} "
+            + " ".join(f"{t[m][0] * 1e3:9.3f}ms" for m in t)
+            + f"   {q['gops']:9.1f} {q['pct_int8_peak']:6.1f} {q['speedup_vs_fp32']:6.2f}x"
+            + f" {t['torch.ao'][0] / t['qlab'][0]:6.2f}x"
+        )
 
 
 def check_targets(results) -> dict:

@@ -25,7 +25,7 @@ every residual add written into the model's code; timm models have none, so the
 eager paths run on DigitsCNN (written for it) and are recorded as skipped for timm
 models: fx_x86/fx_fbgemm run the same quantized kernels under each engine there.
 
-For each (model, batch) all paths are timed **interleaved** (qlab.perf.time_interleaved)
+For each (model, batch) all paths are timed **interleaved** (qlab.timing.time_interleaved, 15 rounds)
 together with fp32 eager, so every ratio compares timings taken in the same minutes.
 Results go to benchmarks/results/models.json with the machine (CPU, ISA, torch,
 threads). The run is **resumable**: (model, path, batch) triples already in the file
@@ -37,7 +37,6 @@ Then a sweep of a single Linear (over batch rows, and over width at batch 1) and
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as _dt
 import importlib
 import json
@@ -55,9 +54,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from qlab import _env  # noqa: E402
+from qlab import _env, checkpoints, flows  # noqa: E402
 from qlab import pt2e as qpt2e  # noqa: E402
-from qlab.timing import time_interleaved  # noqa: E402
+from qlab.timing import loadavg, time_interleaved, wait_for_quiet  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "models.json"
 
@@ -109,13 +108,11 @@ QUICK_MODELS = ["digits_cnn", "resnet18"]
 
 def build_model(spec: ModelSpec) -> torch.nn.Module:
     if spec.name == "digits_cnn":
-        from qlab.models import load_pretrained
-
-        return load_pretrained("digits_cnn")
+        return checkpoints.load("digits_cnn")
     import timm
 
-    torch.manual_seed(0)  # random weights, but the same ones on every run
-    return timm.create_model(spec.name, pretrained=False).eval()
+    with _env.scoped(seed=0):  # random weights, but the same ones on every run (notebook 07 rebuilds ResNet-18)
+        return timm.create_model(spec.name, pretrained=False).eval()
 
 
 def calibration_data(spec: ModelSpec) -> list[torch.Tensor]:
@@ -159,50 +156,19 @@ class Built:
     notes: str = ""
 
 
-def _engine_call(module, engine):
-    def run(x):
-        torch.backends.quantized.engine = engine
-        return module(x)
-
-    return run
-
-
-def _eager_ptq(ctx: ModelCtx, engine: str):
+def _eager_ptq(ctx: ModelCtx, engine: str) -> flows.OnEngine:
     if not ctx.spec.eager_ready:
         raise NotAvailable(
             "eager mode needs QuantStub/DeQuantStub, a fusion list and FloatFunctional adds written into the "
             "model; timm models have none (fx_x86/fx_fbgemm run the same int8 kernels under each engine)"
         )
-    from torch.ao.quantization import convert, fuse_modules, get_default_qconfig, prepare
-
-    torch.backends.quantized.engine = engine
-    m = copy.deepcopy(ctx.model).eval()
-    m = fuse_modules(m, m.fuse_spec())
-    m.qconfig = get_default_qconfig(engine)
-    prepare(m, inplace=True)
-    with torch.no_grad():
-        for xb in ctx.calib:
-            m(xb)
-    convert(m, inplace=True)
-    return m
+    return flows.ptq(ctx.model, ctx.calib, engine)  # the flow of notebook 03
 
 
-def _fx_ptq(ctx: ModelCtx, engine: str):
+def _fx_ptq(ctx: ModelCtx, engine: str) -> flows.OnEngine:
     key = ("fx", engine)
     if key not in ctx.cache:
-        from torch.ao.quantization import get_default_qconfig_mapping
-        from torch.ao.quantization.backend_config.fbgemm import get_fbgemm_backend_config
-        from torch.ao.quantization.backend_config.x86 import get_x86_backend_config
-        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
-        backend = {"x86": get_x86_backend_config, "fbgemm": get_fbgemm_backend_config}[engine]()
-        torch.backends.quantized.engine = engine
-        example = (ctx.calib[0][:1],)
-        p = prepare_fx(copy.deepcopy(ctx.model), get_default_qconfig_mapping(engine), example, backend_config=backend)
-        with torch.no_grad():
-            for xb in ctx.calib:
-                p(xb)
-        ctx.cache[key] = convert_fx(p, backend_config=backend)
+        ctx.cache[key] = flows.fx_ptq(ctx.model, ctx.calib, engine)  # the flow of notebook 05; runs under engine
     return ctx.cache[key]
 
 
@@ -220,11 +186,11 @@ def build_path(path: str, ctx: ModelCtx, x: torch.Tensor) -> Built:
     if path in ("eager_x86", "eager_fbgemm"):
         engine = path.split("_")[1]
         m = _eager_ptq(ctx, engine)
-        return Built(_engine_call(m, engine), qpt2e.graph_bytes(m), time.perf_counter() - t0)
+        return Built(m, qpt2e.graph_bytes(m.model), time.perf_counter() - t0)
     if path in ("fx_x86", "fx_fbgemm"):
         engine = path.split("_")[1]
         m = _fx_ptq(ctx, engine)
-        return Built(_engine_call(m, engine), qpt2e.graph_bytes(m), time.perf_counter() - t0)
+        return Built(m, qpt2e.graph_bytes(m.model), time.perf_counter() - t0)
     if path in ("pt2e_inductor", "pt2e_nofreeze"):
         freezing = path == "pt2e_inductor"
         if not freezing and not spec.nofreeze_demo:
@@ -459,15 +425,11 @@ def sweep_points(quick: bool) -> list[tuple[str, int]]:
 
 def run_sweep(args, data, out, run_id) -> None:
     """fp32 layer vs the FX x86 int8 layer (float in, float out) vs the int8 kernel alone."""
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
     have = {(r["layer"], r["x"]) for r in data.get("sweep", []) if args.quick or not r.get("quick")}
     points = [p for p in sweep_points(args.quick) if p not in have]
     if not points:
         print("sweep: every point is already in", out.relative_to(ROOT))
         return
-    torch.backends.quantized.engine = "x86"
     g = torch.Generator().manual_seed(3)
     for layer, xval in tqdm(points, desc="sweep", unit="point", dynamic_ncols=True):
         if layer == "linear":
@@ -490,15 +452,13 @@ def run_sweep(args, data, out, run_id) -> None:
                 "title": f"Conv2d {CONV_C}->{CONV_C} 3x3",
                 "macs": xval * xval * CONV_C * CONV_C * 9,
             }
-        p = prepare_fx(copy.deepcopy(m), get_default_qconfig_mapping("x86"), (x,))
-        with torch.no_grad():
-            p(x)
-        q = convert_fx(p)
-        qlayer = q.layer
-        scale, zp = float(q.layer_input_scale_0), int(q.layer_input_zero_point_0)
+        q = flows.fx_ptq(m, [x], "x86")  # calls run under the x86 engine
+        qlayer = q.model.layer
+        scale, zp = float(q.model.layer_input_scale_0), int(q.model.layer_input_zero_point_0)
         xq = torch.quantize_per_tensor(x, scale, zp, torch.quint8)
+        kernel = flows.OnEngine(qlayer, "x86")
         t = time_interleaved(
-            {"fp32": lambda m=m, x=x: m(x), "int8": lambda q=q, x=x: q(x), "int8_op": lambda f=qlayer, xq=xq: f(xq)},
+            {"fp32": lambda m=m, x=x: m(x), "int8": lambda q=q, x=x: q(x), "int8_op": lambda f=kernel, xq=xq: f(xq)},
             rounds=args.rounds,
             target_s=args.target_s / 2,
             max_number=200,
@@ -572,6 +532,9 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--force", action="store_true", help="append to a results file recorded on another machine/setup")
     ap.add_argument("--list", action="store_true", help="list models and paths, then exit")
+    ap.add_argument(
+        "--allow-busy", action="store_true", help="record even if the load average is above 0.5 (it is recorded)"
+    )
     args = ap.parse_args(argv)
 
     if args.list:
@@ -581,16 +544,21 @@ def main(argv=None) -> int:
         return 0
     args.models = args.models or (QUICK_MODELS if args.quick else DEFAULT_MODELS)
     args.batches = args.batches or ([1] if args.quick else DEFAULT_BATCHES)
-    args.rounds = args.rounds or (2 if args.quick else 5)
+    args.rounds = args.rounds or (2 if args.quick else 15)
     if args.threads < 1:
         ap.error("--threads must be positive")
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    import torch._inductor.config as inductor_config
+    # one thread count, one seed, and the Inductor flag its int8 kernels need (frozen, constant weights)
+    with _env.scoped(threads=args.threads, seed=0, inductor={"freezing": True}):
+        return record(args, argv)
 
-    inductor_config.freezing = True  # int8 Inductor kernels need frozen (constant) weights
-    qpt2e.drop_log_message("torch.utils.cpp_extension", "No CUDA runtime is found")  # CUDA build, no GPU
+
+def record(args, argv) -> int:
+    """Run the study into ``args.out`` (under the caller's :func:`qlab.scoped` settings)."""
+    _env.drop_log_message("torch.utils.cpp_extension", "No CUDA runtime is found")  # CUDA build, no GPU
+    if not (args.quick or args.allow_busy):
+        print(f"waiting for a quiet machine (load average {loadavg():.2f}; at most 0.5) ...")
+        wait_for_quiet(0.5)
 
     out = args.out if args.out.is_absolute() else (pathlib.Path.cwd() / args.out)
     data = load(out)
@@ -610,6 +578,7 @@ def main(argv=None) -> int:
             "started": _dt.datetime.now().isoformat(timespec="seconds"),
             "command": " ".join([pathlib.Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:])),
             "machine": machine,
+            "load_before": round(loadavg(), 2),
         }
     )
     print(
@@ -621,6 +590,7 @@ def main(argv=None) -> int:
     if not args.no_sweep:
         run_sweep(args, data, out, run_id)
     data["runs"][-1]["seconds"] = round(time.perf_counter() - t0, 1)
+    data["runs"][-1]["load_after"] = round(loadavg(), 2)
     save(data, out)
     print(f"done in {time.perf_counter() - t0:.0f} s -> {out}")
     return 0

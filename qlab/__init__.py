@@ -23,8 +23,10 @@ module                                    what it holds                         
                                           quantize (per-channel or per-tensor weights, float layers),
                                           lower with Inductor and count its kernels, graph sizes
 :mod:`qlab.timing`                        the one timer: interleaved rounds, medians with spread       03-08, 11
-:mod:`qlab.perf`                          benchmark results and their figures; which oneDNN kernels    07
-                                          an engine runs
+:mod:`qlab.perf`                          benchmark results, geomeans (broken models left out) and     07
+                                          their figures
+:mod:`qlab.engines`                       which library (FBGEMM or oneDNN) the x86 engine hands each   07
+                                          layer: the rule, measured in oneDNN's log, applied to models
 :mod:`qlab.kernels`                       C++ int8 kernels (``int8_bmm``, ``int8_linear``,              07, 08
                                           ``quantize_per_tensor``) and their pure-PyTorch reference
 :mod:`qlab.requant`                       requantization arithmetic, float and fixed point             08, 09
@@ -62,7 +64,7 @@ inside :func:`qlab.scoped`, which restores it.
 __version__ = "0.1.0"
 
 from . import data, fake_quant, models, observers  # noqa: E402
-from ._env import drop_log_message, env_info, isa_summary, scoped, setup  # noqa: E402
+from ._env import drop_log_message, engine, env_info, isa_summary, scoped, setup  # noqa: E402
 from .fake_quant import FakeQuantize  # noqa: E402
 from .primitives import (  # noqa: E402
     PerChannel,
@@ -78,6 +80,7 @@ __all__ = [
     "__version__",
     "setup",
     "scoped",
+    "engine",
     "drop_log_message",
     "env_info",
     "isa_summary",

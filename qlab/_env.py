@@ -27,7 +27,7 @@ import torch
 from ._checks import check_int
 
 __all__ = ["EnvInfo", "EXPLAINED_WARNINGS", "cpu_flags", "isa_summary", "int8_units", "env_info", "machine_info",
-           "filter_explained_warnings", "drop_log_message", "setup", "scoped"]
+           "filter_explained_warnings", "drop_log_message", "setup", "scoped", "engine"]
 
 # /proc/cpuinfo flag -> the name a learner meets in Intel/AMD documentation.
 _ISA_FLAGS = {
@@ -271,11 +271,23 @@ def filter_explained_warnings() -> None:
     drop_log_message(*EXPLAINED_LOG)
 
 
+def _max_threads() -> int:
+    cap = os.cpu_count() or 1
+    env = os.environ.get("QLAB_MAX_THREADS")
+    if env:
+        try:
+            cap = min(cap, check_int("QLAB_MAX_THREADS", int(env), 1))
+        except ValueError:
+            raise ValueError(f"QLAB_MAX_THREADS must be a positive integer, got {env!r}") from None
+    return cap
+
+
 def setup(seed: int = 0, threads: int | None = 2, quiet: bool = False, filter_warnings: bool = True) -> EnvInfo:
     """Make a notebook reproducible and say what it runs on.
 
     Seeds Python, NumPy and torch; fixes torch's intra-op thread count
-    (``threads``, capped at the machine's cores; ``None`` leaves it); makes
+    (``threads``, capped at the machine's cores and at ``$QLAB_MAX_THREADS`` if set -- a workshop hub sets
+    it to give each learner one core; ``None`` leaves it); makes
     matplotlib render PNG at a fixed size so committed notebooks stay small;
     prints the environment line (versions, CPU ISA, quantized engines); filters the warnings
     notebook 00 explains (:data:`EXPLAINED_WARNINGS`), unless ``filter_warnings=False``.
@@ -283,7 +295,7 @@ def setup(seed: int = 0, threads: int | None = 2, quiet: bool = False, filter_wa
     check_int("seed", seed, 0)
     if threads is not None:
         check_int("threads", threads, 1)
-        torch.set_num_threads(min(threads, os.cpu_count() or 1))
+        torch.set_num_threads(min(threads, _max_threads()))
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -357,3 +369,29 @@ def scoped(
                 torch.set_num_threads(saved[1])
             random.setstate(saved[2])
             np.random.set_state(saved[3])
+
+
+class engine:  # noqa: N801 -- used like a function: ``with engine("fbgemm"): ...``
+    """``with qlab.engine("fbgemm"): ...`` -- only ``torch.backends.quantized.engine``, set for the block and
+    restored after it: the cheap form of ``scoped(engine=...)`` for a call that runs many times (a converted
+    model calls it on every forward, see :class:`qlab.flows.OnEngine`; ``scoped`` also saves and restores
+    three random generators, which costs more than a small int8 model's forward)."""
+
+    __slots__ = ("name", "saved")
+
+    def __init__(self, name: str):
+        if name not in torch.backends.quantized.supported_engines or name == "none":
+            engines = [e for e in torch.backends.quantized.supported_engines if e != "none"]
+            raise ValueError(f"engine must be one of {engines}, got {name!r}")
+        self.name = name
+
+    def __enter__(self):
+        self.saved = torch.backends.quantized.engine
+        if self.saved != self.name:
+            torch.backends.quantized.engine = self.name
+        return self
+
+    def __exit__(self, *exc):
+        if torch.backends.quantized.engine != self.saved:
+            torch.backends.quantized.engine = self.saved
+        return False

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from ._checks import check_int
+from ._env import scoped
 
 __all__ = ["MEAN", "STD", "NUM_CLASSES", "split_indices", "digits", "loaders", "calibration_batches"]
 
@@ -35,7 +36,8 @@ _TEST_EVERY = 5
 
 @functools.lru_cache(maxsize=1)
 def _raw() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
+    with scoped():  # importing scikit-learn (its progress bars import rich) draws from Python's generator
+        from sklearn.datasets import load_digits
 
     d = load_digits()
     return (d.images / 16.0).astype(np.float32), d.target.astype(np.int64)

@@ -28,9 +28,18 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from ._checks import check_int, check_number
-from ._env import scoped
+from ._env import engine, scoped
 
-__all__ = ["OnEngine", "ptq", "fx_ptq", "qat_finetune", "draw_engines", "draw_fake_quant_ranges", "draw_accuracy"]
+__all__ = [
+    "OnEngine",
+    "ptq",
+    "fx_ptq",
+    "qat_finetune",
+    "qat_observed",
+    "draw_engines",
+    "draw_fake_quant_ranges",
+    "draw_accuracy",
+]
 
 _COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 
@@ -38,6 +47,21 @@ _COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#
 def _check_fig(fig):
     if not isinstance(fig, Figure):
         raise TypeError(f"fig must be a matplotlib.figure.Figure, got {type(fig).__name__}")
+
+
+def _flow_args(model, calibration, fuse_spec: bool) -> list[torch.Tensor]:
+    """The checks every flow makes: an ``nn.Module`` (with ``fuse_spec()`` for eager mode) and a non-empty
+    iterable of input tensors, returned as a list."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if fuse_spec and not hasattr(model, "fuse_spec"):
+        raise TypeError(
+            f"model must provide fuse_spec() (the [conv, bn, relu] names to fuse), got {type(model).__name__}"
+        )
+    batches = list(calibration)
+    if not batches or not all(isinstance(b, torch.Tensor) for b in batches):
+        raise TypeError("calibration must be a non-empty iterable of input tensors")
+    return batches
 
 
 class OnEngine(nn.Module):
@@ -49,7 +73,7 @@ class OnEngine(nn.Module):
         self.model, self.engine = model, engine
 
     def forward(self, *args, **kwargs):
-        with scoped(engine=self.engine):
+        with engine(self.engine):
             return self.model(*args, **kwargs)
 
     def extra_repr(self) -> str:
@@ -63,13 +87,7 @@ def ptq(model: nn.Module, calibration: Iterable[torch.Tensor], engine: str = "x8
     ``get_default_qconfig``), ``prepare``, run every calibration batch, ``convert`` -- all under ``engine``."""
     import torch.ao.quantization as tq
 
-    if not hasattr(model, "fuse_spec"):
-        raise TypeError(
-            f"model must provide fuse_spec() (the [conv, bn, relu] names to fuse), got {type(model).__name__}"
-        )
-    batches = list(calibration)
-    if not batches or not all(isinstance(b, torch.Tensor) for b in batches):
-        raise TypeError("calibration must be a non-empty iterable of input tensors")
+    batches = _flow_args(model, calibration, fuse_spec=True)
     with scoped(engine=engine):
         m = tq.fuse_modules(copy.deepcopy(model).eval(), model.fuse_spec())
         m.qconfig = qconfig if qconfig is not None else tq.get_default_qconfig(engine)
@@ -80,8 +98,13 @@ def ptq(model: nn.Module, calibration: Iterable[torch.Tensor], engine: str = "x8
 
 
 @torch.no_grad()
-def fx_ptq(model: nn.Module, calibration: Iterable[torch.Tensor], engine: str = "x86", qconfig_mapping=None,
-           prepare_custom_config=None) -> OnEngine:
+def fx_ptq(
+    model: nn.Module,
+    calibration: Iterable[torch.Tensor],
+    engine: str = "x86",
+    qconfig_mapping=None,
+    prepare_custom_config=None,
+) -> OnEngine:
     """FX post-training quantization of a copy of ``model`` under ``engine``: ``prepare_fx`` with the
     engine's default ``QConfigMapping`` (unless given) and its ``BackendConfig``, every calibration batch,
     ``convert_fx``. The example input for tracing is the first calibration batch."""
@@ -91,17 +114,24 @@ def fx_ptq(model: nn.Module, calibration: Iterable[torch.Tensor], engine: str = 
     from torch.ao.quantization.backend_config.x86 import get_x86_backend_config
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx  # before backend_config (notebook 05)
 
-    batches = list(calibration)
-    if not batches or not all(isinstance(b, torch.Tensor) for b in batches):
-        raise TypeError("calibration must be a non-empty iterable of input tensors")
-    backends = {"x86": get_x86_backend_config, "fbgemm": get_fbgemm_backend_config,
-                "onednn": get_onednn_backend_config, "qnnpack": get_qnnpack_backend_config}
+    batches = _flow_args(model, calibration, fuse_spec=False)
+    backends = {
+        "x86": get_x86_backend_config,
+        "fbgemm": get_fbgemm_backend_config,
+        "onednn": get_onednn_backend_config,
+        "qnnpack": get_qnnpack_backend_config,
+    }
     if engine not in backends:
         raise ValueError(f"engine must be one of {list(backends)}, got {engine!r}")
     with scoped(engine=engine):
         mapping = qconfig_mapping if qconfig_mapping is not None else get_default_qconfig_mapping(engine)
-        prepared = prepare_fx(copy.deepcopy(model).eval(), mapping, (batches[0],),
-                              prepare_custom_config=prepare_custom_config, backend_config=backends[engine]())
+        prepared = prepare_fx(
+            copy.deepcopy(model).eval(),
+            mapping,
+            (batches[0],),
+            prepare_custom_config=prepare_custom_config,
+            backend_config=backends[engine](),
+        )
         for b in batches:
             prepared(b)
         return OnEngine(convert_fx(prepared, backend_config=backends[engine]()), engine)
@@ -144,6 +174,29 @@ def qat_finetune(
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
         loss = train_epoch(model, loader, optimizer, on_step=on_step)
     return loss, history
+
+
+@torch.no_grad()
+def qat_observed(model: nn.Module, calibration: Iterable[torch.Tensor], engine: str = "fbgemm"):
+    """A fake-quantized model and its int8 conversion with PyTorch's default QAT qconfig for ``engine``, as after
+    a QAT run but without the training: fuse for QAT (``model.fuse_spec()``), ``prepare_qat``, every calibration
+    batch through the observers, then observers off, batch-norm statistics frozen, ``eval``, and ``convert`` of a
+    copy. Returns ``(fake, real)``; both are plain modules (``real``'s weights are packed for ``engine``: run it
+    under ``qlab.engine(engine)``). ``model`` is not changed. Notebook 09 compares the two layer by layer."""
+    import torch.ao.nn.intrinsic.qat as nniqat
+    import torch.ao.quantization as tq
+
+    batches = _flow_args(model, calibration, fuse_spec=True)
+    with scoped(engine=engine):
+        fake = tq.fuse_modules_qat(copy.deepcopy(model).train(), model.fuse_spec())
+        fake.qconfig = tq.get_default_qat_qconfig(engine)
+        fake = tq.prepare_qat(fake)
+        for b in batches:
+            fake(b)
+        fake.apply(tq.disable_observer)
+        fake.apply(nniqat.freeze_bn_stats)
+        fake.eval()
+        return fake, tq.convert(copy.deepcopy(fake))
 
 
 def draw_engines(fig: Figure, rows: Sequence[Mapping]) -> dict:

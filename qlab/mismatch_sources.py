@@ -217,7 +217,7 @@ def exp_saturation_real_kernel(seed: int = 0, isa: str = "AVX2") -> dict:
     VNNI) and compare it with the exact and the saturating references of :func:`exp_saturation`'s layer."""
     code = (
         "import torch, warnings; warnings.filterwarnings('ignore');"
-        "from qlab.mismatch import _saturation_layer_codes as f; r = f(%d);"
+        "from qlab.mismatch_sources import _saturation_layer_codes as f; r = f(%d);"
         "print(r['real_eq_exact'], r['real_eq_sat'], r['max_lsb_real_vs_exact'])" % seed
     )
     env = dict(os.environ, FBGEMM_ENABLE_INSTRUCTIONS=isa)

@@ -10,7 +10,9 @@ summary over models is the geometric mean (:func:`qlab.timing.geomean`)::
 ``benchmarks/bench_models.py``): ``{"machine": {...}, "records": [...], "sweep": [...]}``.
 Each record is one (model, path, batch): ``status`` ("ok", "skipped" or "failed"),
 ``ms`` (median), ``fp32_ms`` (fp32 eager, timed interleaved in the same run),
-``speedup`` (= fp32_ms / ms), ``bytes`` and ``fp32_bytes`` (state_dict sizes).
+``speedup`` (= fp32_ms / ms), ``bytes`` and ``fp32_bytes`` (state_dict sizes), ``agreement``
+(``sqnr_db`` of the logits against fp32's). A record below :data:`MIN_SQNR_DB` computes the wrong
+thing: its time is not a speedup, so :func:`geomeans` leaves it out (and says so).
 
 **Kernel results** (``benchmarks/results/kernels.json``, written by
 ``benchmarks/bench_kernels.py``): qlab's int8 bmm and linear against fp32 and
@@ -20,21 +22,20 @@ PyTorch's int8 alternatives on ViT shapes; :func:`draw_kernels` plots them.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 from typing import Iterable, Mapping
 
 from matplotlib.figure import Figure
 
-from ._checks import check_choice, check_int
+from ._checks import check_choice, check_number
 from .timing import geomean
 
 __all__ = [
     "RESULTS",
     "load_results",
+    "MIN_SQNR_DB",
     "ok_records",
+    "broken_records",
     "speedup_table",
     "geomeans",
     "crossover",
@@ -46,11 +47,11 @@ __all__ = [
     "load_kernel_results",
     "kernel_table",
     "draw_kernels",
-    "onednn_kernels",
-    "engine_kernels",
 ]
 
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "models.json"
+#: Below this SQNR (dB) of the logits against fp32 an int8 model is broken, not fast (notebook 07, section 2).
+MIN_SQNR_DB = 10.0
 
 
 # --------------------------------------------------------------------------- results
@@ -78,29 +79,51 @@ def ok_records(results, batch: int | None = None) -> list[dict]:
     return [r for r in _records(results) if r.get("status") == "ok" and (batch is None or r["batch"] == batch)]
 
 
-def speedup_table(results, batch: int) -> dict[str, dict[str, float]]:
-    """``{path: {model: speedup over fp32 eager}}`` at one batch size."""
+def _sqnr(r: dict) -> float | None:
+    return (r.get("agreement") or {}).get("sqnr_db")
+
+
+def broken_records(results, batch: int | None = None, min_sqnr_db: float = MIN_SQNR_DB) -> list[dict]:
+    """The records that ran but whose logits are further than ``min_sqnr_db`` from fp32's."""
+    check_number("min_sqnr_db", min_sqnr_db)
+    return [r for r in ok_records(results, batch) if _sqnr(r) is not None and _sqnr(r) < min_sqnr_db]
+
+
+def speedup_table(results, batch: int, min_sqnr_db: float | None = None) -> dict[str, dict[str, float]]:
+    """``{path: {model: speedup over fp32 eager}}`` at one batch size; with ``min_sqnr_db``, only the
+    records whose logits are at least that close to fp32's."""
+    broken = {id(r) for r in broken_records(results, batch, min_sqnr_db)} if min_sqnr_db is not None else set()
     table: dict[str, dict[str, float]] = {}
     for r in ok_records(results, batch):
-        table.setdefault(r["path"], {})[r["model"]] = r["speedup"]
+        if id(r) not in broken:
+            table.setdefault(r["path"], {})[r["model"]] = r["speedup"]
     return table
 
 
 def geomeans(
-    results, batch: int, paths: Iterable[str] | None = None, models: Iterable[str] | None = None
+    results,
+    batch: int,
+    paths: Iterable[str] | None = None,
+    models: Iterable[str] | None = None,
+    min_sqnr_db: float | None = MIN_SQNR_DB,
 ) -> dict[str, dict]:
-    """Per path: ``{"geomean", "n", "models"}`` of the speedups at ``batch``.
+    """Per path: ``{"geomean", "n", "models", "excluded"}`` of the speedups at ``batch``.
 
-    ``models`` restricts every path to the same set (comparable geomeans); by
-    default each path uses all the models it ran on.
+    ``models`` restricts every path to the same set (comparable geomeans); by default each path uses
+    all the models it ran on. Records below ``min_sqnr_db`` (default :data:`MIN_SQNR_DB`; ``None``
+    keeps them) are left out and listed in ``excluded``: a model that computes the wrong thing has no
+    speedup.
     """
-    table = speedup_table(results, batch)
+    table = speedup_table(results, batch, min_sqnr_db)
+    everything = speedup_table(results, batch)
     keep = None if models is None else set(models)
     out = {}
-    for path in list(paths) if paths is not None else sorted(table):
+    for path in list(paths) if paths is not None else sorted(everything):
         vals = {m: s for m, s in table.get(path, {}).items() if keep is None or m in keep}
+        excluded = sorted(m for m in everything.get(path, {}) if m not in vals and (keep is None or m in keep))
         if vals:
-            out[path] = {"geomean": geomean(vals.values()), "n": len(vals), "models": sorted(vals)}
+            out[path] = {"geomean": geomean(vals.values()), "n": len(vals), "models": sorted(vals),
+                         "excluded": excluded}
     return out
 
 
@@ -332,75 +355,3 @@ def draw_kernels(fig: Figure, results, kind: str = "attention", threads: int = 1
     ax.set_title(f"{kind}, {threads} thread(s)", fontsize=9)
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes, not over the bars
     return {"speedup": speedup}
-
-
-# --------------------------------------------------------------------------- which kernels an engine runs
-_PROBE = """
-import warnings
-import torch
-import torch.ao.nn.quantized as nnq
-import qlab
-warnings.filterwarnings("ignore")
-layer, channels = {layer!r}, {channels}
-
-
-def per_channel(shape):  # symmetric per-channel int8 weights, as the default qconfigs make them
-    w = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-    s = w.abs().amax(dim=tuple(range(1, w.dim()))) / 127
-    return torch.quantize_per_channel(w, s.double(), torch.zeros(shape[0], dtype=torch.long), 0, torch.qint8)
-
-
-with qlab.scoped(engine={engine!r}):
-    if layer == "linear":
-        m = nnq.Linear(channels, channels)
-        m.set_weight_bias(per_channel((channels, channels)), None)
-        x = torch.quantize_per_tensor(torch.rand(64, channels), 0.02, 0, torch.quint8)
-    else:
-        groups = channels if layer == "depthwise" else 1
-        m = nnq.Conv2d(channels, channels, 3, padding=1, groups=groups)
-        m.set_weight_bias(per_channel((channels, channels // groups, 3, 3)), None)
-        x = torch.quantize_per_tensor(torch.rand(1, channels, 28, 28), 0.02, 0, torch.quint8)
-    print("--- probe starts", flush=True)
-    m(x)
-    m(x)
-"""
-PROBE_LAYERS = ("linear", "conv", "depthwise")
-
-
-def onednn_kernels(
-    engine: str, layer: str = "conv", channels: int = 64, timeout: float = 120.0
-) -> list[tuple[str, str]]:
-    """The oneDNN primitives ``(kind, implementation)`` one quantized layer executes under ``engine``, read from
-    oneDNN's own log (``ONEDNN_VERBOSE=1``) in a fresh Python process with this process's environment (so
-    ``ONEDNN_MAX_CPU_ISA`` and the other caps apply), e.g. ``("convolution", "brg_conv_fwd:avx10_1_512_amx")``.
-
-    ``layer``: ``"linear"`` (``channels`` -> ``channels``, 64 rows), ``"conv"`` (3x3, ``channels`` in and out,
-    28x28) or ``"depthwise"`` (3x3, ``groups=channels``). FBGEMM's kernels do not log, so a layer the
-    engine gives to FBGEMM returns ``[]``.
-    """
-    check_choice("engine", engine, ["x86", "fbgemm", "onednn"])
-    check_choice("layer", layer, list(PROBE_LAYERS))
-    check_int("channels", channels, 1)
-    env = {**os.environ, "ONEDNN_VERBOSE": "1"}
-    code = _PROBE.format(engine=engine, layer=layer, channels=channels)
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the {engine} {layer} probe failed:\n{proc.stderr[-2000:]}")
-    found = []
-    for line in proc.stdout.split("--- probe starts", 1)[-1].splitlines():
-        parts = line.split(",")
-        if len(parts) > 6 and parts[0] == "onednn_verbose" and parts[2:4] == ["primitive", "exec"]:
-            if (parts[5], parts[6]) not in found:
-                found.append((parts[5], parts[6]))
-    return found
-
-
-def engine_kernels(engine: str = "x86", layers=(("linear", 256), ("conv", 64), ("depthwise", 64),
-                                               ("depthwise", 128))) -> dict[str, str]:
-    """Which library runs each probe layer under ``engine``: ``"oneDNN <implementation>"`` or ``"FBGEMM"``
-    (nothing in oneDNN's log). Keys like ``"depthwise 128 ch"``."""
-    out = {}
-    for layer, channels in layers:
-        kernels = [impl for kind, impl in onednn_kernels(engine, layer, channels) if kind != "reorder"]
-        out[f"{layer} {channels} ch"] = f"oneDNN {kernels[0]}" if kernels else "FBGEMM"
-    return out

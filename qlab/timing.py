@@ -29,7 +29,7 @@ import torch
 
 from ._checks import check_int, check_number
 
-__all__ = ["Timing", "Timings", "time_interleaved", "speedups", "geomean", "loadavg", "wait_for_quiet"]
+__all__ = ["Timing", "Timings", "time_interleaved", "iqr_overlap", "speedups", "geomean", "loadavg", "wait_for_quiet"]
 
 
 def loadavg() -> float:
@@ -51,8 +51,10 @@ def wait_for_quiet(max_load: float = 0.5, timeout_s: float = 600.0, poll_s: floa
         if not load > max_load:  # also NaN: no load average on this OS
             return load
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the machine stayed busy (load average {load} > {max_load}) for {timeout_s:.0f} s: "
-                               "a recording made now would measure the other processes; stop them and retry")
+            raise RuntimeError(
+                f"the machine stayed busy (load average {load} > {max_load}) for {timeout_s:.0f} s: "
+                "a recording made now would measure the other processes; stop them and retry"
+            )
         time.sleep(poll_s)
 
 
@@ -159,6 +161,15 @@ def time_interleaved(
                 out[n].samples.append((time.perf_counter() - t0) * 1e3 / calls)
     out.load = (before, loadavg())
     return out
+
+
+def iqr_overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Whether two interquartile ranges ``(q25, q75)`` overlap: if they do, the recording does not tell the two
+    medians apart (the middle halves of their rounds interleave), and a report calls them tied."""
+    for name, r in (("a", a), ("b", b)):
+        if len(r) != 2 or not r[0] <= r[1]:
+            raise ValueError(f"{name} must be a (q25, q75) pair with q25 <= q75, got {r!r}")
+    return a[0] <= b[1] and b[0] <= a[1]
 
 
 def speedups(timings: Mapping[str, Timing], baseline: str) -> dict[str, float]:

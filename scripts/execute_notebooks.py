@@ -7,7 +7,8 @@
 Runs in the notebooks/ folder with the workbook's kernel, strips the widget
 state nbclient stores in the metadata (it would bloat the files and go stale),
 and records each notebook's wall time in notebooks/timings.json (the instructor
-guide quotes it).
+guide quotes it), with the machine it ran on. Re-run all of them after a change of
+machine: a test checks that every committed notebook was executed on the same one.
 """
 
 from __future__ import annotations
@@ -47,12 +48,24 @@ def main() -> int:
     args = ap.parse_args()
     paths = args.notebooks or sorted(NB_DIR.glob("[0-9][0-9]-*.ipynb"))
     timings_file = NB_DIR / "timings.json"
-    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    sys.path.insert(0, str(ROOT))
+    from qlab._env import machine_info
+    from qlab.timing import loadavg
+
+    old = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    machine = machine_info()
+    same = old.get("machine", {}).get("cpu") == machine["cpu"] and old.get("machine", {}).get("isa") == machine["isa"]
+    seconds = dict(old.get("seconds", {})) if same else {}
+    if not same and len(paths) < len(sorted(NB_DIR.glob("[0-9][0-9]-*.ipynb"))):
+        print("note: another machine than the recorded one; run all notebooks (make notebooks) before committing")
+    load_before = loadavg()
     for p in paths:
         elapsed = execute(p.resolve(), args.kernel, args.timeout)
-        timings[p.name] = round(elapsed, 1)
+        seconds[p.name] = round(elapsed, 1)
         print(f"{p.name}: {elapsed:.1f} s", flush=True)
-    timings_file.write_text(json.dumps(dict(sorted(timings.items())), indent=1) + "\n")
+    record = {"machine": {k: machine[k] for k in ("cpu", "isa", "cores", "torch")}, "load_before": load_before,
+              "load_after": loadavg(), "seconds": dict(sorted(seconds.items()))}
+    timings_file.write_text(json.dumps(record, indent=1) + "\n")
     return 0
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.ao.quantization as tq
 
+import qlab
 from qlab import checkpoints, data, flows
 from qlab.fake_quant import FakeQuantize
 
@@ -79,3 +80,18 @@ def test_show_source_and_expect_error(capsys):
     with pytest.raises(TypeError):  # another error passes through
         with show.expect_error(KeyError):
             raise TypeError("no")
+
+
+def test_qat_observed_gives_fake_and_real_twins_and_leaves_the_model():
+    fp32 = checkpoints.load("digits_cnn")
+    before = {k: v.clone() for k, v in fp32.state_dict().items()}
+    batches = data.calibration_batches(32, size=16)
+    fake, real = flows.qat_observed(fp32, batches, "fbgemm")
+    assert not fake.training and not fake.features[0].activation_post_process.observer_enabled[0]
+    assert real.features[0].weight().is_quantized and type(real.features[0]).__name__ == "ConvReLU2d"
+    with qlab.engine("fbgemm"), torch.no_grad():
+        agree = (fake(batches[0]).argmax(1) == real(batches[0]).argmax(1)).float().mean()
+    assert agree > 0.9
+    assert all(torch.equal(before[k], v) for k, v in fp32.state_dict().items())
+    with pytest.raises(TypeError, match="fuse_spec"):
+        flows.qat_observed(torch.nn.Linear(2, 2), batches)

@@ -120,3 +120,11 @@ def test_draw_mismatch_in_a_live_figure():
 def test_bad_input_names_the_argument(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_the_real_avx2_kernel_saturates_like_the_reference():
+    """PyTorch's fbgemm kernel, run in a subprocess held to AVX2, equals the saturating int16 reference."""
+    from qlab import mismatch_sources
+
+    r = mismatch_sources.exp_saturation_real_kernel(isa="AVX2")
+    assert r["real_eq_saturating_ref"] and not r["real_eq_exact"] and r["max_lsb_vs_exact"] > 1

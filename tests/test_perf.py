@@ -7,7 +7,6 @@ import json
 import pytest
 from matplotlib.figure import Figure
 
-import qlab
 from qlab import perf
 
 
@@ -172,14 +171,17 @@ def test_kernel_results_load_table_and_figure(tmp_path):
         perf.load_kernel_results(p)
 
 
-def test_onednn_kernels_reads_onednns_log():
-    """The x86 engine's convolution shows up in oneDNN's log (on AMX CPUs as an AMX kernel); FBGEMM's never does."""
-    x86 = perf.onednn_kernels("x86")
-    assert perf.onednn_kernels("fbgemm") == []
-    assert all(isinstance(kind, str) and isinstance(impl, str) for kind, impl in x86)
-    onednn = perf.onednn_kernels("onednn")
-    assert any(kind == "convolution" for kind, _ in onednn)  # the onednn engine always runs oneDNN
-    if qlab.env_info().amx:
-        assert any(kind == "convolution" and "amx" in impl for kind, impl in x86)
-    with pytest.raises(ValueError, match="engine must be one of"):
-        perf.onednn_kernels("qnnpack")
+def test_geomeans_leave_out_broken_models_and_say_so():
+    r = _results()
+    for rec in r["records"]:
+        if rec["path"] == "fx_x86" and rec["batch"] == 1:
+            rec["agreement"] = {"sqnr_db": 2.6 if rec["model"] == "b" else 30.0}
+    assert [(x["model"], x["path"]) for x in perf.broken_records(r, 1)] == [("b", "fx_x86")]
+    g = perf.geomeans(r, batch=1)
+    assert g["fx_x86"]["models"] == ["a", "c"] and g["fx_x86"]["excluded"] == ["b"]
+    assert g["fx_x86"]["geomean"] == pytest.approx(2.0)
+    kept = perf.geomeans(r, batch=1, min_sqnr_db=None)
+    assert kept["fx_x86"]["n"] == 3 and kept["fx_x86"]["excluded"] == []
+    assert perf.speedup_table(r, 1, min_sqnr_db=perf.MIN_SQNR_DB)["fx_x86"] == {"a": 2.0, "c": 2.0}
+    with pytest.raises(TypeError, match="min_sqnr_db"):
+        perf.broken_records(r, 1, min_sqnr_db="10")

@@ -103,3 +103,27 @@ def test_discovery_finds_the_public_functions_and_those_that_change_state():
     changers = {k for k, fn in found.items() if statecheck.changes_state(fn)}
     assert {"qlab.flows.ptq", "qlab.models.evaluate", "qlab.pt2e.lower"} <= changers
     assert "qlab.primitives.quantize" not in changers
+
+
+def test_engine_sets_only_the_engine_and_restores_it_even_on_error():
+    before = torch.backends.quantized.engine
+    other = "fbgemm" if before != "fbgemm" else "x86"
+    rng = torch.random.get_rng_state()
+    with qlab.engine(other):
+        assert torch.backends.quantized.engine == other
+    assert torch.backends.quantized.engine == before and torch.equal(torch.random.get_rng_state(), rng)
+    with pytest.raises(RuntimeError, match="inside"), qlab.engine(other):
+        raise RuntimeError("inside")
+    assert torch.backends.quantized.engine == before
+    with pytest.raises(ValueError, match="engine must be one of"):
+        qlab.engine("tpu")
+
+
+def test_setup_honours_qlab_max_threads(monkeypatch):
+    monkeypatch.setenv("QLAB_MAX_THREADS", "1")
+    with qlab.scoped():
+        qlab.setup(threads=2, quiet=True)
+        assert torch.get_num_threads() == 1
+    monkeypatch.setenv("QLAB_MAX_THREADS", "none")
+    with qlab.scoped(), pytest.raises(ValueError, match="QLAB_MAX_THREADS must be a positive integer"):
+        qlab.setup(quiet=True)

@@ -71,3 +71,11 @@ def test_wait_for_quiet(monkeypatch):
     monkeypatch.setattr(timing, "loadavg", lambda: 3.0)
     with pytest.raises(RuntimeError, match="stayed busy"):
         timing.wait_for_quiet(0.5, timeout_s=0, poll_s=0)
+
+
+def test_iqr_overlap_says_when_two_medians_are_tied():
+    assert timing.iqr_overlap((1.0, 2.0), (1.5, 3.0)) and timing.iqr_overlap((1.5, 3.0), (1.0, 2.0))
+    assert timing.iqr_overlap((1.0, 2.0), (2.0, 3.0))  # touching counts as overlapping
+    assert not timing.iqr_overlap((1.0, 2.0), (2.1, 3.0)) and not timing.iqr_overlap((2.1, 3.0), (1.0, 2.0))
+    with pytest.raises(ValueError, match="a must be a"):
+        timing.iqr_overlap((2.0, 1.0), (1.0, 2.0))

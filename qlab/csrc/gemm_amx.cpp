@@ -15,7 +15,6 @@
 namespace qlab {
 namespace {
 
-
 constexpr int AMX_MR = 16;
 
 struct alignas(64) TileConfig {
@@ -41,7 +40,8 @@ QLAB_AMX void amx_config() {
 }
 
 // One 16-row block of A (in tile layout, row stride lda, kp bytes per row, kp % 64 == 0) times the
-// packed panel bp (nt = 1..3 tiles of 16 columns, packed with nv = nt), stored as int32 into c ([16][NR], row stride 4*NR bytes).
+// packed panel bp (nt = 1..3 tiles of 16 columns, packed with nv = nt), stored as int32 into c ([16][NR], row stride
+// 4*NR bytes).
 QLAB_AMX void amx_block(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t kp, int nt, int32_t* c) {
   const int64_t bstride = 64 * nt;  // bytes between two k-quads of one column (pack_b with nv = nt)
   // GCC's tile load/store intrinsics are asm statements that take only the addresses: they do not
@@ -163,8 +163,7 @@ QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
     const uint8_t* ab = s.rows.block(mt, &ld);
     amx_block(ab, ld, bp, kp, static_cast<int>((w + 15) / 16), cbuf[cur]);
     if (have_pending) finish(pending, s.fin, t.out, t.ldc);
-    pending = AmxPending{cbuf[cur], coff, s.row_offsets(mt), std::min<int64_t>(AMX_MR, M - mt),
-                         w, t.m0 + mt, n};
+    pending = AmxPending{cbuf[cur], coff, s.row_offsets(mt), std::min<int64_t>(AMX_MR, M - mt), w, t.m0 + mt, n};
     have_pending = true;
     cur ^= 1;
   };

@@ -34,8 +34,8 @@
 namespace qlab {
 namespace {
 
-constexpr int MR = 6;    // rows per micro-tile
-constexpr int NR = 16;   // columns per micro-tile (= kPanelAvx2)
+constexpr int MR = 6;   // rows per micro-tile
+constexpr int NR = 16;  // columns per micro-tile (= kPanelAvx2)
 static_assert(NR == kPanelAvx2, "panel width");
 
 // ---------------------------------------------------------------------------------------------
@@ -128,10 +128,11 @@ QLAB_AVX2 void pack_b(const MatB& b, int64_t n0, int64_t w, int64_t K, int64_t k
       __m256i r[2];
       for (int t = 0; t < 2; ++t) {
         const int64_t k = 2 * k2 + t;
-        r[t] = k < K ? _mm256_sub_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128(
-                                            reinterpret_cast<const __m128i*>(b.data + k * b.ks + n0))),
-                                        zb)
-                     : _mm256_setzero_si256();
+        r[t] =
+            k < K ? _mm256_sub_epi16(
+                        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.data + k * b.ks + n0))),
+                        zb)
+                  : _mm256_setzero_si256();
       }
       const __m256i lo = _mm256_unpacklo_epi16(r[0], r[1]);  // columns 0-3 | 8-11
       const __m256i hi = _mm256_unpackhi_epi16(r[0], r[1]);  // columns 4-7 | 12-15
@@ -184,7 +185,7 @@ QLAB_AVX2_INLINE __m256i requant_fixed8(__m256i x, __m256i qm, __m256i ls, __m25
 
 // The epilogue constants of one task, with the optional parts made branch-free:
 // a missing float bias reads zeros, a disabled ReLU clamps at the type's minimum.
-struct Fin {
+struct FinishConsts {
   const float* scale;
   const float* fbias;  // never null here (zeros without a float bias)
   const int32_t* qmul;
@@ -218,7 +219,7 @@ QLAB_AVX2_INLINE void store8_bytes(uint8_t* dst, __m256i q, bool uint8, int64_t 
 // One finisher per output kind: x = sum_k (a - za)(b - zb) + bias for the columns [c, c + cnt)
 // of one output row, written at out[idx].
 struct FinInt32 {
-  QLAB_AVX2_INLINE static void run(__m256i x, int64_t c, int64_t cnt, const Fin& f, void* out, int64_t idx) {
+  QLAB_AVX2_INLINE static void run(__m256i x, int64_t c, int64_t cnt, const FinishConsts& f, void* out, int64_t idx) {
     (void)c;
     x = _mm256_max_epi32(x, _mm256_set1_epi32(f.relu_i));
     int32_t* dst = static_cast<int32_t*>(out) + idx;
@@ -233,7 +234,7 @@ struct FinInt32 {
 };
 
 struct FinFloat32 {  // float(x) * sa*sb[c] + bias[c]
-  QLAB_AVX2_INLINE static void run(__m256i x, int64_t c, int64_t cnt, const Fin& f, void* out, int64_t idx) {
+  QLAB_AVX2_INLINE static void run(__m256i x, int64_t c, int64_t cnt, const FinishConsts& f, void* out, int64_t idx) {
     __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(x), _mm256_loadu_ps(f.scale + c));
     y = _mm256_add_ps(y, _mm256_loadu_ps(f.fbias + c));
     y = _mm256_max_ps(y, _mm256_set1_ps(f.relu_f));
@@ -249,7 +250,7 @@ struct FinFloat32 {  // float(x) * sa*sb[c] + bias[c]
 };
 
 struct FinQ8Float {  // clamp(nearbyint((float(x) + fbias[c]) * scale[c]) + zo, lo, hi), the clamp done in float
-  QLAB_AVX2_INLINE static void run(__m256i x, int64_t c, int64_t cnt, const Fin& f, void* out, int64_t idx) {
+  QLAB_AVX2_INLINE static void run(__m256i x, int64_t c, int64_t cnt, const FinishConsts& f, void* out, int64_t idx) {
     __m256 y = _mm256_add_ps(_mm256_cvtepi32_ps(x), _mm256_loadu_ps(f.fbias + c));
     y = _mm256_mul_ps(y, _mm256_loadu_ps(f.scale + c));
     y = _mm256_max_ps(y, _mm256_set1_ps(static_cast<float>(f.lo - f.zo)));
@@ -263,7 +264,7 @@ template <bool RELU, bool FBIAS>
 struct FinQ8FloatNoOverflow {
   // Epilogue::no_overflow: |(float(x) + fbias) * scale| < 2^31 - 256, so the conversion cannot overflow.
   // The saturating packs (int32 -> int16, + zo with saturation, int16 -> 8 bits) are the clamp.
-  QLAB_AVX2_INLINE static void run(__m256i x, int64_t c, int64_t cnt, const Fin& f, void* out, int64_t idx) {
+  QLAB_AVX2_INLINE static void run(__m256i x, int64_t c, int64_t cnt, const FinishConsts& f, void* out, int64_t idx) {
     __m256 y = _mm256_cvtepi32_ps(x);
     if (FBIAS) y = _mm256_add_ps(y, _mm256_loadu_ps(f.fbias + c));
     const __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(y, _mm256_loadu_ps(f.scale + c)));
@@ -283,7 +284,7 @@ struct FinQ8FloatNoOverflow {
 };
 
 struct FinQ8Fixed {  // clamp(rounding_rshift(srdhm(sat_lshift(x), qmul)) + zo, lo, hi), integers only
-  QLAB_AVX2_INLINE static void run(__m256i x, int64_t c, int64_t cnt, const Fin& f, void* out, int64_t idx) {
+  QLAB_AVX2_INLINE static void run(__m256i x, int64_t c, int64_t cnt, const FinishConsts& f, void* out, int64_t idx) {
     __m256i q = requant_fixed8(x, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(f.qmul + c)),
                                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(f.lshift + c)),
                                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(f.rshift + c)), f.any_lshift);
@@ -301,7 +302,7 @@ struct FinQ8Fixed {  // clamp(rounding_rshift(srdhm(sat_lshift(x), qmul)) + zo, 
 
 template <class Finish>
 QLAB_AVX2 void tile(const int16_t* a, int64_t lda, const int16_t* bp, int64_t k2n, int64_t rows, int64_t w,
-                    const int32_t* col_off, const Fin& fin, void* out, int64_t ldc, int64_t m, int64_t n) {
+                    const int32_t* col_off, const FinishConsts& fin, void* out, int64_t ldc, int64_t m, int64_t n) {
   // The accumulators start at the int32 bias, so they end at sum_k (a - za)(b - zb) + bias.
   const __m256i c0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col_off));
   const __m256i c1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col_off + 8));
@@ -324,7 +325,7 @@ QLAB_AVX2 void tile(const int16_t* a, int64_t lda, const int16_t* bp, int64_t k2
       acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(av, b1));
     }
   }
-  const Fin f = fin;  // a local copy: stores through `out` cannot alias it, so its fields stay in registers
+  const FinishConsts f = fin;  // a local copy: stores through `out` cannot alias it, so its fields stay in registers
   const int64_t cnt0 = std::min<int64_t>(8, w), cnt1 = w - cnt0;
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
@@ -336,7 +337,7 @@ QLAB_AVX2 void tile(const int16_t* a, int64_t lda, const int16_t* bp, int64_t k2
 }
 
 using TileFn = void (*)(const int16_t*, int64_t, const int16_t*, int64_t, int64_t, int64_t, const int32_t*,
-                        const Fin&, void*, int64_t, int64_t, int64_t);
+                        const FinishConsts&, void*, int64_t, int64_t, int64_t);
 
 // kTiles[finisher]; the finisher is chosen once per task from the Epilogue.
 constexpr TileFn kTiles[] = {
@@ -369,7 +370,7 @@ void gemm_avx2(const Task& t, const Epilogue& e) {
   pack_a(t.a, t.m0, M, K, kp2, apack.data());
 
   std::vector<float> zeros;
-  Fin fin{};
+  FinishConsts fin{};
   fin.scale = e.scale;
   fin.fbias = e.fbias;
   if (!fin.fbias) {
@@ -394,8 +395,8 @@ void gemm_avx2(const Task& t, const Epilogue& e) {
     pack_b(t.b, n, w, K, kp2, bpack.data());
     for (int64_t j = 0; j < NR; ++j) col_off[j] = e.bias ? e.bias[n + j] : 0;
     for (int64_t mt = 0; mt < mtiles; ++mt) {
-      tile_fn(apack.data() + mt * MR * kp2, kp2, bpack.data(), kp2 / 2, std::min<int64_t>(MR, M - mt * MR), w,
-              col_off, fin, t.out, t.ldc, t.m0 + mt * MR, n);
+      tile_fn(apack.data() + mt * MR * kp2, kp2, bpack.data(), kp2 / 2, std::min<int64_t>(MR, M - mt * MR), w, col_off,
+              fin, t.out, t.ldc, t.m0 + mt * MR, n);
     }
   }
 }

@@ -31,8 +31,8 @@ constexpr int MR = 8;  // rows per micro-tile
 
 template <int NV, class Finish>
 QLAB_VNNI void tile(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t k4n, int64_t rows, int64_t w,
-                    const int32_t* col_off, const int32_t* row_off, const FinishConsts& fin, void* out, int64_t ldc, int64_t m,
-                    int64_t n) {
+                    const int32_t* col_off, const int32_t* row_off, const FinishConsts& fin, void* out, int64_t ldc,
+                    int64_t m, int64_t n) {
   // The accumulators start at the zero-point (and bias) corrections, so they end at
   // sum_k (a - za)(b - zb) + bias with no extra work after the loop.
   __m512i acc[MR][NV];

@@ -39,10 +39,8 @@ bool cpu_supports(Isa isa) {
   // AVX / AVX-512 registers), the same facts /proc/cpuinfo lists as flags.
   __builtin_cpu_init();
   switch (isa) {
-    case Isa::Scalar:
-      return true;
-    case Isa::Avx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case Isa::Scalar: return true;
+    case Isa::Avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case Isa::Avx512Vnni:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
@@ -154,7 +152,8 @@ std::string dtype_name(at::ScalarType t) {
 }
 
 void check_cpu(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.device().is_cpu(), name, " must be on the CPU (device 'cpu'), got device '", t.device().str(), "'");
+  TORCH_CHECK_VALUE(t.device().is_cpu(), name, " must be on the CPU (device 'cpu'), got device '", t.device().str(),
+                    "'");
   TORCH_CHECK_VALUE(t.layout() == at::kStrided, name, " must be a dense (strided) tensor");
 }
 
@@ -164,8 +163,7 @@ void check_zero_point(int64_t zp, at::ScalarType t, const char* name) {
 }
 
 void check_scale(double s, const char* name) {
-  TORCH_CHECK_VALUE(std::isfinite(s) && s > 0.0 && static_cast<float>(s) > 0.0f &&
-                        std::isfinite(static_cast<float>(s)),
+  TORCH_CHECK_VALUE(std::isfinite(s) && s > 0.0 && static_cast<float>(s) > 0.0f && std::isfinite(static_cast<float>(s)),
                     name, " must be a positive finite float (representable in float32), got ", s);
 }
 
@@ -270,8 +268,8 @@ void make_epilogue(EpilogueData& d, OutKind kind, Requant mode, bool relu, int64
       d.rshift.assign(padded, 0);
       for (int64_t n = 0; n < N; ++n) {
         // TFLite: real multiplier in double from the float32 scales.
-        const double m = static_cast<double>(sa) * static_cast<double>(w_scale[per_channel ? n : 0]) /
-                         static_cast<double>(so);
+        const double m =
+            static_cast<double>(sa) * static_cast<double>(w_scale[per_channel ? n : 0]) / static_cast<double>(so);
         int32_t q = 0, s = 0;
         quantize_multiplier(m, &q, &s);
         d.qmul[n] = q;
@@ -296,9 +294,9 @@ void run(int64_t batch, const std::vector<int64_t>& a_off, const std::vector<int
   void (*gemm)(const Task&, const Epilogue&) =
       isa == Isa::Amx ? gemm_amx
                       : (isa == Isa::Avx512Vnni ? gemm_avx512_vnni : (isa == Isa::Avx2 ? gemm_avx2 : gemm_scalar));
-  const int64_t panel = isa == Isa::Amx ? kPanelAmx
-                                        : (isa == Isa::Avx512Vnni ? kPanelVnni
-                                                                  : (isa == Isa::Avx2 ? kPanelAvx2 : kPanelScalar));
+  const int64_t panel = isa == Isa::Amx
+                            ? kPanelAmx
+                            : (isa == Isa::Avx512Vnni ? kPanelVnni : (isa == Isa::Avx2 ? kPanelAvx2 : kPanelScalar));
 
   // Rows per task: about 512 KB of A, a multiple of 48 (every path's block height divides it).
   const int64_t mc = std::max<int64_t>(96, std::min<int64_t>(4096, (512 * 1024) / std::max<int64_t>(K, 1)) / 48 * 48);
@@ -374,8 +372,9 @@ at::Tensor int8_bmm_cpu(const at::Tensor& a, const at::Tensor& b, double a_scale
   const int64_t M = a.size(-2), K = a.size(-1);
   const int64_t Kb = transpose_b ? b.size(-1) : b.size(-2);
   const int64_t N = transpose_b ? b.size(-2) : b.size(-1);
-  TORCH_CHECK_VALUE(Kb == K, transpose_b ? "b must have shape [..., N, K] with K = a.shape[-1] = "
-                                         : "b must have shape [..., K, N] with K = a.shape[-1] = ",
+  TORCH_CHECK_VALUE(Kb == K,
+                    transpose_b ? "b must have shape [..., N, K] with K = a.shape[-1] = "
+                                : "b must have shape [..., K, N] with K = a.shape[-1] = ",
                     K, " (transpose_b=", transpose_b ? "True" : "False", "), got shape ", b.sizes());
   check_scale(a_scale, "a_scale");
   check_scale(b_scale, "b_scale");
@@ -443,8 +442,8 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
   const at::Tensor ws = weight_scale.contiguous();
   const float* wsp = ws.data_ptr<float>();
   for (int64_t n = 0; n < ws.numel(); ++n) {
-    TORCH_CHECK_VALUE(std::isfinite(wsp[n]) && wsp[n] > 0.0f, "weight_scale must be positive and finite, got ",
-                      wsp[n], " at index ", n);
+    TORCH_CHECK_VALUE(std::isfinite(wsp[n]) && wsp[n] > 0.0f, "weight_scale must be positive and finite, got ", wsp[n],
+                      " at index ", n);
   }
   at::Tensor bias_c;
   const int32_t* bias_i32 = nullptr;
@@ -504,7 +503,8 @@ at::Tensor quantize_per_tensor_cpu(const at::Tensor& x, double scale, int64_t ze
   at::Tensor out = at::empty(x.sizes(), x.options().dtype(dtype));
   const Isa isa = active_isa();
   void (*fn)(const float*, int64_t, const QuantizeArgs&, void*) =
-      (isa == Isa::Avx512Vnni || isa == Isa::Amx) ? quantize_avx512 : (isa == Isa::Avx2 ? quantize_avx2 : quantize_scalar);
+      (isa == Isa::Avx512Vnni || isa == Isa::Amx) ? quantize_avx512
+                                                  : (isa == Isa::Avx2 ? quantize_avx2 : quantize_scalar);
   const float* px = xc.data_ptr<float>();
   uint8_t* po = static_cast<uint8_t*>(out.data_ptr());
   at::parallel_for(0, xc.numel(), 32768, [&](int64_t b, int64_t e) { fn(px + b, e - b, q, po + b); });

@@ -32,8 +32,8 @@ enum class Requant : int { Float = 0, Fixed = 1 };
 struct MatA {
   const uint8_t* data;  // int8 data is read through the same pointer, see is_signed
   int64_t rs, cs;
-  bool is_signed;       // true: the bytes are int8 two's complement
-  int32_t zp;           // zero point, in the range of the dtype
+  bool is_signed;  // true: the bytes are int8 two's complement
+  int32_t zp;      // zero point, in the range of the dtype
 };
 
 // B[k, n] lives at data + k * ks + n * ns (a transposed view simply swaps the strides).
@@ -63,18 +63,18 @@ struct Epilogue {
   OutKind kind;
   Requant mode;
   bool relu;
-  const int32_t* bias;   // int32 bias per column, or nullptr
-  const float* fbias;    // float bias term per column, or nullptr (Float mode / Float32 output only)
-  const float* scale;    // Float mode: requantization multiplier; Float32 output: sa * sb[n]
-  const int32_t* qmul;   // Fixed mode: 31-bit quantized multiplier per column
-  const int32_t* lshift; // Fixed mode: left shift (>= 0) per column
-  const int32_t* rshift; // Fixed mode: right shift (>= 0) per column
-  bool any_lshift;       // Fixed mode: some lshift[n] > 0 (a multiplier >= 1); else the shift is skipped
-  bool no_overflow;      // Float mode: |(float(acc) + fbias[n]) * scale[n]| < 2^31 - 256 for every acc (e.g. all
-                         // multipliers < 1 and no bias): the SIMD paths may skip the float clamp and saturate
-                         // while narrowing instead
-  int32_t zo;            // output zero point
-  int32_t lo, hi;        // output clamp range (relu raises lo to zo)
+  const int32_t* bias;    // int32 bias per column, or nullptr
+  const float* fbias;     // float bias term per column, or nullptr (Float mode / Float32 output only)
+  const float* scale;     // Float mode: requantization multiplier; Float32 output: sa * sb[n]
+  const int32_t* qmul;    // Fixed mode: 31-bit quantized multiplier per column
+  const int32_t* lshift;  // Fixed mode: left shift (>= 0) per column
+  const int32_t* rshift;  // Fixed mode: right shift (>= 0) per column
+  bool any_lshift;        // Fixed mode: some lshift[n] > 0 (a multiplier >= 1); else the shift is skipped
+  bool no_overflow;       // Float mode: |(float(acc) + fbias[n]) * scale[n]| < 2^31 - 256 for every acc (e.g. all
+                          // multipliers < 1 and no bias): the SIMD paths may skip the float clamp and saturate
+                          // while narrowing instead
+  int32_t zo;             // output zero point
+  int32_t lo, hi;         // output clamp range (relu raises lo to zo)
 };
 
 // One task: rows [m0, m1) and columns [n0, n1) of one matrix product C = A B.

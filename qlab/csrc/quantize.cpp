@@ -44,10 +44,11 @@ __attribute__((target("avx2,fma"))) void quantize_avx2(const float* x, int64_t n
   const __m256 lo = _mm256_set1_ps(q.lo), hi = _mm256_set1_ps(q.hi);
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    __m256 r = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r =
+        _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     r = _mm256_add_ps(r, zp);
     r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);  // maxps returns its second operand for NaN: lo
-    const __m256i v = _mm256_cvtps_epi32(r);     // exact: an integer in [lo, hi]
+    const __m256i v = _mm256_cvtps_epi32(r);      // exact: an integer in [lo, hi]
     const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));  // exact, in range
     const __m128i b = q.is_signed ? _mm_packs_epi16(w, w) : _mm_packus_epi16(w, w);
     _mm_storel_epi64(reinterpret_cast<__m128i*>(static_cast<uint8_t*>(out) + i), b);
@@ -64,7 +65,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void quantize_avx512(const 
     __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, x + i), inv),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     r = _mm512_add_ps(r, zp);
-    r = _mm512_min_ps(_mm512_max_ps(r, lo), hi);  // maxps returns its second operand for NaN: lo
+    r = _mm512_min_ps(_mm512_max_ps(r, lo), hi);                    // maxps returns its second operand for NaN: lo
     const __m128i b = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(r));  // in range: truncation is exact
     _mm_mask_storeu_epi8(static_cast<uint8_t*>(out) + i, mk, b);
   }

@@ -65,17 +65,17 @@ inline void quantize_multiplier(double m, int32_t* qmul, int32_t* shift) {
     return;
   }
   int e = 0;
-  const double q = std::frexp(m, &e);                       // m = q * 2^e, q in [0.5, 1)
+  const double q = std::frexp(m, &e);                                                // m = q * 2^e, q in [0.5, 1)
   int64_t q_fixed = static_cast<int64_t>(std::round(q * double(int64_t{1} << 31)));  // ties away from 0
-  if (q_fixed == (int64_t{1} << 31)) {                      // q rounded up to 1.0
+  if (q_fixed == (int64_t{1} << 31)) {                                               // q rounded up to 1.0
     q_fixed /= 2;
     ++e;
   }
-  if (e < -31) {                                            // too small: the product is 0
+  if (e < -31) {  // too small: the product is 0
     e = 0;
     q_fixed = 0;
   }
-  if (e > 30) {                                             // too large: saturate
+  if (e > 30) {  // too large: saturate
     e = 30;
     q_fixed = (int64_t{1} << 31) - 1;
   }
@@ -99,8 +99,7 @@ inline void epilogue_one(int32_t acc, int64_t n, const Epilogue& e, void* out, i
       static_cast<float*>(out)[idx] = f;
       return;
     }
-    default:
-      break;
+    default: break;
   }
   int32_t q;
   if (e.mode == Requant::Float) {

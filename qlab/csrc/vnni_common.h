@@ -38,9 +38,8 @@
 namespace qlab {
 namespace {
 
-
-constexpr int NV_MAX = 3;       // zmm vectors (16 columns each) per micro-tile
-constexpr int NR = 16 * NV_MAX; // columns per panel (= kPanelVnni)
+constexpr int NV_MAX = 3;        // zmm vectors (16 columns each) per micro-tile
+constexpr int NR = 16 * NV_MAX;  // columns per panel (= kPanelVnni)
 static_assert(NR == kPanelVnni, "panel width");
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -395,8 +394,7 @@ QLAB_VNNI void setup_task(const Task& t, const Epilogue& e, int64_t kp, int64_t 
 
 // The column panel starting at column n: packed B (ceil(w / 16) groups of 16 columns, the groups a
 // tile reads) and its column offsets bias - za * colsum + K * za * zb.
-QLAB_VNNI void pack_panel(const Task& t, const Epilogue& e, const TaskSetup& s, int64_t n, int8_t* dst,
-                          int32_t* coff) {
+QLAB_VNNI void pack_panel(const Task& t, const Epilogue& e, const TaskSetup& s, int64_t n, int8_t* dst, int32_t* coff) {
   const int64_t w = std::min<int64_t>(NR, t.n1 - n);
   const int nv = static_cast<int>((w + 15) / 16);
   alignas(64) int32_t colsum[NR];
