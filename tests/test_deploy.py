@@ -51,6 +51,7 @@ def test_export_save_load_is_bit_equal_and_needs_the_decomposed_ops(int8, tmp_pa
     with torch.no_grad():
         want = torch.cat([int8["q"](int8["x"][i : i + 1]) for i in range(5)])
     assert torch.equal(fresh["outputs"], want)
+    assert "failed to resolve torch.ops.quantized_decomposed" in fresh["bare_error"]
 
 
 def test_aoti_package_runs_in_a_fresh_process_bit_equal_to_torch_compile(int8, tmp_path):
@@ -88,3 +89,11 @@ def test_missing_or_wrong_paths_are_named(int8, tmp_path):
         deploy.save(int8["q"], tmp_path / "x.pt2")
     with pytest.raises(TypeError, match="gm must be an FX GraphModule"):
         deploy.strip_unused(int8["net"])
+
+
+def test_export_static_saves_only_the_example_rows(int8, tmp_path):
+    big = torch.randn(400, 3, 16, 16)  # 1.2 MB; a slice of it shares that storage
+    sliced = deploy.save(deploy.export_static(int8["q"], big[:1]), tmp_path / "sliced.pt2")
+    alone = deploy.save(deploy.export_static(int8["q"], big[:1].clone()), tmp_path / "alone.pt2")
+    assert abs(sliced - alone) < 1000 and alone < big.numel() * 4 / 2
+
