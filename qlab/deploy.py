@@ -173,7 +173,8 @@ else:
             root = (keep.causes or [e])[0]
             while root.__cause__ is not None or root.__context__ is not None:  # the innermost exception
                 root = root.__cause__ or root.__context__
-            bare_error = f"{type(root).__name__}: {(str(root).strip().splitlines() or [''])[0]}"
+            first = (str(root).strip().splitlines() or [""])[0].split(". ")[0]  # its first sentence
+            bare_error = f"{type(root).__name__}: {first}"
         logging.getLogger("torch.export").removeHandler(keep)
         import torch.ao.quantization.fx._decomposed  # defines torch.ops.quantized_decomposed.*
         t0 = time.perf_counter()

@@ -36,9 +36,12 @@ def _check_11_1(fn) -> list[str]:
         return ["answer with a function equalization_scales(w1, w2) -> a 1-D tensor s, one scale per channel"]
     for w1, w2 in _pairs_11_1():
         s, err = _call(fn, w1.clone(), w2.clone())
+        c = w1.shape[0]
+        if err and "must match the size" in err and w2.shape[0] != c:
+            return [f"{err}; the channels between the layers are w1's {c} output channels and w2's {c} input "
+                    "channels (w2's input channels are its dim 1, not its dim 0)"]
         if err:
             return [err]
-        c = w1.shape[0]
         if not isinstance(s, torch.Tensor) or s.shape != (c,):
             shape = tuple(s.shape) if isinstance(s, torch.Tensor) else _describe(s)
             return [f"return one scale per channel between the layers: a tensor of shape ({c},) for w1 of shape "
@@ -62,7 +65,7 @@ def _check_11_1(fn) -> list[str]:
         r2_out = _ranges(w2, 0)
         if r2_out.shape == r1.shape and torch.allclose(r1[live] / s[live], r2_out[live] * s[live], rtol=1e-4):
             return ["you balanced w1 against w2's *output* channels (dim 0); the channel between the layers is "
-                    "w2's input channel, dim 1"]
+                    "w2's input channel (w2's input channels are its dim 1)"]
         return [f"after scaling, the ranges of channel i must be equal (r1_i / s_i = r2_i · s_i); for w1 of shape "
                 f"{tuple(w1.shape)} they are {after1[:3].tolist()} and {after2[:3].tolist()}"]
     return []
