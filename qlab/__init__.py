@@ -19,9 +19,10 @@ module                                    what it holds                         
                                           models run on their engine; the engine and QAT figures
 :mod:`qlab.fake_quant`                    ``FakeQuantize``, torch.ao's twin                            04
 :mod:`qlab.fxviz`                         FX graphs classified and drawn                               05, 06
-:mod:`qlab.pt2e`                          the PT2E flow: export with a dynamic batch, quantize,        06-08, 10
-                                          lower with Inductor, graph sizes
-:mod:`qlab.timing`                        the one timer: interleaved rounds, medians with spread       03-08, 10
+:mod:`qlab.pt2e`                          the PT2E flow: export with a dynamic batch (strict or not),  06-08, 10, 11
+                                          quantize (per-channel or per-tensor weights, float layers),
+                                          lower with Inductor and count its kernels, graph sizes
+:mod:`qlab.timing`                        the one timer: interleaved rounds, medians with spread       03-08, 10, 11
 :mod:`qlab.perf`                          benchmark results, geomeans (broken models left out) and     07
                                           their figures
 :mod:`qlab.engines`                       which library (FBGEMM or oneDNN) the x86 engine hands each   07
@@ -50,10 +51,20 @@ module                                    what it holds                         
 :mod:`qlab.smoothquant`                   SmoothQuant for a post-LayerNorm BERT                        10
 :mod:`qlab.bert_attention`                the padding-mask convention, float reference, BERT attention 10
                                           on qlab's int8 kernels
-:mod:`qlab.widgets`                       the live-figure pattern behind every interactive plot        01-10
-:mod:`qlab.show`                          library source and expected errors, shown short and exact    01-10
+:mod:`qlab.effnet`                        EfficientNet-Lite0 with ImageNet weights offline, its        11
+                                          export shims, photos, agreement/KL/SQNR per photo with
+                                          cluster-bootstrap intervals
+:mod:`qlab.sensitivity`                   the PT2E numeric debugger, per-layer sensitivity scans,      11
+                                          mixed precision to an accuracy budget
+:mod:`qlab.cle`                           BN folding, cross-layer equalization (exact under ReLU6),    11
+                                          bias correction (Nagel et al. 2019)
+:mod:`qlab.deploy`                        ``torch.export`` save/load, dead fp32 weights, AOTInductor   11
+                                          packages, a run in a fresh process
+:mod:`qlab.debug_figures`                 notebook 11's figures and its recorded benchmark             11
+:mod:`qlab.widgets`                       the live-figure pattern behind every interactive plot        01-11
+:mod:`qlab.show`                          library source and expected errors, shown short and exact    01-11
 :mod:`qlab.check`                         the environment checks of notebook 00                         00
-:mod:`qlab.exercises`                     the exercise checkers, one module per notebook               01-10
+:mod:`qlab.exercises`                     the exercise checkers, one module per notebook               01-11
 ========================================  ==========================================================  ========
 
 Global state (the quantized engine, the random generators, threads, Inductor's flags) changes only

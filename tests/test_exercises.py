@@ -34,6 +34,49 @@ def _ptq_pt2e(*, convert=True, set_global=True, dynamic=True, batches=None, modu
     return ptq_pt2e
 
 
+def _r1(w1):
+    return w1.abs().flatten(1).amax(1)
+
+
+def _r2(w2, dim=1):
+    return w2.abs().transpose(0, dim).flatten(1).amax(1)
+
+
+def _safe(s):
+    return torch.where(torch.isfinite(s) & (s > 0), s, torch.ones_like(s))
+
+
+def _budget_answer(key="low", strict=False, shift=0, none=None):
+    """A learner's float_layers_for_budget for 11.3 with one typical mistake."""
+
+    def float_layers_for_budget(steps, budget):
+        for k, step in enumerate(steps):
+            v = step["measures"]["sqnr_db"][key]
+            if v > budget if strict else v >= budget:
+                return k + shift
+        return none
+
+    return float_layers_for_budget
+
+
+def _shift_answer(kind):
+    def output_shift(conv, x, wq):
+        if kind == "sign":
+            return F.conv2d(x, conv.weight - wq, None, conv.stride, conv.padding, conv.dilation, conv.groups).mean(
+                (0, 2, 3))
+        if kind == "mean":
+            return F.conv2d(x, wq, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups).mean((0, 2, 3))
+        if kind == "nopad":
+            return F.conv2d(x, wq - conv.weight, None, conv.stride, 0, conv.dilation, conv.groups).mean((0, 2, 3))
+        if kind == "nogroups":
+            return F.conv2d(x, wq - conv.weight, None, conv.stride, conv.padding).mean((0, 2, 3))
+        if kind == "shape":
+            return F.conv2d(x, wq - conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups).mean(0)
+        raise AssertionError(kind)
+
+    return output_shift
+
+
 WRONG = {
     "01.1": [
         (lambda lo, hi: ((hi - lo) / 255, -lo / ((hi - lo) / 255)), "must be an integer code"),
@@ -342,6 +385,31 @@ WRONG = {
         (lambda i: i, "that is the fake path"),
         (lambda i: (254 * i) // 255, "don't truncate"),
         (lambda i: round(i * 255 / 254), "the converted model outputs"),
+    ],
+    "11.1": [
+        (lambda w1, w2: _safe(_r1(w1) / _r2(w2)), "swap the two ranges"),
+        (lambda w1, w2: _safe(torch.sqrt(_r2(w2) / _r1(w1))), "upside down"),
+        (lambda w1, w2: torch.sqrt(_r1(w1) / _r2(w2)), "use s = 1"),
+        (lambda w1, w2: _safe(torch.sqrt(_r1(w1) / _r2(w2, 0))), "w2's input channels are its dim 1"),
+        (lambda w1, w2: _safe(torch.sqrt(_r1(w1) / _r2(w2)))[:1], "one scale per channel"),
+        (lambda w1, w2: 1.0, "one scale per channel"),
+        (lambda w1, w2: _safe(torch.sqrt(_r1(w1) / _r2(w2))) * 1.1, "the ranges of channel i must be equal"),
+    ],
+    "11.2": [
+        (_shift_answer("sign"), "the sign is flipped"),
+        (_shift_answer("mean"), "that is the mean output of the quantized layer"),
+        (_shift_answer("nopad"), "the padding's zeros change the mean"),
+        (_shift_answer("nogroups"), "use the layer's own stride, padding, dilation and groups"),
+        (_shift_answer("shape"), "one value per output channel"),
+        ("shift", "answer with a function"),
+    ],
+    "11.3": [
+        (_budget_answer("value"), "you compared the point estimate"),
+        (_budget_answer("high"), "the high end is the optimistic one"),
+        (_budget_answer(strict=True), "(>=, not >)"),
+        (_budget_answer(shift=1), "off by one"),
+        (_budget_answer(none=-1), "return None"),
+        (None, "answer with a function"),
     ],
 }
 
