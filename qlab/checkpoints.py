@@ -2,8 +2,8 @@
 
 Each entry names the file in ``data/``, its SHA-256, the architecture and its arguments,
 the recipe, the test accuracy measured after training, and the command and versions that
-made it (``scripts/train_models.py``, ``scripts/train_vit.py`` and ``scripts/train_capstone.py`` write the entries through
-:func:`train_cli`). :func:`load` rebuilds the architecture, checks the file's SHA-256 and
+made it (``scripts/train_models.py``, ``scripts/train_vit.py`` and ``scripts/train_capstone.py`` write the
+entries through :func:`train_cli`). :func:`load` rebuilds the architecture, checks the file's SHA-256 and
 returns the model in eval mode. Used from ``notebooks/02-observers-and-calibration.ipynb`` on.
 
 =================  ==========================================================  =========

@@ -34,6 +34,34 @@ def _ptq_pt2e(*, convert=True, set_global=True, dynamic=True, batches=None, modu
     return ptq_pt2e
 
 
+def _capstone(mistake):
+    """A learner's quantize for the capstone (13.1) with one typical mistake."""
+
+    def quantize(model, calibration_batches, example_input):
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        from qlab.data import MEAN, STD
+        from qlab.pt2e import export_batch_dynamic, lower, pt2e_int8, x86_quantizer
+
+        if mistake == "float":
+            return model
+        if mistake == "in place":  # torchao's quantize_ swaps the caller's Linear weights
+            quantize_(model, Int8DynamicActivationInt8WeightConfig())
+            return model
+        if mistake == "no calibration":
+            converted = convert_pt2e(prepare_pt2e(export_batch_dynamic(model, example_input).module(), x86_quantizer()))
+        elif mistake == "unnormalised":  # calibrated on the pixels before normalisation: another range
+            converted = pt2e_int8(model, [b * STD + MEAN for b in calibration_batches])
+        else:
+            converted = pt2e_int8(model, calibration_batches)
+        if mistake == "q/dq":
+            return converted
+        return lower(converted, example_input, freezing=mistake != "no freezing")
+
+    return quantize
+
+
 WRONG = {
     "01.1": [
         (lambda lo, hi: ((hi - lo) / 255, -lo / ((hi - lo) / 255)), "must be an integer code"),
@@ -331,6 +359,18 @@ WRONG = {
         ({"a", "c", "e", "g"}, "not e"),
         ({"a", "c", "f", "g"}, "not f"),
         ("acg", "answer with a set"),
+    ],
+    "13.1": [
+        (_capstone("q/dq"), "you returned convert_pt2e's quantize/dequantize graph"),
+        (_capstone("no freezing"), "with freezing off"),
+        (_capstone("no calibration"), "an observer that saw no data"),
+        (_capstone("unnormalised"), "the activation that costs the most is the input of features.0.0"),
+        (_capstone("float"), "your result is a float DigitsDSNet"),
+        (_capstone("in place"), "changed the model it was given"),
+        (lambda model, calibration, example: None, "return something callable"),
+        (lambda model, calibration, example: lambda x: model(x).argmax(1), "float logits of shape (64, 10)"),
+        (lambda model, calibration, example: calibration[99], "raised IndexError"),
+        ("pt2e", "answer with a function quantize("),
     ],
     "09.1": [
         ((0.8 / 127.5, 0.8 / 255), "swapped"),
