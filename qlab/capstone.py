@@ -20,9 +20,9 @@ depthwise, 1x1 project, batch-norm, hardswish, residual adds) trained on the dig
   i.e. the paired median speed-up exceeds 1 *and* the middle halves of the two timings do not overlap.
 
 When something fails, the report says why: which activation's quantization costs the most accuracy
-(:func:`activation_errors`, then accuracy with that one left in float), whether the result was compiled and
-whether int8 kernels ran (freezing), whether the caller's model was changed, which calibration batches
-were read.
+(:func:`activation_errors`, then accuracy with that one left in float, :func:`float_at`), whether the result
+was compiled and whether int8 kernels ran (freezing), whether the caller's model was changed, which
+calibration batches were read.
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ import torch
 from torch import nn
 
 from ._checks import check_choice, check_int
+from ._env import scoped
 
-__all__ = ["DigitsDSNet", "TASKS", "BATCH", "BUDGET", "Task", "task", "Report", "assess", "int8_ops",
-           "activation_errors"]
+__all__ = ["DigitsDSNet", "TASKS", "BATCH", "BUDGET", "Task", "task", "Report", "assess", "faster", "accuracy",
+           "int8_ops", "activation_errors", "float_at"]
 
 #: The two tasks: the checkpoint (``qlab.checkpoints``) and the input size.
 TASKS = {"practice": ("digits_cnn", 16), "heldout": ("digits_dsnet", 32)}
@@ -213,7 +214,7 @@ def activation_errors(gm: torch.fx.GraphModule, x: torch.Tensor) -> list[dict]:
     return sorted(rows, key=lambda r: r["sqnr_db"])
 
 
-def _float_at(gm: torch.fx.GraphModule, node_name: str) -> torch.fx.GraphModule:
+def float_at(gm: torch.fx.GraphModule, node_name: str) -> torch.fx.GraphModule:
     """A copy of ``gm`` with one activation's quantize-dequantize removed (that activation stays float)."""
     gm = copy.deepcopy(gm)
     q = next(n for n in gm.graph.nodes if n.name == node_name)
@@ -257,6 +258,8 @@ class Report:
                        f"budget of {BUDGET:.0%} below fp32)")
         if self.ops:
             out.append(f"  int8 ops   {', '.join(sorted(set(self.int8))) or 'none'} (compiled: {self.compiled})")
+        if self.ops and self.speedup is None:
+            out.append("  speed-up   not timed: no int8 kernel ran")
         if self.speedup is not None:
             (_, f25, f75), (_, y25, y75) = self.timings["fp32"], self.timings["yours"]
             out.append(f"  speed-up   x{self.speedup:.2f} vs fp32 eager: {'faster' if self.faster else 'NOT faster'} "
@@ -271,12 +274,25 @@ class Report:
         p.text(str(self))
 
 
+def faster(timings, name: str = "yours", baseline: str = "fp32") -> tuple[float, bool]:
+    """Equation (1) on :func:`qlab.timing.time_interleaved`'s result: ``(speedup, faster)`` with ``speedup`` the
+    paired median of ``baseline_i / name_i`` and ``faster`` true when it exceeds 1 *and* ``name``'s 75th
+    percentile lies below ``baseline``'s 25th (the two interquartile ranges do not overlap)."""
+    from .timing import speedups
+
+    for arg, v in (("name", name), ("baseline", baseline)):
+        check_choice(arg, v, list(timings))
+    sp = speedups(timings, baseline)[name]
+    return sp, sp > 1 and timings[name].iqr[1] < timings[baseline].iqr[0]
+
+
 @torch.no_grad()
 def _predict(fn, t: Task) -> torch.Tensor:
     return torch.cat([fn(b) for b in t.test])[: len(t.labels)]
 
 
-def _accuracy(fn, t: Task) -> float:
+def accuracy(fn, t: Task) -> float:
+    """Top-1 accuracy of ``fn`` on the task's test split (called on ``BATCH``-row batches, the padding dropped)."""
     return float((_predict(fn, t).argmax(1) == t.labels).float().mean())
 
 
@@ -306,7 +322,7 @@ def _accuracy_cause(gm, t: Task, calib: _Batches) -> str:
                 "convert_pt2e")
     if not rows:
         return "your graph quantizes no activation" + (f"; {read}" if read else "")
-    float_acc = {r["node"]: _accuracy(_float_at(gm, r["node"]), t) for r in rows[:3]}
+    float_acc = {r["node"]: accuracy(float_at(gm, r["node"]), t) for r in rows[:3]}
     worst = max(rows[:3], key=lambda r: float_acc[r["node"]])
     (lo, hi), (a, b) = worst["covers"], worst["reaches"]
     msg = (f"the activation that costs the most is the input of {worst['layer']}: left in float, accuracy is "
@@ -340,20 +356,27 @@ def _kernel_cause(result, compiled: bool, gm, ops: list[str]) -> str:
 def assess(quantize: Callable, name: str = "practice", rounds: int = 15) -> Report:
     """Run ``quantize(model, calibration_batches, example_input)`` on :func:`task` ``name`` and measure its result
     in one run: accuracy, the int8 operators one call runs, the speed-up over the fp32 model (equation 1 of the
-    module docstring, ``rounds`` interleaved rounds), and whether the model passed in was changed."""
-    from .exercises._core import _call
-    from .timing import speedups, time_interleaved
-    from .transformer_plots import profile_ops
-
+    module docstring, ``rounds`` interleaved rounds), and whether the model passed in was changed. A result that
+    runs no int8 kernel fails whatever its speed, and is not timed."""
     if not callable(quantize):
         raise TypeError("quantize must be a function quantize(model, calibration_batches, example_input) -> callable, "
                         f"got {type(quantize).__name__}")
     check_int("rounds", rounds, 3)
+    check_choice("name", name, list(TASKS))
+    with scoped():  # export, prepare and the learner's code draw random numbers: the caller's stay put
+        return _assess(quantize, name, rounds)
+
+
+def _assess(quantize, name: str, rounds: int) -> Report:
+    from .exercises._core import _call
+    from .timing import time_interleaved
+    from .transformer_plots import profile_ops
+
     t = task(name)
     fp32 = copy.deepcopy(t.model)
     before = {k: v.clone() for k, v in t.model.state_dict().items()}
     types = [type(m) for m in t.model.modules()]
-    rep = Report(name, _accuracy(fp32, t))
+    rep = Report(name, accuracy(fp32, t))
     calib = _Batches(t.calibration)
     result, err = _call(quantize, t.model, calib, t.example.clone())
     rep.calibration_read = (len(calib.read), len(calib))
@@ -378,24 +401,24 @@ def assess(quantize: Callable, name: str = "practice", rounds: int = 15) -> Repo
         rep.problems.append(f"your result must return float logits of shape {want} for a batch of shape "
                             f"{tuple(t.example.shape)}, got {got}")
         return rep
-    rep.accuracy = _accuracy(result, t)
+    rep.accuracy = accuracy(result, t)
     rep.compiled, gm = _unwrap(result)
     rep.ops = [r["op"] for r in profile_ops(lambda: result(t.example), runs=1, top=200)]
     rep.int8 = int8_ops(rep.ops)
-    x = t.example
-    tm = time_interleaved({"fp32": lambda: fp32(x), "yours": lambda: result(x)}, rounds=rounds)
-    rep.speedup = speedups(tm, "fp32")["yours"]
-    rep.timings = {k: (v.median, *v.iqr) for k, v in tm.items()}
-    rep.load = tm.load
-    rep.faster = rep.speedup > 1 and tm["yours"].iqr[1] < tm["fp32"].iqr[0]
+    if not rep.int8:
+        rep.problems.append(_kernel_cause(result, rep.compiled, gm, rep.ops))
     if not rep.within_budget:
         rep.problems.append(f"accuracy {rep.accuracy:.2%} is more than {BUDGET:.0%} below fp32's "
                             f"{rep.fp32_accuracy:.2%}: {_accuracy_cause(gm, t, calib)}")
-    if not rep.int8:
-        rep.problems.append(_kernel_cause(result, rep.compiled, gm, rep.ops))
+    if not rep.int8:  # not timed: without int8 kernels the answer fails whatever the clock says
+        return rep
+    x = t.example
+    tm = time_interleaved({"fp32": lambda: fp32(x), "yours": lambda: result(x)}, rounds=rounds)
+    rep.speedup, rep.faster = faster(tm)
+    rep.timings = {k: (v.median, *v.iqr) for k, v in tm.items()}
+    rep.load = tm.load
     if not rep.faster:
-        why = ("" if not rep.int8 else f"; the int8 kernels ran, so rerun when the machine is quieter (load average "
-               f"{tm.load[0]:.2f} before timing)")
         rep.problems.append(f"not faster than fp32 by equation (1): x{rep.speedup:.2f}, and the middle halves of the "
-                            f"timings overlap or are in the wrong order{why}")
+                            "timings overlap or are in the wrong order; the int8 kernels ran, so rerun when the "
+                            f"machine is quieter (load average {tm.load[0]:.2f} before timing)")
     return rep

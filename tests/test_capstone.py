@@ -64,9 +64,9 @@ def test_activation_errors_find_a_miscalibrated_activation_and_float_at_removes_
     gm.recompile()
     bad = capstone.activation_errors(gm, t.example)
     assert bad[0]["node"] == node.name and bad[0]["clipped"] > 0.05 and bad[0]["sqnr_db"] < good[0]["sqnr_db"]
-    floated = capstone._float_at(gm, node.name)
+    floated = capstone.float_at(gm, node.name)
     assert sum(capstone._is_quantize(n) for n in floated.graph.nodes) == len(good) - 1
-    assert capstone._accuracy(floated, t) > capstone._accuracy(gm, t)
+    assert capstone.accuracy(floated, t) > capstone.accuracy(gm, t)
     with pytest.raises(TypeError, match="gm must be a torch.fx.GraphModule"):
         capstone.activation_errors(model, t.example)
 
@@ -83,6 +83,23 @@ def test_assess_refuses_bad_arguments():
 def test_assess_reports_the_float_model_on_the_practice_task():
     rep = capstone.assess(lambda model, calibration, example: model, "practice", rounds=3)
     assert rep.accuracy == rep.fp32_accuracy and rep.within_budget and not rep.int8 and not rep.compiled
+    assert rep.speedup is None and "not timed" in str(rep)
     assert rep.calibration_read == (0, len(capstone.task("practice").calibration))
     assert not rep.passed and any("float DigitsCNN" in p for p in rep.problems), rep.problems
     assert "problem:" in str(rep) and "int8 ops   none" in str(rep)
+
+
+def test_faster_is_equation_1():
+    from qlab.timing import Timing, Timings
+
+    def timings(fp32, yours):
+        return Timings(fp32=Timing("fp32", fp32), yours=Timing("yours", yours))
+
+    assert capstone.faster(timings([10, 10, 12, 12], [5, 5, 6, 6])) == (2.0, True)
+    sp, ok = capstone.faster(timings([10, 10, 10, 30], [9, 9, 9, 9]))  # faster in every round, but fp32's Q25 = 10
+    assert sp > 1 and ok
+    sp, ok = capstone.faster(timings([10, 10, 12, 14], [9, 9, 13, 13]))  # the middle halves overlap
+    assert sp > 1 and not ok
+    assert capstone.faster(timings([5, 5, 5, 5], [10, 10, 10, 10])) == (0.5, False)
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        capstone.faster(timings([1], [1]), baseline="fp16")
