@@ -341,7 +341,7 @@ def _kernel_cause(result, compiled: bool, gm, ops: list[str]) -> str:
                 "compiles at the first call: make that call inside "
                 "`with qlab.scoped(inductor={'freezing': True}), torch.no_grad():`")
     if has_q:
-        return ("no int8 kernel ran: you returned convert_pt2e's quantize/dequantize graph, which run eagerly "
+        return ("no int8 kernel ran: you returned convert_pt2e's quantize/dequantize graph, which, run eagerly, "
                 f"simulates int8 in float (top operators: {top}). Lower it: torch.compile with Inductor's freezing on "
                 "(notebook 06 section 6)")
     if compiled:

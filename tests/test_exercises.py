@@ -56,8 +56,8 @@ def _capstone(mistake):
             return model
         if mistake == "no calibration":  # and returned uncompiled
             return convert_pt2e(prepare_pt2e(export_batch_dynamic(model, example_input).module(), x86_quantizer()))
-        if mistake == "unnormalised":  # calibrated on the pixels before normalisation: another range
-            converted = pt2e_int8(model, [b * STD + MEAN for b in calibration_batches])
+        if mistake == "unnormalised":  # calibrated on the pixels before normalisation (and returned uncompiled)
+            return pt2e_int8(model, [b * STD + MEAN for b in calibration_batches])
         else:
             if "gm" not in _CONVERTED_13:
                 _CONVERTED_13["gm"] = pt2e_int8(model, calibration_batches)
