@@ -14,7 +14,7 @@ module                                    what it holds                         
                                           their figures (``observers.figures``)
 :mod:`qlab.data`                          scikit-learn's digits, offline                               02-09
 :mod:`qlab.models`                        the digits CNN; evaluate, train, capture activations         02-06
-:mod:`qlab.checkpoints`                   the trained checkpoints in ``data/`` (one registry)          02-09
+:mod:`qlab.checkpoints`                   the trained checkpoints in ``data/`` (one registry)          02-09, 13
 :mod:`qlab.flows`                         torch.ao's eager PTQ/QAT and FX PTQ in one call each,       03-05, 07
                                           models run on their engine; the engine and QAT figures
 :mod:`qlab.fake_quant`                    ``FakeQuantize``, torch.ao's twin                            04
@@ -61,10 +61,13 @@ module                                    what it holds                         
 :mod:`qlab.deploy`                        ``torch.export`` save/load, dead fp32 weights, AOTInductor   11
                                           packages, a run in a fresh process
 :mod:`qlab.debug_figures`                 notebook 11's figures and its recorded benchmark             11
+:mod:`qlab.capstone`                      the capstone: the held-out model, the checker's measurements 13
+                                          (accuracy, int8 kernels, speed-up with its noise rule) and
+                                          its diagnoses
 :mod:`qlab.widgets`                       the live-figure pattern behind every interactive plot        01-11
 :mod:`qlab.show`                          library source and expected errors, shown short and exact    01-11
 :mod:`qlab.check`                         the environment checks of notebook 00                         00
-:mod:`qlab.exercises`                     the exercise checkers, one module per notebook               01-11
+:mod:`qlab.exercises`                     the exercise checkers, one module per notebook               01-11, 13
 ========================================  ==========================================================  ========
 
 Global state (the quantized engine, the random generators, threads, Inductor's flags) changes only

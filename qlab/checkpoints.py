@@ -2,8 +2,8 @@
 
 Each entry names the file in ``data/``, its SHA-256, the architecture and its arguments,
 the recipe, the test accuracy measured after training, and the command and versions that
-made it (``scripts/train_models.py`` and ``scripts/train_vit.py`` write the entries through
-:func:`train_cli`). :func:`load` rebuilds the architecture, checks the file's SHA-256 and
+made it (``scripts/train_models.py``, ``scripts/train_vit.py`` and ``scripts/train_capstone.py`` write the
+entries through :func:`train_cli`). :func:`load` rebuilds the architecture, checks the file's SHA-256 and
 returns the model in eval mode. Used from ``notebooks/02-observers-and-calibration.ipynb`` on.
 
 =================  ==========================================================  =========
@@ -12,6 +12,8 @@ name               what                                                        n
 ``digits_cnn``     :class:`qlab.models.DigitsCNN` on 16x16 digits               02-06, 09
 ``digits_vit``     timm ``VisionTransformer`` on 32x32 digits (``fused_attn``   08
                    off, so that attention's two matmuls are explicit)
+``digits_dsnet``   :class:`qlab.capstone.DigitsDSNet` on 32x32 digits: the        13
+                   capstone's held-out model (``scripts/train_capstone.py``)
 =================  ==========================================================  =========
 """
 
@@ -44,7 +46,12 @@ def _build(arch: str, kwargs: dict) -> nn.Module:
         from .vit import build, set_fused_attn
 
         return set_fused_attn(build(**kwargs), False)
-    raise ValueError(f"unknown architecture {arch!r} in {REGISTRY}: qlab builds 'DigitsCNN' and 'VisionTransformer'")
+    if arch == "DigitsDSNet":
+        from .capstone import DigitsDSNet
+
+        return DigitsDSNet(**kwargs)
+    raise ValueError(f"unknown architecture {arch!r} in {REGISTRY}: qlab builds 'DigitsCNN', 'VisionTransformer' "
+                     "and 'DigitsDSNet'")
 
 
 def _registry(data_dir=None) -> dict:

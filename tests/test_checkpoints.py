@@ -11,11 +11,12 @@ import pytest
 
 from qlab import checkpoints, data, models, vit
 from qlab.attention import Attention
+from qlab.capstone import DigitsDSNet
 
 ROOT = checkpoints.DATA_DIR.parent
 
 
-@pytest.mark.parametrize("name", ["digits_cnn", "digits_vit"])
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_vit", "digits_dsnet"])
 def test_checkpoint_is_recorded_small_and_reaches_its_accuracy(name):
     info = checkpoints.info(name)
     path = checkpoints.DATA_DIR / info["file"]
@@ -33,9 +34,11 @@ def test_the_architectures():
     v = checkpoints.load("digits_vit")
     assert checkpoints.info("digits_vit")["kwargs"] == vit.DIGITS_VIT
     assert all(not m.fused_attn for m in v.modules() if isinstance(m, Attention))  # the two matmuls explicit
+    assert isinstance(checkpoints.load("digits_dsnet"), DigitsDSNet)
 
 
-@pytest.mark.parametrize("script, name", [("train_models", "digits_cnn"), ("train_vit", "digits_vit")])
+@pytest.mark.parametrize("script, name", [("train_models", "digits_cnn"), ("train_vit", "digits_vit"),
+                                          ("train_capstone", "digits_dsnet")])
 def test_training_script_recipe_matches_the_registry(script, name):
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
@@ -66,7 +69,7 @@ def test_a_corrupted_or_missing_checkpoint_is_refused(tmp_path):
 
 
 def test_unknown_name_is_refused():
-    assert checkpoints.names() == ["digits_cnn", "digits_vit"]
+    assert checkpoints.names() == ["digits_cnn", "digits_dsnet", "digits_vit"]
     with pytest.raises(ValueError, match="name must be one of"):
         checkpoints.load("resnet50")
 

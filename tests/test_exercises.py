@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -75,6 +77,37 @@ def _shift_answer(kind):
         raise AssertionError(kind)
 
     return output_shift
+_CONVERTED_13: dict = {}
+
+
+def _capstone(mistake):
+    """A learner's quantize for the capstone (13.1) with one typical mistake. The answers that calibrate correctly
+    share one converted graph (a copy each): the checker still compiles, evaluates and profiles every answer."""
+
+    def quantize(model, calibration_batches, example_input):
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        from qlab.data import MEAN, STD
+        from qlab.pt2e import export_batch_dynamic, lower, pt2e_int8, x86_quantizer
+
+        if mistake == "float":
+            return model
+        if mistake == "in place":  # folds the first batch-norm into its conv in the caller's model
+            torch.ao.quantization.fuse_modules(model, [["features.0.0", "features.0.1"]], inplace=True)
+            return model
+        if mistake == "no calibration":  # and returned uncompiled
+            return convert_pt2e(prepare_pt2e(export_batch_dynamic(model, example_input).module(), x86_quantizer()))
+        if mistake == "unnormalised":  # calibrated on the pixels before normalisation (and returned uncompiled)
+            return pt2e_int8(model, [b * STD + MEAN for b in calibration_batches])
+        else:
+            if "gm" not in _CONVERTED_13:
+                _CONVERTED_13["gm"] = pt2e_int8(model, calibration_batches)
+            converted = copy.deepcopy(_CONVERTED_13["gm"])
+        if mistake == "q/dq":
+            return converted
+        return lower(converted, example_input, freezing=mistake != "no freezing")
+
+    return quantize
 
 
 WRONG = {
@@ -374,6 +407,18 @@ WRONG = {
         ({"a", "c", "e", "g"}, "not e"),
         ({"a", "c", "f", "g"}, "not f"),
         ("acg", "answer with a set"),
+    ],
+    "13.1": [
+        (_capstone("q/dq"), "you returned convert_pt2e's quantize/dequantize graph"),
+        (_capstone("no freezing"), "with freezing off"),
+        (_capstone("no calibration"), "an observer that saw no data"),
+        (_capstone("unnormalised"), "the activation that costs the most is the input of features.0.0"),
+        (_capstone("float"), "your result is a float DigitsDSNet"),
+        (_capstone("in place"), "changed the model it was given"),
+        (lambda model, calibration, example: None, "return something callable"),
+        (lambda model, calibration, example: lambda x: model(x).argmax(1), "float logits of shape (64, 10)"),
+        (lambda model, calibration, example: calibration[99], "raised IndexError"),
+        ("pt2e", "answer with a function quantize("),
     ],
     "09.1": [
         ((0.8 / 127.5, 0.8 / 255), "swapped"),
