@@ -52,12 +52,11 @@ def _args(s):
 
 
 def test_numeric_debug_compares_node_by_node_and_changes_nothing(setup):
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
-
-    prepared = prepare_pt2e(setup["ep"].module(), pt2e.x86_quantizer())
-    with torch.no_grad():
-        for b in setup["calib"]:
-            prepared(b)
+    ep_code = setup["ep"].graph_module.code
+    prepared = sensitivity.calibrate(setup["ep"], setup["calib"], pt2e.x86_quantizer())
+    assert setup["ep"].graph_module.code == ep_code  # calibrate leaves the exported program as it was
+    observers = [n for n in prepared.graph.nodes if n.op == "call_module" and "activation_post_process" in n.target]
+    assert observers and all(getattr(prepared, n.target).min_val.isfinite().all() for n in observers)  # saw data
     code = prepared.code
     with torch.no_grad():
         before = prepared(setup["x"])
@@ -135,6 +134,10 @@ def test_bad_arguments_are_named(setup):
         sensitivity.evaluate(ep, calib, x, ref, clusters[:2], pt2e.x86_quantizer())
     with pytest.raises(TypeError, match="exported must be a torch.export.ExportedProgram"):
         sensitivity.evaluate(setup["model"], calib, x, ref, clusters, pt2e.x86_quantizer())
+    with pytest.raises(TypeError, match="exported must be a torch.export.ExportedProgram"):
+        sensitivity.calibrate(setup["model"], calib, pt2e.x86_quantizer())
+    with pytest.raises(ValueError, match="calibration must hold at least one batch"):
+        sensitivity.calibrate(ep, [], pt2e.x86_quantizer())
 
 
 def test_time_steps_reports_each_steps_latency(setup):

@@ -87,6 +87,27 @@ def test_pt2e_static_runs_every_shape_and_can_skip_modules():
         ti.export(model, batch(0, 1, 5))
 
 
+def test_compiled_runs_int8_under_freezing_and_restores_the_flags():
+    import torch._inductor.config as ic
+
+    model = tiny_bert()
+    q = ti.pt2e_static(model, [batch(s, 4, 10) for s in range(2)])
+    before = ic.freezing
+    c = ti.compiled(q, batch(0, 4, 10))
+    assert ic.freezing == before  # compiled sets freezing only while it compiles
+    for bsz, t in ((4, 10), (3, 12)):  # dynamic: a second shape runs without a shape error
+        b = batch(5, bsz, t)
+        with qlab.scoped(inductor={"freezing": True}), torch.no_grad():
+            got, want = c(**b), q(**b)
+        assert cosines(got, want).min() > 0.99
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        ti.compiled(lambda **b: b, batch())
+    with pytest.raises(TypeError, match="example must be the dict"):
+        ti.compiled(q, (batch()["input_ids"],))
+    with pytest.raises(TypeError, match="inductor must be a dict"):
+        ti.compiled(q, batch(), inductor=["freezing"])
+
+
 def test_ao_dynamic_reduce_range_and_per_channel():
     model, b = tiny_bert(outlier=3.0), batch()
     default = ti.ao_dynamic(model)
