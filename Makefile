@@ -43,13 +43,15 @@ browser:
 
 # The book is built first (tests/test_book.py opens it in Chromium).
 # Lint; the unit tests in random order; strict nbval over every notebook; then nbval again with the
-# libraries held to AVX2, to AVX-512 without AMX, and without the C++ kernels (scripts/isa_matrix.py).
+# libraries held to AVX2, to AVX-512 without AMX, and without the C++ kernels (scripts/isa_matrix.py; the last
+# only for the notebooks that loaded qlab.kernels in the main run, which build/kernel-trace.txt lists).
 test: setup browser book hub
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests -p randomly -p no:cacheprovider
-	$(BIN)/python -m pytest notebooks --nbval --nbval-current-env \
+	@mkdir -p build && rm -f build/kernel-trace.txt
+	QLAB_KERNEL_TRACE=$(CURDIR)/build/kernel-trace.txt $(BIN)/python -m pytest notebooks --nbval --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider -p no:randomly
-	$(BIN)/python scripts/isa_matrix.py
+	$(BIN)/python scripts/isa_matrix.py --kernel-trace build/kernel-trace.txt
 
 # The rendered book: a static site of the committed notebooks (not re-executed) and the docs, in build/book/.
 # Its own pins (requirements/book.txt) and MathJax from npm (book/package-lock.json), served from the site:

@@ -3,6 +3,7 @@
 
     .venv/bin/python scripts/isa_matrix.py            # every setting this CPU can run
     .venv/bin/python scripts/isa_matrix.py avx2       # one setting
+    .venv/bin/python scripts/isa_matrix.py --kernel-trace build/kernel-trace.txt   # as make test runs it
 
 A workbook claim that depends on the instruction set must hold (or be stated conditionally) on every
 CPU a learner brings, so `make test` replays the committed notebooks under:
@@ -15,6 +16,11 @@ CPU a learner brings, so `make test` replays the committed notebooks under:
 
 A setting the host cannot run (it lacks the instructions), or that the main run already was (an
 AVX-512 VNNI host without AMX), is skipped with the reason printed.
+
+``--kernel-trace FILE``: the notebooks that loaded ``qlab.kernels`` in the main nbval run (``make test`` runs it
+with ``QLAB_KERNEL_TRACE=FILE``; see conftest.py). ``no_ext`` then replays only those: ``QLAB_NO_EXT`` changes
+nothing but ``qlab.kernels``, so a notebook that never loads it runs the same code with or without a compiler.
+Without the option every setting replays every notebook.
 """
 from __future__ import annotations
 
@@ -54,7 +60,26 @@ def skip_reason(name: str, flags: set[str]) -> str | None:
     return None
 
 
+def traced_notebooks(trace: pathlib.Path) -> list[str]:
+    """The notebooks named in ``trace`` (one per line, as nbval's node ids give them), in workbook order."""
+    if not trace.is_file():
+        raise SystemExit(f"--kernel-trace {trace}: no such file (run the main nbval with QLAB_KERNEL_TRACE={trace})")
+    names = {ln.strip() for ln in trace.read_text().splitlines() if ln.strip().endswith(".ipynb")}
+    missing = sorted(n for n in names if not (ROOT / n).is_file())
+    if missing:
+        raise SystemExit(f"--kernel-trace {trace} names notebooks that do not exist: {missing}")
+    return sorted(names)
+
+
 def main(argv: list[str]) -> int:
+    trace = None
+    if "--kernel-trace" in argv:
+        i = argv.index("--kernel-trace")
+        if i + 1 >= len(argv):
+            print("--kernel-trace needs a file")
+            return 2
+        trace = pathlib.Path(argv[i + 1])
+        argv = argv[:i] + argv[i + 2 :]
     names = argv or list(SETTINGS)
     unknown = [n for n in names if n not in SETTINGS]
     if unknown:
@@ -67,9 +92,18 @@ def main(argv: list[str]) -> int:
             print(f"== nbval [{name}]: skipped ({reason})", flush=True)
             continue
         env = {**os.environ, **SETTINGS[name]}
+        env.pop("QLAB_KERNEL_TRACE", None)
+        targets = ["notebooks"]
+        if name == "no_ext" and trace is not None:
+            targets = traced_notebooks(trace)
+            every = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "notebooks").glob("*.ipynb"))
+            print(f"== nbval [{name}]: the {len(targets)} notebooks that load qlab.kernels ({trace}); not replayed, "
+                  f"as they never load it: {[pathlib.Path(n).name[:2] for n in every if n not in targets]}", flush=True)
+            if not targets:
+                continue
         print(f"== nbval [{name}]: " + " ".join(f"{k}={v}" for k, v in SETTINGS[name].items()), flush=True)
         t0 = time.perf_counter()
-        rc = subprocess.call([sys.executable, "-m", "pytest", "notebooks", "--nbval", "--nbval-current-env",
+        rc = subprocess.call([sys.executable, "-m", "pytest", *targets, "--nbval", "--nbval-current-env",
                               "--nbval-sanitize-with", "tests/nbval_sanitize.cfg", "-p", "no:cacheprovider",
                               "-p", "no:randomly", "-q"], cwd=ROOT, env=env)
         print(f"== nbval [{name}]: {'passed' if rc == 0 else 'FAILED'} in {time.perf_counter() - t0:.0f} s", flush=True)

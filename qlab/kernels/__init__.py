@@ -31,7 +31,9 @@ by the pure-PyTorch reference, after one warning.
 
 Environment variables: ``QLAB_NO_EXT=1`` (use the reference, do not build),
 ``QLAB_ISA=scalar|avx2|avx512_vnni|amx|auto`` (force a path), ``QLAB_CACHE_DIR``
-(where builds are cached), ``QLAB_BUILD_VERBOSE=1`` (show the compiler output).
+(where builds are cached), ``QLAB_BUILD_VERBOSE=1`` (show the compiler output),
+``QLAB_KERNEL_TRACE=<file>`` (append ``$QLAB_NOTEBOOK`` to the file when this module loads: how
+``make test`` learns which notebooks use the kernels, the ones it replays without the C++ extension).
 """
 
 from __future__ import annotations
@@ -95,6 +97,9 @@ def _init() -> None:
     _ops.register_fakes()
     if os.environ.get("QLAB_ISA") and st["backend"] == "native":
         set_isa(os.environ["QLAB_ISA"])
+    if os.environ.get("QLAB_KERNEL_TRACE"):
+        with open(os.environ["QLAB_KERNEL_TRACE"], "a") as f:
+            f.write(os.environ.get("QLAB_NOTEBOOK", "-") + "\n")
 
 
 def _summary(exc: BaseException) -> str:
