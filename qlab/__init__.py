@@ -61,6 +61,8 @@ module                                    what it holds                         
 :mod:`qlab.deploy`                        ``torch.export`` save/load, dead fp32 weights, AOTInductor   11
                                           packages, a run in a fresh process
 :mod:`qlab.debug_figures`                 notebook 11's figures and its recorded benchmark             11
+:mod:`qlab.intonly`                       integer-only softmax, GELU, LayerNorm (I-BERT): references   12
+                                          for the fused kernels
 :mod:`qlab.capstone`                      the capstone: the held-out model, the checker's measurements 13
                                           (accuracy, int8 kernels, speed-up with its noise rule) and
                                           its diagnoses
