@@ -1,0 +1,113 @@
+"""The fused int8 attention op in plain PyTorch (issue 15): the definition its C++ kernel must equal bit for bit.
+
+One op computes, for ``q`` uint8 ``[..., T, D]``, ``k`` and ``v`` int8 ``[..., S, D]``::
+
+    (1) logits = int8_bmm(q, k, transpose_b) -> float32          acc · float32(s_q · s_k)      (reference.int8_bmm)
+    (2) logits += bias                                            the additive mask of qlab.bert_attention (or none)
+    (3) P = softmax(logits) -> uint8 codes, scale 1/255           "float": the fixed-order float softmax below
+                                                                  "int":   I-BERT's integer softmax (qlab.intonly)
+    (4) ctx = int8_bmm(P, v) -> out_dtype                         requantized as reference.int8_bmm
+
+never writing the float score matrix: the kernel walks a block of query rows at a time. Nothing in (1)-(4) may
+depend on the block size, the thread count or the instruction set, so the float softmax fixes what torch.softmax
+leaves to the vector width:
+
+* ``exp`` is :func:`exp_f32`: Cody-Waite range reduction and a degree-6 polynomial, every product and sum rounded to
+  float32 on its own (no fused multiply-add: the kernel must be built with ``-ffp-contract=off``); ``exp(x) = 0`` below
+  ``EXP_FLUSH`` (where float32 would go subnormal), and for the mask value;
+* the row sum is :func:`row_sum_16`: 16 running partial sums (column ``j`` into lane ``j mod 16``, in order of
+  ``j``), then folded 8, 4, 2, 1 -- the same on an AVX2 machine (two 8-lane registers) and an AVX-512 one;
+* ``P = nearbyint(e · float32(1/Σ) · 255)`` clamped to [0, 255]: one reciprocal per row, then two float32 products.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import intonly
+from .._checks import check_choice, check_tensor
+from ..bert_attention import MASK_VALUE
+from . import reference
+
+__all__ = ["exp_f32", "row_sum_16", "softmax_u8", "int8_attention", "EXP_FLUSH", "LANES"]
+
+LANES = 16
+EXP_FLUSH = -87.0  # exp below this is < 2^-125.5: flushed to 0 rather than rounded as a subnormal
+_LOG2E = torch.tensor(1.4426950408889634, dtype=torch.float32)
+_LN2_HI = torch.tensor(0.693145751953125, dtype=torch.float32)  # ln 2 in 16 significant bits: n·LN2_HI is exact
+_LN2_LO = torch.tensor(1.428606765330187e-06, dtype=torch.float32)
+_POLY = [torch.tensor(1.0 / math.factorial(i), dtype=torch.float32) for i in range(6, -1, -1)]  # Horner, x^6 first
+
+
+def exp_f32(x: torch.Tensor) -> torch.Tensor:
+    """``exp`` of float32 ``x <= 0`` by the fixed recipe above (the kernel's scalar and vector code compute this)."""
+    check_tensor("x", x)
+    if x.dtype != torch.float32:
+        raise TypeError(f"x must be float32, got {x.dtype}")
+    flush = ~(x >= EXP_FLUSH)  # also NaN-free -inf and the mask value
+    xc = torch.where(flush, torch.zeros_like(x), x)
+    n = torch.round(xc * _LOG2E)  # nearest, ties to even (nearbyint)
+    r = (xc - n * _LN2_HI) - n * _LN2_LO
+    p = _POLY[0]
+    for c in _POLY[1:]:
+        p = p * r + c  # two roundings: no FMA
+    out = p * torch.pow(torch.tensor(2.0, dtype=torch.float32), n)  # 2^n exact for n >= -126
+    return torch.where(flush, torch.zeros_like(out), out)
+
+
+def row_sum_16(e: torch.Tensor) -> torch.Tensor:
+    """The sum over the last dimension in the kernel's order: 16 lanes, then folded; returns ``[..., 1]``."""
+    S = e.shape[-1]
+    pad = (-S) % LANES
+    if pad:
+        e = torch.nn.functional.pad(e, (0, pad))  # + 0.0 changes no partial sum
+    chunks = e.reshape(*e.shape[:-1], -1, LANES)
+    lanes = torch.zeros_like(chunks[..., 0, :])
+    for c in range(chunks.shape[-2]):
+        lanes = lanes + chunks[..., c, :]
+    width = LANES
+    while width > 1:
+        width //= 2
+        lanes = lanes[..., :width] + lanes[..., width : 2 * width]
+    return lanes
+
+
+def softmax_u8(logits: torch.Tensor) -> torch.Tensor:
+    """Step (3), ``"float"``: float32 logits (mask already added) -> uint8 probability codes of scale 1/255.
+    A row whose every entry is masked gives zeros."""
+    check_tensor("logits", logits)
+    if logits.dtype != torch.float32:
+        raise TypeError(f"logits must be float32, got {logits.dtype}")
+    m = logits.amax(dim=-1, keepdim=True)
+    e = exp_f32(logits - m)
+    e = torch.where(logits <= MASK_VALUE, torch.zeros_like(e), e)  # masked: 0 even in a fully masked row
+    total = row_sum_16(e)
+    inv = torch.where(total > 0, 1.0 / total.clamp(min=torch.finfo(torch.float32).tiny), torch.zeros_like(total))
+    p = torch.round((e * inv) * torch.tensor(255.0, dtype=torch.float32))
+    return p.clamp(0, 255).to(torch.uint8)
+
+
+def int8_attention(q, k, v, q_scale: float, q_zero_point: int, k_scale: float, k_zero_point: int, v_scale: float,
+                   v_zero_point: int, bias: torch.Tensor | None, out_scale: float, out_zero_point: int,
+                   out_dtype: torch.dtype, softmax: str, requant: str) -> torch.Tensor:
+    """Steps (1)-(4). ``bias``: ``None`` or float32 broadcastable to ``[..., T, S]`` holding 0 and the mask value
+    (``qlab.bert_attention.additive_mask``); ``softmax``: ``"float"`` or ``"int"``."""
+    check_choice("softmax", softmax, ["float", "int"])
+    if bias is not None:
+        check_tensor("bias", bias)
+        if bias.dtype != torch.float32:
+            raise TypeError(f"bias must be float32 (qlab.bert_attention.additive_mask), got {bias.dtype}")
+    if softmax == "float":
+        logits = reference.int8_bmm(q, k, q_scale, q_zero_point, k_scale, k_zero_point, 1.0, 0, torch.float32, True,
+                                    requant)
+        if bias is not None:
+            logits = logits + bias
+        p = softmax_u8(logits)
+    else:
+        acc = reference.int8_bmm(q, k, q_scale, q_zero_point, k_scale, k_zero_point, 1.0, 0, torch.int32, True,
+                                 requant)
+        p = intonly.i_softmax(acc, float(q_scale) * float(k_scale), bias)
+    return reference.int8_bmm(p, v, 1.0 / 255.0, 0, v_scale, v_zero_point, out_scale, out_zero_point, out_dtype,
+                              False, requant)

@@ -1,0 +1,108 @@
+"""qlab.kernels.attention_reference: the fused int8 attention's definition, against torch.exp / torch.softmax and the
+unfused qlab path it will replace (notebook 10's BERT attention, notebook 08's ViT attention)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qlab import intonly
+from qlab.bert_attention import MASK_VALUE, additive_mask
+from qlab.kernels import attention_reference as A
+from qlab.kernels import reference as R
+
+
+def ulps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a.view(torch.int32).long() - b.view(torch.int32).long()).abs()
+
+
+def test_exp_is_within_3_ulp_of_torch_exp_and_flushes_below_the_limit():
+    x = torch.cat([-torch.rand(200000, generator=torch.Generator().manual_seed(0)) * 87, torch.tensor([0.0, -87.0])])
+    assert int(ulps(A.exp_f32(x), torch.exp(x)).max()) <= 3
+    assert A.exp_f32(torch.tensor([0.0])).item() == 1.0
+    assert not A.exp_f32(torch.tensor([-87.01, -1e4, float("-inf"), MASK_VALUE])).any()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 70), st.integers(0, 2**31 - 1))
+def test_row_sum_16_is_sixteen_lanes_then_folded(S, seed):
+    e = torch.rand(3, S, generator=torch.Generator().manual_seed(seed))
+    want = []
+    for row in e.numpy():
+        lanes = np.zeros(16, dtype=np.float32)
+        for j, val in enumerate(row):
+            lanes[j % 16] = np.float32(lanes[j % 16] + val)
+        width = 16
+        while width > 1:
+            width //= 2
+            lanes[:width] = lanes[:width] + lanes[width : 2 * width]
+        want.append(lanes[0])
+    assert torch.equal(A.row_sum_16(e)[..., 0], torch.tensor(np.array(want)))
+
+
+def test_softmax_codes_are_within_one_of_torch_softmax_quantized():
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(32, 197, generator=g) * 5
+    p = A.softmax_u8(logits)
+    torch_p = R.quantize_per_tensor(torch.softmax(logits, -1), 1.0 / 255.0, 0, torch.uint8)
+    assert int((p.int() - torch_p.int()).abs().max()) <= 1
+
+
+def _attention_inputs(seed=3, B=2, H=3, T=13, D=16):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 256, (B, H, T, D), dtype=torch.uint8, generator=g)
+    k = torch.randint(-128, 128, (B, H, T, D), dtype=torch.int8, generator=g)
+    v = torch.randint(-128, 128, (B, H, T, D), dtype=torch.int8, generator=g)
+    return q, k, v, (0.02, 120, 0.015, -3, 0.03, 2)
+
+
+@pytest.mark.parametrize("requant", ["float", "fixed"])
+def test_float_variant_is_the_unfused_path_with_the_fixed_softmax(requant):
+    q, k, v, (sq, zq, sk, zk, sv, zv) = _attention_inputs()
+    got = A.int8_attention(q, k, v, sq, zq, sk, zk, sv, zv, None, 0.05, 3, torch.uint8, "float", requant)
+    logits = R.int8_bmm(q, k, sq, zq, sk, zk, 1.0, 0, torch.float32, True, requant)
+    p = A.softmax_u8(logits)
+    assert torch.equal(got, R.int8_bmm(p, v, 1 / 255, 0, sv, zv, 0.05, 3, torch.uint8, False, requant))
+    # and today's unfused path (torch.softmax, then quantize) differs by at most one probability code
+    p_torch = R.quantize_per_tensor(torch.softmax(logits, -1), 1 / 255, 0, torch.uint8)
+    assert int((p.int() - p_torch.int()).abs().max()) <= 1
+
+
+@pytest.mark.parametrize("softmax", ["float", "int"])
+def test_the_key_padding_mask_equals_attention_over_the_kept_keys(softmax):
+    q, k, v, (sq, zq, sk, zk, sv, zv) = _attention_inputs(B=3)
+    T = q.shape[-2]
+    lengths = [T, 7, 1]
+    mask = torch.zeros(3, T, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    bias = additive_mask(mask, 3, T)
+    out = A.int8_attention(q, k, v, sq, zq, sk, zk, sv, zv, bias, 1.0, 0, torch.float32, softmax, "float")
+    for i, n in enumerate(lengths):
+        alone = A.int8_attention(q[i : i + 1], k[i : i + 1, :, :n], v[i : i + 1, :, :n], sq, zq, sk, zk, sv, zv,
+                                 None, 1.0, 0, torch.float32, softmax, "float")
+        assert torch.equal(out[i : i + 1], alone)
+
+
+def test_the_integer_softmax_is_within_a_few_codes_of_the_float_one():
+    q, k, v, (sq, zq, sk, zk, sv, zv) = _attention_inputs(T=197, D=64, B=1)
+    acc = R.int8_bmm(q, k, sq, zq, sk, zk, 1.0, 0, torch.int32, True, "float")
+    p_int = intonly.i_softmax(acc, sq * sk)
+    p_float = A.softmax_u8(R.int8_bmm(q, k, sq, zq, sk, zk, 1.0, 0, torch.float32, True, "float"))
+    assert int((p_int.int() - p_float.int()).abs().max()) <= 2
+
+
+def test_bad_arguments_are_named():
+    q, k, v, (sq, zq, sk, zk, sv, zv) = _attention_inputs()
+    with pytest.raises(ValueError, match="softmax must be one of"):
+        A.int8_attention(q, k, v, sq, zq, sk, zk, sv, zv, None, 1.0, 0, torch.float32, "exp", "float")
+    with pytest.raises(TypeError, match="bias must be float32"):
+        A.int8_attention(q, k, v, sq, zq, sk, zk, sv, zv, torch.zeros(1, dtype=torch.bool), 1.0, 0, torch.float32,
+                         "float", "float")
+    with pytest.raises(TypeError, match="logits must be float32"):
+        A.softmax_u8(torch.zeros(2, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="x must be float32"):
+        A.exp_f32(torch.zeros(2, dtype=torch.float16))
