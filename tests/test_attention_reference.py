@@ -106,3 +106,53 @@ def test_bad_arguments_are_named():
         A.softmax_u8(torch.zeros(2, 3, dtype=torch.float64))
     with pytest.raises(TypeError, match="x must be float32"):
         A.exp_f32(torch.zeros(2, dtype=torch.float16))
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.ops.qlab.int8_attention (qlab/csrc/ops.cpp + softmax.cpp) equals the definition above, on every path
+
+_native = pytest.mark.skipif(
+    __import__("qlab.kernels", fromlist=["backend"]).backend() != "native", reason="the C++ extension is not built"
+)
+
+
+@_native
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1, 1, 1), (2, 3, 13, 13, 16, 16), (1, 2, 197, 197, 64, 64),
+                                   (2, 1, 5, 40, 7, 9), (1, 1, 70, 3, 5, 2)])
+@pytest.mark.parametrize("softmax", ["float", "int"])
+def test_the_kernel_equals_the_reference_on_every_path_and_thread_count(shape, softmax):
+    import qlab
+    import qlab.kernels as qk
+
+    B, H, T, S, D, Dv = shape
+    g = torch.Generator().manual_seed(sum(shape))
+    q = torch.randint(0, 256, (B, H, T, D), dtype=torch.uint8, generator=g)
+    k = torch.randint(-128, 128, (B, H, S, D), dtype=torch.int8, generator=g)
+    v = torch.randint(-128, 128, (B, H, S, Dv), dtype=torch.int8, generator=g)
+    mask = torch.ones(B, S, dtype=torch.long)
+    mask[-1, S // 2 + 1 :] = 0
+    for bias in (None, additive_mask(mask, B, S) if T == S else None):
+        for out_dtype, requant in ((torch.uint8, "float"), (torch.int8, "fixed"), (torch.float32, "float")):
+            args = (q, k, v, 0.02, 120, 0.015, -3, 0.03, 2, bias, 0.05, 3, out_dtype, softmax, requant)
+            want = A.int8_attention(*args)
+            for isa in qk.available_isas():
+                for threads in (1, 2):
+                    with qlab.scoped(threads=threads), qk.use_isa(isa):
+                        got = torch.ops.qlab.int8_attention(*args)
+                    assert torch.equal(got, want), (isa, threads, bias is not None, out_dtype)
+
+
+@_native
+def test_the_kernel_names_bad_arguments():
+    q, k, v, (sq, zq, sk, zk, sv, zv) = _attention_inputs()
+    op = torch.ops.qlab.int8_attention
+    with pytest.raises(TypeError, match="q must have dtype torch.uint8"):
+        op(q.to(torch.int8), k, v, sq, zq, sk, zk, sv, zv, None, 1.0, 0, torch.float32, "float", "float")
+    with pytest.raises(ValueError, match="softmax must be one of"):
+        op(q, k, v, sq, zq, sk, zk, sv, zv, None, 1.0, 0, torch.float32, "exp", "float")
+    with pytest.raises(ValueError, match=r"bias must broadcast to \[..., T, S\]"):
+        op(q, k, v, sq, zq, sk, zk, sv, zv, torch.zeros(5), 1.0, 0, torch.float32, "float", "float")
+    with pytest.raises(ValueError, match="integer softmax cannot add other float biases"):
+        op(q, k, v, sq, zq, sk, zk, sv, zv, torch.full((13,), 0.5), 1.0, 0, torch.float32, "int", "float")
+    with pytest.raises(ValueError, match="v must have shape"):
+        op(q, k, v[..., :5, :], sq, zq, sk, zk, sv, zv, None, 1.0, 0, torch.float32, "float", "float")

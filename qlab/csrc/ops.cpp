@@ -16,6 +16,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cfloat>
+#include <optional>
 #include <atomic>
 #include <cmath>
 #include <string>
@@ -488,6 +490,161 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
   return out;
 }
 
+// The fused attention (issue 15): q·kᵀ -> (+ bias, mask) -> softmax -> uint8 P -> P·v, a block of query rows at a
+// time: the float scores never leave a (rows x S) scratch buffer. The definition: qlab/kernels/attention_reference.py.
+constexpr int64_t kAttnRows = 32;
+
+using GemmFn = void (*)(const Task&, const Epilogue&);
+
+GemmFn active_gemm() {
+  const Isa isa = active_isa();
+  return isa == Isa::Amx ? gemm_amx
+                         : (isa == Isa::Avx512Vnni ? gemm_avx512_vnni : (isa == Isa::Avx2 ? gemm_avx2 : gemm_scalar));
+}
+
+at::Tensor int8_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double q_scale,
+                              int64_t q_zero_point, double k_scale, int64_t k_zero_point, double v_scale,
+                              int64_t v_zero_point, const std::optional<at::Tensor>& bias, double out_scale,
+                              int64_t out_zero_point, at::ScalarType out_dtype, c10::string_view softmax,
+                              c10::string_view requant) {
+  check_cpu(q, "q");
+  check_cpu(k, "k");
+  check_cpu(v, "v");
+  TORCH_CHECK_TYPE(q.scalar_type() == at::kByte, "q must have dtype torch.uint8, got ", dtype_name(q.scalar_type()));
+  TORCH_CHECK_TYPE(k.scalar_type() == at::kChar, "k must have dtype torch.int8, got ", dtype_name(k.scalar_type()));
+  TORCH_CHECK_TYPE(v.scalar_type() == at::kChar, "v must have dtype torch.int8, got ", dtype_name(v.scalar_type()));
+  TORCH_CHECK_VALUE(q.dim() >= 2, "q must have at least 2 dimensions [..., T, D], got shape ", q.sizes());
+  TORCH_CHECK_VALUE(k.dim() == q.dim() && v.dim() == q.dim(), "k and v must have as many dimensions as q (", q.dim(),
+                    "), got shapes ", k.sizes(), " and ", v.sizes());
+  const int64_t nb = q.dim() - 2;
+  TORCH_CHECK_VALUE(
+      q.sizes().slice(0, nb) == k.sizes().slice(0, nb) && q.sizes().slice(0, nb) == v.sizes().slice(0, nb),
+      "q, k and v must have the same batch dimensions, got shapes ", q.sizes(), ", ", k.sizes(), ", ", v.sizes());
+  const int64_t T = q.size(-2), D = q.size(-1), S = k.size(-2), Dv = v.size(-1);
+  TORCH_CHECK_VALUE(k.size(-1) == D, "k must have shape [..., S, D] with D = q.shape[-1] = ", D, ", got ", k.sizes());
+  TORCH_CHECK_VALUE(v.size(-2) == S, "v must have shape [..., S, Dv] with S = k.shape[-2] = ", S, ", got ", v.sizes());
+  check_scale(q_scale, "q_scale");
+  check_scale(k_scale, "k_scale");
+  check_scale(v_scale, "v_scale");
+  check_zero_point(q_zero_point, at::kByte, "q_zero_point");
+  check_zero_point(k_zero_point, at::kChar, "k_zero_point");
+  check_zero_point(v_zero_point, at::kChar, "v_zero_point");
+  TORCH_CHECK_VALUE(softmax == "float" || softmax == "int", "softmax must be one of ['float', 'int'], got '",
+                    std::string(softmax), "'");
+  const bool int_sm = softmax == "int";
+  const OutKind kind = out_kind(out_dtype);
+  const Requant mode = requant_mode(requant);
+  if (kind == OutKind::UInt8 || kind == OutKind::Int8) {
+    check_scale(out_scale, "out_scale");
+    check_zero_point(out_zero_point, out_dtype, "out_zero_point");
+  }
+  std::vector<int64_t> shape(q.sizes().begin(), q.sizes().end() - 2);
+  int64_t batch = 1;
+  for (int64_t s : shape) batch *= s;
+  shape.push_back(T);
+  at::Tensor bx;
+  if (bias.has_value()) {
+    check_cpu(*bias, "bias");
+    TORCH_CHECK_TYPE(bias->scalar_type() == at::kFloat, "bias must have dtype torch.float32, got ",
+                     dtype_name(bias->scalar_type()));
+    std::vector<int64_t> target(shape);
+    target.push_back(S);
+    bool ok = bias->dim() <= static_cast<int64_t>(target.size());
+    for (int64_t i = 1; ok && i <= bias->dim(); ++i) {
+      const int64_t b = bias->size(-i), t = target[target.size() - i];
+      ok = b == t || b == 1;
+    }
+    TORCH_CHECK_VALUE(ok, "bias must broadcast to [..., T, S] = ", at::IntArrayRef(target), ", got shape ",
+                      bias->sizes());
+    bx = bias->expand(target);
+    if (int_sm) {
+      TORCH_CHECK_VALUE((bias->eq(0) | bias->le(-FLT_MAX)).all().item<bool>(),
+                        "bias must hold only 0 and the mask value with softmax='int' (integer softmax cannot add "
+                        "other float biases)");
+    }
+  }
+  ISoftmax ic{1, 0, 0};
+  if (int_sm) {
+    const double s = q_scale * k_scale;
+    TORCH_CHECK_VALUE(s < M_LN2, "q_scale * k_scale must be below ln 2 for the integer softmax, got ", s);
+    ic.q_ln2 = static_cast<int64_t>(std::floor(M_LN2 / s));
+    ic.qb = static_cast<int64_t>(std::floor(1.353 / s));
+    ic.qc = static_cast<int64_t>(std::floor(0.344 / ((0.3585 * s) * s)));
+  }
+  EpilogueData e1, e2;
+  const float skf = static_cast<float>(k_scale), svf = static_cast<float>(v_scale);
+  make_epilogue(e1, int_sm ? OutKind::Int32 : OutKind::Float32, Requant::Float, false, S, static_cast<float>(q_scale),
+                &skf, false, 1.0f, 0, nullptr, nullptr, "q_scale", "k_scale");
+  make_epilogue(e2, kind, mode, false, Dv, static_cast<float>(1.0 / 255.0), &svf, false, static_cast<float>(out_scale),
+                out_zero_point, nullptr, nullptr, "1/255", "v_scale");
+  shape.push_back(Dv);
+  at::Tensor out = at::empty(shape, q.options().dtype(out_dtype));
+  if (batch == 0 || T == 0 || Dv == 0) return out;
+
+  const auto qoff = batch_offsets(q, nb, batch), koff = batch_offsets(k, nb, batch), voff = batch_offsets(v, nb, batch);
+  std::vector<int64_t> boff;
+  if (bx.defined()) boff = batch_offsets(bx, nb, batch);
+  const uint8_t* qd = static_cast<const uint8_t*>(q.data_ptr());
+  const int8_t* kd = static_cast<const int8_t*>(k.data_ptr());
+  const int8_t* vd = static_cast<const int8_t*>(v.data_ptr());
+  const float* bd = bx.defined() ? bx.data_ptr<float>() : nullptr;
+  const size_t elem = out.element_size();
+  uint8_t* od = static_cast<uint8_t*>(out.data_ptr());
+  const GemmFn gemm = active_gemm();
+  const int64_t blocks = (T + kAttnRows - 1) / kAttnRows;
+  at::parallel_for(0, batch * blocks, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> logits(static_cast<size_t>(kAttnRows * S) + 1);
+    std::vector<int32_t> acc(int_sm ? static_cast<size_t>(kAttnRows * S) + 1 : 1);
+    std::vector<float> ef(static_cast<size_t>(S) + 1);
+    std::vector<int64_t> ei(static_cast<size_t>(S) + 1);
+    std::vector<uint8_t> p(static_cast<size_t>(kAttnRows * S) + 1), keep(static_cast<size_t>(S) + 1);
+    for (int64_t ti = t0; ti < t1; ++ti) {
+      const int64_t bi = ti / blocks, r0 = (ti % blocks) * kAttnRows, rows = std::min(kAttnRows, T - r0);
+      Task a;
+      a.a = MatA{qd + qoff[bi] + r0 * q.stride(-2), q.stride(-2), q.stride(-1), false,
+                 static_cast<int32_t>(q_zero_point)};
+      a.b = MatB{kd + koff[bi], k.stride(-1), k.stride(-2), static_cast<int32_t>(k_zero_point)};
+      a.K = D;
+      a.m0 = 0;
+      a.m1 = rows;
+      a.n0 = 0;
+      a.n1 = S;
+      a.out = int_sm ? static_cast<void*>(acc.data()) : static_cast<void*>(logits.data());
+      a.ldc = S;
+      if (S > 0) gemm(a, e1.e);
+      for (int64_t i = 0; i < rows; ++i) {
+        const uint8_t* kp = nullptr;
+        if (bd) {
+          const float* brow = bd + boff[bi] + (r0 + i) * bx.stride(-2);
+          for (int64_t j = 0; j < S; ++j) {
+            const float bv = brow[j * bx.stride(-1)];
+            keep[j] = !(bv <= -FLT_MAX || std::isnan(bv));
+            if (!int_sm) logits[i * S + j] = logits[i * S + j] + (keep[j] ? bv : 0.0f);
+          }
+          kp = keep.data();
+        }
+        if (int_sm) {
+          isoftmax_row_u8(acc.data() + i * S, kp, S, ic, ei.data(), p.data() + i * S);
+        } else {
+          softmax_row_u8(logits.data() + i * S, kp, S, ef.data(), p.data() + i * S);
+        }
+      }
+      Task c;
+      c.a = MatA{p.data(), S, 1, false, 0};
+      c.b = MatB{vd + voff[bi], v.stride(-2), v.stride(-1), static_cast<int32_t>(v_zero_point)};
+      c.K = S;
+      c.m0 = 0;
+      c.m1 = rows;
+      c.n0 = 0;
+      c.n1 = Dv;
+      c.out = od + static_cast<size_t>((bi * T + r0) * Dv) * elem;
+      c.ldc = Dv;
+      gemm(c, e2.e);
+    }
+  });
+  return out;
+}
+
 at::Tensor quantize_per_tensor_cpu(const at::Tensor& x, double scale, int64_t zero_point, at::ScalarType dtype) {
   check_cpu(x, "x");
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, "x must have dtype torch.float32, got ", dtype_name(x.scalar_type()));
@@ -521,6 +678,10 @@ TORCH_LIBRARY(qlab, m) {
       "int8_linear(Tensor x, Tensor weight, Tensor weight_scale, Tensor? bias, float x_scale, int x_zero_point, "
       "float out_scale, int out_zero_point, ScalarType out_dtype, bool relu, str requant) -> Tensor");
   m.def("quantize_per_tensor(Tensor x, float scale, int zero_point, ScalarType dtype) -> Tensor");
+  m.def(
+      "int8_attention(Tensor q, Tensor k, Tensor v, float q_scale, int q_zero_point, float k_scale, "
+      "int k_zero_point, float v_scale, int v_zero_point, Tensor? bias, float out_scale, int out_zero_point, "
+      "ScalarType out_dtype, str softmax, str requant) -> Tensor");
   m.def("_set_isa(str isa) -> ()", &set_isa_op);
   m.def("_get_isa() -> str", &get_isa_op);
   m.def("_supported_isas() -> str[]", &supported_isas_op);
@@ -532,6 +693,7 @@ TORCH_LIBRARY_IMPL(qlab, CPU, m) {
   m.impl("int8_bmm", &int8_bmm_cpu);
   m.impl("int8_linear", &int8_linear_cpu);
   m.impl("quantize_per_tensor", &quantize_per_tensor_cpu);
+  m.impl("int8_attention", &int8_attention_cpu);
 }
 
 }  // namespace qlab

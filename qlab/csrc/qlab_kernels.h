@@ -106,6 +106,16 @@ void quantize_scalar(const float* x, int64_t n, const QuantizeArgs& q, void* out
 void quantize_avx2(const float* x, int64_t n, const QuantizeArgs& q, void* out);
 void quantize_avx512(const float* x, int64_t n, const QuantizeArgs& q, void* out);
 
+// The fused attention's softmax, one row -> uint8 codes of scale 1/255 (softmax.cpp; the definition is
+// qlab/kernels/attention_reference.py). keep: 1 = attend, 0 = masked (nullptr: all kept); e: S floats / int64s of
+// scratch. The float variant is ISA-independent by construction; the integer one is I-BERT's (qlab/intonly.py).
+float exp_f32(float x);
+void softmax_row_u8(const float* logits, const uint8_t* keep, int64_t S, float* e, uint8_t* out);
+struct ISoftmax {
+  int64_t q_ln2, qb, qc;  // floor(ln2 / s), floor(b / s), floor(c / (a s^2)) for the logits' scale s
+};
+void isoftmax_row_u8(const int32_t* acc, const uint8_t* keep, int64_t S, const ISoftmax& c, int64_t* e, uint8_t* out);
+
 // Column-block width each path prefers (tasks split N at multiples of it).
 constexpr int64_t kPanelScalar = 16;
 constexpr int64_t kPanelAvx2 = 16;

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _validate, reference
+from . import _validate, attention_reference, reference
 
 SCHEMAS = {
     "int8_bmm": (
@@ -25,6 +25,11 @@ SCHEMAS = {
         "float out_scale, int out_zero_point, ScalarType out_dtype, bool relu, str requant) -> Tensor"
     ),
     "quantize_per_tensor": "quantize_per_tensor(Tensor x, float scale, int zero_point, ScalarType dtype) -> Tensor",
+    "int8_attention": (
+        "int8_attention(Tensor q, Tensor k, Tensor v, float q_scale, int q_zero_point, float k_scale, "
+        "int k_zero_point, float v_scale, int v_zero_point, Tensor? bias, float out_scale, int out_zero_point, "
+        "ScalarType out_dtype, str softmax, str requant) -> Tensor"
+    ),
 }
 
 state = {"backend": None, "error": None, "library_path": None, "compiled_s": None, "lib": None, "fakes": False}
@@ -46,6 +51,7 @@ def register_fallback() -> None:
     lib.impl("int8_bmm", reference.int8_bmm, "CPU")
     lib.impl("int8_linear", reference.int8_linear, "CPU")
     lib.impl("quantize_per_tensor", reference.quantize_per_tensor, "CPU")
+    lib.impl("int8_attention", attention_reference.int8_attention, "CPU")
     state["lib"] = lib  # the registration lives as long as this object
 
 
@@ -83,10 +89,16 @@ def _quantize_fake(x, scale, zero_point, dtype):
     return x.new_empty(x.shape, dtype=dtype)
 
 
+def _attention_fake(q, k, v, q_scale, q_zero_point, k_scale, k_zero_point, v_scale, v_zero_point, bias, out_scale,
+                    out_zero_point, out_dtype, softmax, requant):
+    return q.new_empty((*q.shape[:-1], v.shape[-1]), dtype=out_dtype)
+
+
 def register_fakes() -> None:
     if state["fakes"]:
         return
     torch.library.register_fake("qlab::int8_bmm")(_bmm_fake)
     torch.library.register_fake("qlab::int8_linear")(_linear_fake)
     torch.library.register_fake("qlab::quantize_per_tensor")(_quantize_fake)
+    torch.library.register_fake("qlab::int8_attention")(_attention_fake)
     state["fakes"] = True

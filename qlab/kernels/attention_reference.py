@@ -3,7 +3,7 @@
 One op computes, for ``q`` uint8 ``[..., T, D]``, ``k`` and ``v`` int8 ``[..., S, D]``::
 
     (1) logits = int8_bmm(q, k, transpose_b) -> float32          acc · float32(s_q · s_k)      (reference.int8_bmm)
-    (2) logits += bias                                            the additive mask of qlab.bert_attention (or none)
+    (2) logits += bias; masked keys out                           the additive mask of qlab.bert_attention (or none)
     (3) P = softmax(logits) -> uint8 codes, scale 1/255           "float": the fixed-order float softmax below
                                                                   "int":   I-BERT's integer softmax (qlab.intonly)
     (4) ctx = int8_bmm(P, v) -> out_dtype                         requantized as reference.int8_bmm
@@ -53,7 +53,8 @@ def exp_f32(x: torch.Tensor) -> torch.Tensor:
     p = _POLY[0]
     for c in _POLY[1:]:
         p = p * r + c  # two roundings: no FMA
-    out = p * torch.pow(torch.tensor(2.0, dtype=torch.float32), n)  # 2^n exact for n >= -126
+    pow2 = ((n.to(torch.int32) + 127) << 23).view(torch.float32)  # 2^n from its exponent bits, n >= -126
+    out = p * pow2
     return torch.where(flush, torch.zeros_like(out), out)
 
 
@@ -74,26 +75,33 @@ def row_sum_16(e: torch.Tensor) -> torch.Tensor:
     return lanes
 
 
-def softmax_u8(logits: torch.Tensor) -> torch.Tensor:
-    """Step (3), ``"float"``: float32 logits (mask already added) -> uint8 probability codes of scale 1/255.
-    A row whose every entry is masked gives zeros."""
+def softmax_u8(logits: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Step (3), ``"float"``: float32 logits -> uint8 probability codes of scale 1/255 along the last dimension.
+    ``keep``: bool, broadcast to ``logits`` (``False``: masked, probability exactly 0; a row with nothing kept is
+    all zeros). The maximum is taken over the kept entries."""
     check_tensor("logits", logits)
     if logits.dtype != torch.float32:
         raise TypeError(f"logits must be float32, got {logits.dtype}")
-    m = logits.amax(dim=-1, keepdim=True)
-    e = exp_f32(logits - m)
-    e = torch.where(logits <= MASK_VALUE, torch.zeros_like(e), e)  # masked: 0 even in a fully masked row
+    keep = torch.ones_like(logits, dtype=torch.bool) if keep is None else torch.broadcast_to(keep, logits.shape)
+    m = torch.where(keep, logits, float("-inf")).amax(dim=-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # rows with nothing kept
+    e = torch.where(keep, exp_f32(torch.where(keep, logits - m, torch.zeros_like(logits))), torch.zeros_like(logits))
     total = row_sum_16(e)
-    inv = torch.where(total > 0, 1.0 / total.clamp(min=torch.finfo(torch.float32).tiny), torch.zeros_like(total))
+    inv = torch.where(total > 0, 1.0 / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(total))
     p = torch.round((e * inv) * torch.tensor(255.0, dtype=torch.float32))
     return p.clamp(0, 255).to(torch.uint8)
+
+
+def _keep(bias: torch.Tensor | None) -> torch.Tensor | None:
+    return None if bias is None else ~((bias <= MASK_VALUE) | torch.isnan(bias))
 
 
 def int8_attention(q, k, v, q_scale: float, q_zero_point: int, k_scale: float, k_zero_point: int, v_scale: float,
                    v_zero_point: int, bias: torch.Tensor | None, out_scale: float, out_zero_point: int,
                    out_dtype: torch.dtype, softmax: str, requant: str) -> torch.Tensor:
-    """Steps (1)-(4). ``bias``: ``None`` or float32 broadcastable to ``[..., T, S]`` holding 0 and the mask value
-    (``qlab.bert_attention.additive_mask``); ``softmax``: ``"float"`` or ``"int"``."""
+    """Steps (1)-(4). ``bias``: ``None`` or float32 broadcastable to ``[..., T, S]``: the mask value (or -inf) masks a
+    key (``qlab.bert_attention.additive_mask``); other values are added to the logits (``"float"`` only; ``"int"``
+    takes 0 and the mask value alone). ``softmax``: ``"float"`` or ``"int"``."""
     check_choice("softmax", softmax, ["float", "int"])
     if bias is not None:
         check_tensor("bias", bias)
@@ -103,8 +111,8 @@ def int8_attention(q, k, v, q_scale: float, q_zero_point: int, k_scale: float, k
         logits = reference.int8_bmm(q, k, q_scale, q_zero_point, k_scale, k_zero_point, 1.0, 0, torch.float32, True,
                                     requant)
         if bias is not None:
-            logits = logits + bias
-        p = softmax_u8(logits)
+            logits = logits + torch.where(_keep(bias), bias, torch.zeros_like(bias))  # a float bias, masked apart
+        p = softmax_u8(logits, _keep(bias))
     else:
         acc = reference.int8_bmm(q, k, q_scale, q_zero_point, k_scale, k_zero_point, 1.0, 0, torch.int32, True,
                                  requant)
