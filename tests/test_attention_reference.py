@@ -118,7 +118,7 @@ _native = pytest.mark.skipif(
 
 @_native
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1, 1, 1), (2, 3, 13, 13, 16, 16), (1, 2, 197, 197, 64, 64),
-                                   (2, 1, 5, 40, 7, 9), (1, 1, 70, 3, 5, 2)])
+                                   (2, 1, 5, 40, 7, 9), (1, 1, 70, 3, 5, 2), (1, 1, 100, 1500, 8, 8)])
 @pytest.mark.parametrize("softmax", ["float", "int"])
 def test_the_kernel_equals_the_reference_on_every_path_and_thread_count(shape, softmax):
     import qlab
@@ -156,3 +156,41 @@ def test_the_kernel_names_bad_arguments():
         op(q, k, v, sq, zq, sk, zk, sv, zv, torch.full((13,), 0.5), 1.0, 0, torch.float32, "int", "float")
     with pytest.raises(ValueError, match="v must have shape"):
         op(q, k, v[..., :5, :], sq, zq, sk, zk, sv, zv, None, 1.0, 0, torch.float32, "float", "float")
+
+
+@_native
+@settings(max_examples=40, deadline=None)
+@given(
+    T=st.integers(1, 40), S=st.integers(1, 70), D=st.integers(1, 20), Dv=st.integers(1, 20),
+    zq=st.sampled_from([0, 1, 128, 255]), zk=st.sampled_from([-128, -1, 0, 127]), zv=st.sampled_from([-128, 0, 127]),
+    scale=st.sampled_from([1e-4, 0.01, 0.05, 0.3]), softmax=st.sampled_from(["float", "int"]),
+    bias_kind=st.sampled_from(["none", "mask", "float", "nan-inf"]), seed=st.integers(0, 2**16),
+)
+def test_property_kernel_equals_reference(T, S, D, Dv, zq, zk, zv, scale, softmax, bias_kind, seed):
+    """Odd sizes, extreme zero points, tiny and large logit scales, float biases, NaN and -inf keys: the C++ op
+    equals the definition on every path, at 1 and 2 threads."""
+    import qlab
+    import qlab.kernels as qk
+
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 256, (2, T, D), dtype=torch.uint8, generator=g)
+    k = torch.randint(-128, 128, (2, S, D), dtype=torch.int8, generator=g)
+    v = torch.randint(-128, 128, (2, S, Dv), dtype=torch.int8, generator=g)
+    bias = None
+    if bias_kind != "none":
+        drop = torch.rand(2, 1, S, generator=g) < 0.3
+        base = torch.zeros(2, 1, S) if bias_kind == "mask" or softmax == "int" else torch.randn(2, T, S, generator=g)
+        if bias_kind == "nan-inf":
+            nan = float("nan") if softmax == "float" else float("-inf")  # the integer softmax refuses NaN
+            bias = torch.where(drop, torch.where(torch.rand(2, 1, S, generator=g) < 0.5, nan, float("-inf")), base)
+        else:
+            bias = torch.where(drop, torch.tensor(MASK_VALUE), base)
+    args = (q, k, v, scale, zq, 0.6 / scale if softmax == "int" and scale > 0.3 else scale * 0.5, zk, 0.02, zv,
+            bias, 0.05, 3, torch.uint8, softmax, "float")
+    if softmax == "int" and args[3] * args[5] >= 0.69:
+        return
+    want = A.int8_attention(*args)
+    for isa in qk.available_isas():
+        for threads in (1, 2):
+            with qlab.scoped(threads=threads), qk.use_isa(isa):
+                assert torch.equal(torch.ops.qlab.int8_attention(*args), want), (isa, threads)

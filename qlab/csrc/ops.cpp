@@ -492,7 +492,14 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
 
 // The fused attention (issue 15): q·kᵀ -> (+ bias, mask) -> softmax -> uint8 P -> P·v, a block of query rows at a
 // time: the float scores never leave a (rows x S) scratch buffer. The definition: qlab/kernels/attention_reference.py.
-constexpr int64_t kAttnRows = 32;
+// Rows per block: as many as keep the block's float scores within kAttnBlockBytes (so each block packs k and v
+// once and reuses them for all its rows), at least 32, a multiple of 32.
+constexpr int64_t kAttnBlockBytes = 256 * 1024;
+
+int64_t attention_rows(int64_t T, int64_t S) {
+  const int64_t fit = kAttnBlockBytes / (4 * std::max<int64_t>(S, 1));
+  return std::min(T, std::max<int64_t>(32, fit / 32 * 32));
+}
 
 using GemmFn = void (*)(const Task&, const Epilogue&);
 
@@ -591,6 +598,11 @@ at::Tensor int8_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at
   const size_t elem = out.element_size();
   uint8_t* od = static_cast<uint8_t*>(out.data_ptr());
   const GemmFn gemm = active_gemm();
+  const Isa isa = active_isa();
+  void (*row_softmax)(const float*, int64_t, float*, uint8_t*) =
+      (isa == Isa::Avx512Vnni || isa == Isa::Amx) ? softmax_row_u8_avx512
+                                                  : (isa == Isa::Avx2 ? softmax_row_u8_avx2 : softmax_row_u8_scalar);
+  const int64_t kAttnRows = std::max<int64_t>(attention_rows(T, S), 1);
   const int64_t blocks = (T + kAttnRows - 1) / kAttnRows;
   at::parallel_for(0, batch * blocks, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> logits(static_cast<size_t>(kAttnRows * S) + 1);
@@ -619,14 +631,14 @@ at::Tensor int8_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at
           for (int64_t j = 0; j < S; ++j) {
             const float bv = brow[j * bx.stride(-1)];
             keep[j] = !(bv <= -FLT_MAX || std::isnan(bv));
-            if (!int_sm) logits[i * S + j] = logits[i * S + j] + (keep[j] ? bv : 0.0f);
+            if (!int_sm) logits[i * S + j] = keep[j] ? logits[i * S + j] + bv : -INFINITY;
           }
           kp = keep.data();
         }
         if (int_sm) {
           isoftmax_row_u8(acc.data() + i * S, kp, S, ic, ei.data(), p.data() + i * S);
         } else {
-          softmax_row_u8(logits.data() + i * S, kp, S, ef.data(), p.data() + i * S);
+          row_softmax(logits.data() + i * S, S, ef.data(), p.data() + i * S);
         }
       }
       Task c;

@@ -107,10 +107,13 @@ void quantize_avx2(const float* x, int64_t n, const QuantizeArgs& q, void* out);
 void quantize_avx512(const float* x, int64_t n, const QuantizeArgs& q, void* out);
 
 // The fused attention's softmax, one row -> uint8 codes of scale 1/255 (softmax.cpp; the definition is
-// qlab/kernels/attention_reference.py). keep: 1 = attend, 0 = masked (nullptr: all kept); e: S floats / int64s of
-// scratch. The float variant is ISA-independent by construction; the integer one is I-BERT's (qlab/intonly.py).
+// qlab/kernels/attention_reference.py). Float variant: masked logits are -inf (exp gives exactly 0; a row with
+// nothing kept gives all zeros); the three loops give the same bits. Integer variant (I-BERT's, qlab/intonly.py):
+// keep: 1 = attend, 0 = masked (nullptr: all kept). e: S floats / int64s of scratch.
 float exp_f32(float x);
-void softmax_row_u8(const float* logits, const uint8_t* keep, int64_t S, float* e, uint8_t* out);
+void softmax_row_u8_scalar(const float* logits, int64_t S, float* e, uint8_t* out);
+void softmax_row_u8_avx2(const float* logits, int64_t S, float* e, uint8_t* out);
+void softmax_row_u8_avx512(const float* logits, int64_t S, float* e, uint8_t* out);
 struct ISoftmax {
   int64_t q_ln2, qb, qc;  // floor(ln2 / s), floor(b / s), floor(c / (a s^2)) for the logits' scale s
 };

@@ -4,12 +4,17 @@
 // computes the same numbers. The float variant is written so that no instruction set, vector width or thread
 // count can change a bit: exp is a fixed sequence of float32 multiplies and adds (the build forbids FMA
 // contraction, -ffp-contract=off), and the row sum runs in 16 lanes folded 8-4-2-1, whatever the machine.
-// Scalar code for now: a vector version must keep exactly this order (issue 15).
+// Three loops compute it: portable, AVX2 (two 8-lane registers hold the 16 lanes) and AVX-512 (one register);
+// each lane sees the same operations in the same order, so all three give the same bits.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
 #include "qlab_kernels.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 namespace qlab {
 
@@ -51,30 +56,151 @@ float exp_f32(float x) {
   return p * pow2(static_cast<int>(n));
 }
 
-void softmax_row_u8(const float* logits, const uint8_t* keep, int64_t S, float* e, uint8_t* out) {
-  float m = -INFINITY;
-  for (int64_t j = 0; j < S; ++j) {
-    if ((!keep || keep[j]) && logits[j] > m) m = logits[j];
-  }
-  if (!std::isfinite(m)) m = 0.0f;
-  float lanes[16] = {0.0f};
-  for (int64_t j = 0; j < S; ++j) {
-    const bool k = !keep || keep[j];
-    e[j] = k ? exp_f32(logits[j] - m) : 0.0f;
-    lanes[j % 16] = lanes[j % 16] + e[j];
-  }
+namespace {
+// the 16 lane sums folded 8-4-2-1, then the row's reciprocal (0 for an all-masked row)
+inline float fold_inverse(float* lanes) {
   for (int width = 8; width >= 1; width /= 2) {
     for (int i = 0; i < width; ++i) lanes[i] = lanes[i] + lanes[i + width];
   }
-  const float total = lanes[0];
-  const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+  return lanes[0] > 0.0f ? 1.0f / lanes[0] : 0.0f;
+}
+
+inline uint8_t code_of(float e, float inv) {
+  float r = std::nearbyint((e * inv) * 255.0f);
+  r = r < 0.0f ? 0.0f : (r > 255.0f ? 255.0f : r);
+  return static_cast<uint8_t>(r);
+}
+}  // namespace
+
+void softmax_row_u8_scalar(const float* logits, int64_t S, float* e, uint8_t* out) {
+  float m = -INFINITY;
+  for (int64_t j = 0; j < S; ++j) m = logits[j] > m ? logits[j] : m;
+  if (!std::isfinite(m)) m = 0.0f;
+  float lanes[16] = {0.0f};
   for (int64_t j = 0; j < S; ++j) {
-    const float pj = e[j] * inv;
-    float r = std::nearbyint(pj * 255.0f);
-    r = r < 0.0f ? 0.0f : (r > 255.0f ? 255.0f : r);
-    out[j] = static_cast<uint8_t>(r);
+    e[j] = exp_f32(logits[j] - m);
+    lanes[j % 16] = lanes[j % 16] + e[j];
+  }
+  const float inv = fold_inverse(lanes);
+  for (int64_t j = 0; j < S; ++j) out[j] = code_of(e[j], inv);
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+
+namespace {
+// exp_f32 on 8 / 16 lanes: the same float32 operations, lane by lane
+__attribute__((target("avx2"))) inline __m256 exp8(__m256 x) {
+  const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(kExpFlush), _CMP_GE_OQ);
+  x = _mm256_and_ps(x, keep);  // flushed lanes compute exp(0), then become 0
+  const __m256 n =
+      _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 r = _mm256_sub_ps(_mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(kLn2Hi))),
+                                 _mm256_mul_ps(n, _mm256_set1_ps(kLn2Lo)));
+  __m256 p = _mm256_set1_ps(kPoly[0]);
+  for (int i = 1; i < 7; ++i) p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(kPoly[i]));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(bits)), keep);
+}
+
+__attribute__((target("avx512f"))) inline __m512 exp16(__m512 x) {
+  const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExpFlush), _CMP_GE_OQ);
+  x = _mm512_maskz_mov_ps(keep, x);
+  const __m512 n =
+      _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_sub_ps(_mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(kLn2Hi))),
+                                 _mm512_mul_ps(n, _mm512_set1_ps(kLn2Lo)));
+  __m512 p = _mm512_set1_ps(kPoly[0]);
+  for (int i = 1; i < 7; ++i) p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(kPoly[i]));
+  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_maskz_mul_ps(keep, p, _mm512_castsi512_ps(bits));
+}
+}  // namespace
+
+__attribute__((target("avx2"))) void softmax_row_u8_avx2(const float* logits, int64_t S, float* e, uint8_t* out) {
+  float m = -INFINITY;
+  for (int64_t j = 0; j < S; ++j) m = logits[j] > m ? logits[j] : m;  // exact in any order
+  if (!std::isfinite(m)) m = 0.0f;
+  const __m256 vm = _mm256_set1_ps(m);
+  __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();  // lanes 0-7 and 8-15
+  float tail[16];
+  for (int64_t j = 0; j < S; j += 16) {
+    const bool full = S - j >= 16;
+    const float* x = logits + j;
+    if (!full) {  // -inf past the row: exp gives 0, adding +0 to a lane sum (>= +0) changes no bit
+      for (int i = 0; i < 16; ++i) tail[i] = j + i < S ? x[i] : -INFINITY;
+      x = tail;
+    }
+    const __m256 e0 = exp8(_mm256_sub_ps(_mm256_loadu_ps(x), vm));
+    const __m256 e1 = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + 8), vm));
+    lo = _mm256_add_ps(lo, e0);
+    hi = _mm256_add_ps(hi, e1);
+    if (full) {
+      _mm256_storeu_ps(e + j, e0);
+      _mm256_storeu_ps(e + j + 8, e1);
+    } else {
+      float t[16];
+      _mm256_storeu_ps(t, e0);
+      _mm256_storeu_ps(t + 8, e1);
+      for (int64_t i = 0; j + i < S; ++i) e[j + i] = t[i];
+    }
+  }
+  float lanes[16];
+  _mm256_storeu_ps(lanes, lo);
+  _mm256_storeu_ps(lanes + 8, hi);
+  const float inv_row = fold_inverse(lanes);
+  const __m256 inv = _mm256_set1_ps(inv_row), c255 = _mm256_set1_ps(255.0f);
+  int64_t j = 0;
+  for (; j + 8 <= S; j += 8) {
+    __m256 r = _mm256_round_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(e + j), inv), c255),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm256_min_ps(_mm256_max_ps(r, _mm256_setzero_ps()), c255);
+    const __m256i v = _mm256_cvtps_epi32(r);
+    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(out + j), _mm_packus_epi16(w, w));
+  }
+  for (; j < S; ++j) out[j] = code_of(e[j], inv_row);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void softmax_row_u8_avx512(const float* logits, int64_t S,
+                                                                                float* e, uint8_t* out) {
+  __m512 vmax = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < S; j += 16) {
+    const __mmask16 mk = S - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (S - j)) - 1);
+    vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mk, logits + j));
+  }
+  float m = _mm512_reduce_max_ps(vmax);
+  if (!std::isfinite(m)) m = 0.0f;
+  const __m512 vm = _mm512_set1_ps(m);
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t j = 0; j < S; j += 16) {
+    const __mmask16 mk = S - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (S - j)) - 1);
+    const __m512 x = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mk, logits + j);
+    const __m512 ej = exp16(_mm512_sub_ps(x, vm));  // 0 past the row
+    acc = _mm512_add_ps(acc, ej);
+    _mm512_mask_storeu_ps(e + j, mk, ej);
+  }
+  float lanes[16];
+  _mm512_storeu_ps(lanes, acc);
+  const __m512 inv = _mm512_set1_ps(fold_inverse(lanes)), c255 = _mm512_set1_ps(255.0f);
+  for (int64_t j = 0; j < S; j += 16) {
+    const __mmask16 mk = S - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (S - j)) - 1);
+    __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, e + j), inv), c255),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm512_min_ps(_mm512_max_ps(r, _mm512_setzero_ps()), c255);
+    _mm_mask_storeu_epi8(out + j, mk, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(r)));
   }
 }
+
+#else
+
+void softmax_row_u8_avx2(const float* logits, int64_t S, float* e, uint8_t* out) {
+  softmax_row_u8_scalar(logits, S, e, out);
+}
+void softmax_row_u8_avx512(const float* logits, int64_t S, float* e, uint8_t* out) {
+  softmax_row_u8_scalar(logits, S, e, out);
+}
+
+#endif
 
 void isoftmax_row_u8(const int32_t* acc, const uint8_t* keep, int64_t S, const ISoftmax& c, int64_t* e, uint8_t* out) {
   int64_t m = 0;
