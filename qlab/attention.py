@@ -40,6 +40,7 @@ from torch import nn
 from torch.ao.nn.quantized import FloatFunctional
 from torch.ao.quantization import DeQuantStub, QuantStub
 
+from ._checks import check_choice
 from .primitives import PerChannel, choose_qparams, quantize
 
 __all__ = [
@@ -53,10 +54,12 @@ __all__ = [
     "Int8Attention",
     "quantize_weight",
     "PROB_SCALE",
+    "SOFTMAXES",
 ]
 
 #: Scale of the quantized attention probabilities: uint8 codes 0..255 cover [0, 1], 0 and 1 exact.
 PROB_SCALE = 1.0 / 255.0
+SOFTMAXES = ("torch", "float", "int")  # Int8Attention's softmax: unfused torch.softmax, or fused int8_attention
 
 
 def _check_plain(name: str, attn) -> None:
@@ -338,11 +341,18 @@ class Int8Attention(nn.Module):
     With ``qk_norm`` q and k leave their linears in float32, pass the norms (and ``q`` the
     scale) and are quantized after; with ``scale_norm`` ctx leaves the second matmul in
     float32 for the norm. Build it with :meth:`from_observed` after calibration.
+
+    ``softmax`` chooses the middle three lines (notebook 12): ``"torch"`` runs them as written (two
+    ``int8_bmm`` calls around ``torch.softmax``, the float scores in memory); ``"float"`` and ``"int"`` run them
+    as one ``int8_attention`` call (the fixed-order float softmax, or I-BERT's integer one), a block of rows at a
+    time (a training-mode ``attn_drop`` with ``p > 0`` falls back to ``"torch"``).
     """
 
-    def __init__(self, attn, qparams: dict[str, tuple[float, int]], requant: str = "float"):
+    def __init__(self, attn, qparams: dict[str, tuple[float, int]], requant: str = "float", softmax: str = "torch"):
         super().__init__()
         _check_plain("attn", attn)
+        check_choice("softmax", softmax, SOFTMAXES)
+        self.softmax = softmax
         H, D = attn.num_heads, attn.head_dim
         C = H * D
         self.num_heads, self.head_dim, self.attn_dim = H, D, C
@@ -372,8 +382,8 @@ class Int8Attention(nn.Module):
         self.attn_drop, self.norm, self.proj_drop = attn.attn_drop, attn.norm, attn.proj_drop
 
     @classmethod
-    def from_observed(cls, obs: ObservedAttention, requant: str = "float") -> "Int8Attention":
-        return cls(obs.attn, {name: _qparams(o) for name, o in obs.ranges.items()}, requant)
+    def from_observed(cls, obs: ObservedAttention, requant: str = "float", softmax: str = "torch") -> "Int8Attention":
+        return cls(obs.attn, {name: _qparams(o) for name, o in obs.ranges.items()}, requant, softmax)
 
     def _linear(self, x, name, sx, zx, out_dtype=torch.float32, out=(1.0, 0)):
         return _ops().int8_linear(
@@ -408,6 +418,16 @@ class Int8Attention(nn.Module):
             q = _split_heads(self._linear(xq, "q", sx, zx, torch.uint8, (sq, zq)), B, N, H, D)
             k = _split_heads(self._linear(xq, "k", sx, zx, torch.int8, (sk, zk)), B, N, H, D)
         v = _split_heads(self._linear(xq, "v", sx, zx, torch.int8, (sv, zv)), B, N, H, D)
+        dropout = self.training and getattr(self.attn_drop, "p", 0.0) > 0
+        if self.softmax != "torch" and not dropout:  # one fused op: q·kᵀ, softmax, P·v
+            out_dtype, (so, zo) = (torch.float32, (1.0, 0)) if self.scale_norm else (torch.uint8, (sc, zc))
+            ctx = ops.int8_attention(q, k, v, sq, zq, sk, zk, sv, zv, None, so, zo, out_dtype, self.softmax,
+                                     self.requant)
+            ctx = ctx.transpose(1, 2).reshape(B, N, C)
+            if self.scale_norm:
+                ctx = _ops().quantize_per_tensor(self.norm(ctx), sc, zc, torch.uint8)
+            return self.proj_drop(ops.int8_linear(ctx, self.w_proj, self.ws_proj, self.b_proj, sc, zc, 1.0, 0,
+                                                  torch.float32, False, self.requant))
         logits = ops.int8_bmm(q, k, sq, zq, sk, zk, 1.0, 0, torch.float32, True, self.requant)  # [B, H, N, N]
         p = self.attn_drop(logits.softmax(dim=-1))
         p = _ops().quantize_per_tensor(p, PROB_SCALE, 0, torch.uint8)
@@ -425,4 +445,5 @@ class Int8Attention(nn.Module):
 
     def extra_repr(self):
         norms = ", qk_norm" * self.qk_norm + ", scale_norm" * self.scale_norm
-        return f"heads={self.num_heads}, head_dim={self.head_dim}{norms}, int8: q/k/v/proj linears, q·kᵀ, P·v"
+        return (f"heads={self.num_heads}, head_dim={self.head_dim}{norms}, int8: q/k/v/proj linears, q·kᵀ, P·v, "
+                f"softmax={self.softmax!r}")

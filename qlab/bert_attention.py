@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ._checks import check_choice, check_tensor
-from .attention import PROB_SCALE, Int8Linear, ObservedLinear, _observer, _ops, _qparams, quantize_weight
+from .attention import PROB_SCALE, SOFTMAXES, Int8Linear, ObservedLinear, _observer, _ops, _qparams, quantize_weight
 
 __all__ = [
     "MASK_VALUE",
@@ -145,12 +145,16 @@ class ObservedBertSelfAttention(nn.Module):
 
 class Int8BertSelfAttention(nn.Module):
     """``BertSelfAttention`` with q/k/v projections and both matmuls in int8 (module docstring). Build it with
-    :meth:`from_observed`; ``requant``: ``"float"`` (PyTorch's rounding) or ``"fixed"`` (integers only)."""
+    :meth:`from_observed`; ``requant``: ``"float"`` (PyTorch's rounding) or ``"fixed"`` (integers only);
+    ``softmax``: ``"torch"`` (two ``int8_bmm`` calls around ``torch.softmax``) or one fused ``int8_attention``
+    call with the additive mask (``"float"``: the fixed-order float softmax; ``"int"``: I-BERT's integer one)."""
 
-    def __init__(self, attn, qparams: dict[str, tuple[float, int]], requant: str = "float"):
+    def __init__(self, attn, qparams: dict[str, tuple[float, int]], requant: str = "float", softmax: str = "torch"):
         super().__init__()
         _check_self_attention("attn", attn)
         check_choice("requant", requant, ["float", "fixed"])
+        check_choice("softmax", softmax, SOFTMAXES)
+        self.softmax = softmax
         self.num_heads, self.head_dim = attn.num_attention_heads, attn.attention_head_size
         self.scaling, self.requant, self.qp = attn.scaling, requant, dict(qparams)
         for name, lin in (("q", attn.query), ("k", attn.key), ("v", attn.value)):
@@ -165,8 +169,9 @@ class Int8BertSelfAttention(nn.Module):
             self.register_buffer(f"b_{name}", None if b is None else b.clone())
 
     @classmethod
-    def from_observed(cls, obs: ObservedBertSelfAttention, requant: str = "float") -> "Int8BertSelfAttention":
-        return cls(obs.attn, {k: _qparams(o) for k, o in obs.ranges.items()}, requant)
+    def from_observed(cls, obs: ObservedBertSelfAttention, requant: str = "float",
+                      softmax: str = "torch") -> "Int8BertSelfAttention":
+        return cls(obs.attn, {k: _qparams(o) for k, o in obs.ranges.items()}, requant, softmax)
 
     def _linear(self, xq, name, out_dtype):
         sx, zx = self.qp["x"]
@@ -185,8 +190,12 @@ class Int8BertSelfAttention(nn.Module):
         q = _heads(self._linear(xq, "q", torch.uint8), B, T, H, D)
         k = _heads(self._linear(xq, "k", torch.int8), B, T, H, D)
         v = _heads(self._linear(xq, "v", torch.int8), B, T, H, D)
-        logits = ops.int8_bmm(q, k, sq, zq, sk, zk, 1.0, 0, torch.float32, True, self.requant)  # [B, H, T, T]
         bias = additive_mask(attention_mask, B, T)
+        if self.softmax != "torch":  # q·kᵀ, mask, softmax and P·v in one call, a block of rows at a time
+            ctx = ops.int8_attention(q, k, v, sq, zq, sk, zk, sv, zv, bias, 1.0, 0, torch.float32, self.softmax,
+                                     self.requant)
+            return ctx.transpose(1, 2).reshape(B, T, H * D), None
+        logits = ops.int8_bmm(q, k, sq, zq, sk, zk, 1.0, 0, torch.float32, True, self.requant)  # [B, H, T, T]
         if bias is not None:
             logits = logits + bias
         p = ops.quantize_per_tensor(logits.softmax(dim=-1), PROB_SCALE, 0, torch.uint8)
@@ -194,7 +203,8 @@ class Int8BertSelfAttention(nn.Module):
         return ctx.transpose(1, 2).reshape(B, T, H * D), None
 
     def extra_repr(self):
-        return f"heads={self.num_heads}, head_dim={self.head_dim}, int8: q/k/v linears, q·kᵀ, P·v; mask: additive"
+        return (f"heads={self.num_heads}, head_dim={self.head_dim}, int8: q/k/v linears, q·kᵀ, P·v; mask: additive; "
+                f"softmax={self.softmax!r}")
 
 
 def _bert(model):
@@ -206,13 +216,16 @@ def _bert(model):
 
 
 @torch.no_grad()
-def quantize_bert(model: nn.Module, calibration: list[dict], requant: str = "float") -> nn.Module:
+def quantize_bert(model: nn.Module, calibration: list[dict], requant: str = "float",
+                  softmax: str = "torch") -> nn.Module:
     """A copy of ``model`` (a :class:`qlab.transformer.Embedder`) with every encoder ``BertSelfAttention``
     replaced by :class:`Int8BertSelfAttention` and every other encoder ``nn.Linear`` by
     :class:`~qlab.attention.Int8Linear`: the whole encoder's matmuls on qlab's int8 kernels. Embeddings,
     LayerNorm, GELU and softmax stay float32. Ranges: min/max over the ``calibration`` batches (dicts from
-    :func:`qlab.transformer.tokenize`). ``TypeError`` names a module it cannot convert; ``model`` is unchanged."""
+    :func:`qlab.transformer.tokenize`). ``softmax``: see :class:`Int8BertSelfAttention`. ``TypeError`` names a
+    module it cannot convert; ``model`` is unchanged."""
     check_choice("requant", requant, ["float", "fixed"])
+    check_choice("softmax", softmax, SOFTMAXES)
     bert = _bert(model)
     if not isinstance(calibration, (list, tuple)) or not calibration or not all(
         isinstance(b, dict) and {"input_ids", "attention_mask"} <= set(b) for b in calibration
@@ -236,7 +249,7 @@ def quantize_bert(model: nn.Module, calibration: list[dict], requant: str = "flo
     for batch in calibration:
         m(batch["input_ids"], batch["attention_mask"])
     for n in attn_names:
-        b.set_submodule(n, Int8BertSelfAttention.from_observed(b.get_submodule(n), requant))
+        b.set_submodule(n, Int8BertSelfAttention.from_observed(b.get_submodule(n), requant, softmax))
     for n in lin_names:
         b.set_submodule(n, Int8Linear.from_observed(b.get_submodule(n), requant))
     return m

@@ -36,6 +36,7 @@ from torch import nn
 
 from ._checks import check_choice
 from .attention import (
+    SOFTMAXES,
     Attention,
     DequantAttention,
     FunctionalAttention,
@@ -180,15 +181,20 @@ def _check_batches(calibration_batches) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def quantize_vit(model: nn.Module, calibration_batches: Iterable[torch.Tensor], requant: str = "float") -> nn.Module:
+def quantize_vit(model: nn.Module, calibration_batches: Iterable[torch.Tensor], requant: str = "float",
+                 softmax: str = "float") -> nn.Module:
     """A copy of ``model`` with every timm ``Attention`` replaced by :class:`~qlab.attention.Int8Attention`
     and every other ``nn.Linear`` by :class:`~qlab.attention.Int8Linear` (qlab.kernels, int8).
 
     Calibration: the float model runs ``calibration_batches`` while observers record the
     min/max of each quantized activation. ``requant``: ``"float"`` (PyTorch's rounding) or
-    ``"fixed"`` (integer-only). Raises ``TypeError`` naming any attention module it cannot convert.
+    ``"fixed"`` (integer-only). ``softmax``: ``"float"`` (default) or ``"int"`` runs each attention's q·kᵀ,
+    softmax and P·v as one fused ``int8_attention`` call (notebook 12); ``"torch"`` as two ``int8_bmm`` calls around
+    ``torch.softmax`` (notebook 08's fix 4 as first built). Raises ``TypeError`` naming any attention module it
+    cannot convert.
     """
     check_choice("requant", requant, ["float", "fixed"])
+    check_choice("softmax", softmax, SOFTMAXES)
     batches = _check_batches(calibration_batches)
     m = copy.deepcopy(model).eval()
     attn_names = attention_module_names(m)
@@ -200,7 +206,7 @@ def quantize_vit(model: nn.Module, calibration_batches: Iterable[torch.Tensor], 
     for xb in batches:
         m(xb)
     for n in attn_names:
-        m.set_submodule(n, Int8Attention.from_observed(m.get_submodule(n), requant))
+        m.set_submodule(n, Int8Attention.from_observed(m.get_submodule(n), requant, softmax))
     for n in lin_names:
         m.set_submodule(n, Int8Linear.from_observed(m.get_submodule(n), requant))
     return m

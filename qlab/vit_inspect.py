@@ -29,7 +29,9 @@ _SOFTMAX = ("aten.softmax.int", "aten._softmax.default")
 def capture_attention(model, x: torch.Tensor) -> list[torch.Tensor]:
     """The attention probabilities of every layer for input ``x``: a list (one per block) of float
     ``[B, heads, tokens, tokens]`` tensors. Eager models: hooks on each attention module's
-    ``attn_drop`` (which receives the softmax output; quantized outputs are dequantized).
+    ``attn_drop`` (which receives the softmax output; quantized outputs are dequantized). A fused
+    ``Int8Attention`` (``softmax="float"``/``"int"``) never writes its probabilities: it runs unfused for the
+    capture, and the maps are ``torch.softmax``'s (its own codes are within 1 or 2 codes of 1/255 of them).
     ``GraphModule`` s: the outputs of the softmax nodes, in graph order."""
     if isinstance(model, torch.fx.GraphModule):
         seen: list[torch.Tensor] = []
@@ -48,6 +50,7 @@ def capture_attention(model, x: torch.Tensor) -> list[torch.Tensor]:
         m for m in model.modules() if isinstance(m, (Attention, DequantAttention, FunctionalAttention, Int8Attention))
     ]
     fused = [(m, m.fused_attn) for m in owners if isinstance(m, Attention)]
+    fused_int8 = [(m, m.softmax) for m in owners if isinstance(m, Int8Attention)]
     hooks = [
         m.attn_drop.register_forward_hook(
             lambda mod, inp, out: seen.append((out.dequantize() if out.is_quantized else out).detach().float())
@@ -57,24 +60,30 @@ def capture_attention(model, x: torch.Tensor) -> list[torch.Tensor]:
     try:
         for m, _ in fused:
             m.fused_attn = False
+        for m, _ in fused_int8:
+            m.softmax = "torch"
         model(x)
     finally:
         for h in hooks:
             h.remove()
         for m, f in fused:
             m.fused_attn = f
+        for m, f in fused_int8:
+            m.softmax = f
     return seen
 
 
 def check_int8_calls(model, x: torch.Tensor) -> dict:
     """Run ``model(x)`` and recompute every ``qlab::int8_bmm`` / ``qlab::int8_linear`` call with
-    ``qlab.kernels.reference`` on the same arguments. Returns the number of calls per op and
-    ``all_equal`` (every output ``torch.equal`` to the reference)."""
+    ``qlab.kernels.reference`` (and every fused ``qlab::int8_attention`` call with
+    ``qlab.kernels.attention_reference``) on the same arguments. Returns the number of calls per op
+    (``int8_attention`` only when it ran) and ``all_equal`` (every output ``torch.equal`` to the reference)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from .kernels import reference
+    from .kernels import attention_reference, reference
 
-    refs = {"int8_bmm": reference.int8_bmm, "int8_linear": reference.int8_linear}
+    refs = {"int8_bmm": reference.int8_bmm, "int8_linear": reference.int8_linear,
+            "int8_attention": attention_reference.int8_attention}
     stats = {"int8_bmm": 0, "int8_linear": 0, "all_equal": True}
 
     class _Check(TorchDispatchMode):
@@ -84,13 +93,13 @@ def check_int8_calls(model, x: torch.Tensor) -> dict:
             if name.startswith("qlab::"):
                 op = name.split("::")[1]
                 if op in refs:
-                    stats[op] += 1
+                    stats[op] = stats.get(op, 0) + 1
                     stats["all_equal"] &= bool(torch.equal(out, refs[op](*args, **(kwargs or {}))))
             return out
 
     with torch.no_grad(), _Check():
         model(x)
-    return stats
+    return {k: stats[k] for k in ("int8_bmm", "int8_attention", "int8_linear", "all_equal") if k in stats}
 
 
 @contextlib.contextmanager

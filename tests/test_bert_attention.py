@@ -92,6 +92,27 @@ def test_int8_bert_is_close_and_every_call_is_the_integer_reference(int8_model):
     assert kernels.backend() in ("native", "reference")
 
 
+@pytest.mark.parametrize("softmax", ["float", "int"])
+def test_the_fused_attention_takes_the_mask(softmax):
+    """softmax="float"/"int": one int8_attention call per layer, the additive mask inside; each call equals its
+    definition, the embeddings stay close to fp32, and a padded sentence equals it alone (fused: exactly)."""
+    model = tiny_bert(outlier=3.0)
+    q = ba.quantize_bert(model, [batch(s, 6, 11) for s in range(3)], softmax=softmax)
+    b = batch(3, 4, 9)  # row 3 has 2 real tokens
+    calls = vit_inspect.check_int8_calls(lambda ids: q(ids, b["attention_mask"]), b["input_ids"])
+    layers = len(model.bert.encoder.layer)
+    assert calls == {"int8_bmm": 0, "int8_attention": layers, "int8_linear": 6 * layers, "all_equal": True}
+    with torch.no_grad():
+        cos = torch.nn.functional.cosine_similarity(q(b["input_ids"], b["attention_mask"]),
+                                                    model(b["input_ids"], b["attention_mask"]), dim=1)
+        padded = q(b["input_ids"], b["attention_mask"])[3]
+        alone = q(b["input_ids"][3:, :2], b["attention_mask"][3:, :2])[0]
+    assert cos.min() > 0.97, cos
+    assert torch.allclose(padded, alone, atol=1e-5)
+    with pytest.raises(ValueError, match="softmax must be one of"):
+        ba.quantize_bert(model, [batch()], softmax="exp")
+
+
 def test_padding_does_not_change_a_sentence(int8_model):
     """Static scales and the additive mask: a sentence's int8 embedding is the same alone and padded in a batch
     (up to the float summation order of softmax and pooling)."""

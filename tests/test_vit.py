@@ -84,7 +84,24 @@ def test_fix4_eager_is_int8_exact_and_accurate(digits_model, test_set, calib):
     fp32 = vit.compare(ref, ref, y)
     assert got["accuracy"] >= fp32["accuracy"] - 0.01 and got["cosine"] > 0.99
     calls = vit_inspect.check_int8_calls(q, x[:4])
-    assert calls == {"int8_bmm": 8, "int8_linear": 4 * 6 + 1, "all_equal": True}  # q, k, v, proj, fc1, fc2; head
+    # one fused attention per block; q, k, v, proj, fc1, fc2 per block; head
+    assert calls == {"int8_bmm": 0, "int8_attention": 4, "int8_linear": 4 * 6 + 1, "all_equal": True}
+
+
+@pytest.mark.parametrize("softmax", ["torch", "int"])
+def test_fix4_softmax_choices(digits_model, test_set, calib, softmax):
+    """``softmax="torch"``: two int8_bmm around torch.softmax (notebook 08); ``"int"``: the fused op with I-BERT's
+    integer softmax (notebook 12); both within a point of fp32 on the digits."""
+    x, y = test_set
+    q = vit.quantize_vit(digits_model, calib, softmax=softmax)
+    calls = vit_inspect.check_int8_calls(q, x[:4])
+    want = {"int8_bmm": 8} if softmax == "torch" else {"int8_bmm": 0, "int8_attention": 4}
+    assert calls == {**want, "int8_linear": 25, "all_equal": True}
+    ref = vit.predict(digits_model, x)
+    got, fp32 = vit.compare(vit.predict(q, x), ref, y), vit.compare(ref, ref, y)
+    assert got["accuracy"] >= fp32["accuracy"] - 0.01 and got["cosine"] > 0.99
+    with pytest.raises(ValueError, match="softmax must be one of"):
+        vit.quantize_vit(digits_model, calib, softmax="fused")
 
 
 @pytest.mark.parametrize("attention", ["dequant", "functional"])
@@ -165,7 +182,7 @@ def test_quantize_vit_on_other_timm_vits(name):
     cos = torch.nn.functional.cosine_similarity(got.flatten(), ref.flatten(), dim=0)
     assert cos > 0.98, (name, float(cos))
     calls = vit_inspect.check_int8_calls(q, x[:2])
-    assert calls["int8_bmm"] == 2 * depth and calls["all_equal"]
+    assert calls["int8_attention"] == depth and calls["all_equal"]
     # the maps the widget draws exist for every block
     maps = vit_inspect.capture_attention(q, x[:1])
     assert len(maps) == depth and maps[0].shape[1] == model.blocks[0].attn.num_heads
