@@ -1,0 +1,212 @@
+#!/usr/bin/env python
+"""The fused int8 attention of notebook 12, measured: the op against fp32 SDPA and qlab's unfused path, and the
+all-int8 ViT-S/16 with it against PT2E + Inductor.
+
+    .venv/bin/python benchmarks/bench_attention.py               # writes benchmarks/results/attention.json
+    .venv/bin/python benchmarks/bench_attention.py --smoke       # 3 rounds, 1 thread, no compile -> /tmp
+
+(a) One attention, ViT-B heads (12 heads of 64), batch 1, 197 and 785 tokens, at 1 and 2 threads, every candidate
+    timed in the same run by ``qlab.timing.time_interleaved`` (medians, interquartile ranges, speedups over fp32
+    SDPA paired per round):
+      fp32 SDPA            ``torch.nn.functional.scaled_dot_product_attention`` on float32 q, k, v
+      qlab unfused         ``int8_bmm`` -> float32 scores -> ``torch.softmax`` -> quantize -> ``int8_bmm`` (notebook 08)
+      qlab fused float     ``int8_attention(softmax="float")``: the fixed-order float softmax, a block of rows at a time
+      qlab fused int       ``int8_attention(softmax="int")``: I-BERT's integer softmax
+    Inputs: seeded normal q, k, v (q scaled by 64^-1/2), quantized per tensor by min/max (q uint8, k and v int8); the
+    int8 paths output float32 so their error against SDPA is measured: cosine and max abs error, and how many P codes
+    the fused softmax changes against ``torch.softmax`` quantized.
+(b) End to end: timm ``vit_small_patch16_224`` (random weights, no download), batch 1, 1 and 2 threads: fp32 eager,
+    fp32 + Inductor, PT2E int8 + Inductor (freezing), and qlab's ``quantize_vit`` in eager mode with each softmax
+    ("torch": unfused, "float" and "int": fused); cosine of the logits to fp32.
+
+It refuses to record on a busy machine (1-minute load average above 0.5; waits ``--wait`` seconds), and records the
+load before and after, the CPU, its ISA, the int8 units each library may use and the versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import qlab  # noqa: E402
+import qlab.kernels as qk  # noqa: E402
+from qlab import _env, pt2e, vit  # noqa: E402
+from qlab.attention import PROB_SCALE  # noqa: E402
+from qlab.timing import loadavg, speedups, time_interleaved, wait_for_quiet  # noqa: E402
+
+for msg in (".*torch.ao.quantization.*deprecated", "Please use quant_min and quant_max"):
+    warnings.filterwarnings("ignore", message=msg)
+
+HEADS, HEAD_DIM = 12, 64
+SDPA = "fp32 SDPA"
+
+
+def _qparams(x: torch.Tensor, signed: bool) -> tuple[float, int]:
+    if signed:
+        return float(x.abs().max()) / 127.5, 0
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    s = (hi - lo) / 255
+    return s, int(round(-lo / s))
+
+
+def attention_inputs(T: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    qf, kf, vf = (torch.randn(1, HEADS, T, HEAD_DIM, generator=g) for _ in range(3))
+    qf = qf * HEAD_DIM**-0.5
+    (sq, zq), (sk, zk), (sv, zv) = _qparams(qf, False), _qparams(kf, True), _qparams(vf, True)
+    q = qk.quantize_per_tensor(qf, sq, zq, torch.uint8)
+    k = qk.quantize_per_tensor(kf, sk, zk, torch.int8)
+    v = qk.quantize_per_tensor(vf, sv, zv, torch.int8)
+    return {"float": (qf, kf, vf), "codes": (q, k, v), "qparams": (sq, zq, sk, zk, sv, zv)}
+
+
+def attention_candidates(inp: dict) -> dict:
+    ops = torch.ops.qlab
+    qf, kf, vf = inp["float"]
+    q, k, v = inp["codes"]
+    sq, zq, sk, zk, sv, zv = inp["qparams"]
+
+    def unfused():
+        logits = ops.int8_bmm(q, k, sq, zq, sk, zk, 1.0, 0, torch.float32, True, "float")
+        p = ops.quantize_per_tensor(logits.softmax(dim=-1), PROB_SCALE, 0, torch.uint8)
+        return ops.int8_bmm(p, v, PROB_SCALE, 0, sv, zv, 1.0, 0, torch.float32, False, "float")
+
+    def fused(softmax):
+        return lambda: ops.int8_attention(q, k, v, sq, zq, sk, zk, sv, zv, None, 1.0, 0, torch.float32, softmax,
+                                          "float")
+
+    return {SDPA: lambda: F.scaled_dot_product_attention(qf, kf, vf, scale=1.0), "qlab unfused": unfused,
+            "qlab fused float": fused("float"), "qlab fused int": fused("int")}
+
+
+def attention_errors(inp: dict, fns: dict) -> dict:
+    from qlab.kernels import attention_reference as A
+    from qlab.kernels import reference as R
+
+    with torch.no_grad():
+        ref = fns[SDPA]()
+        out = {}
+        for name, f in fns.items():
+            y = f()
+            out[name] = {"cosine_to_sdpa": round(float(F.cosine_similarity(y.flatten(), ref.flatten(), dim=0)), 6),
+                         "max_abs_err": round(float((y - ref).abs().max()), 5)}
+        q, k, _ = inp["codes"]
+        sq, zq, sk, zk, _, _ = inp["qparams"]
+        logits = R.int8_bmm(q, k, sq, zq, sk, zk, 1.0, 0, torch.float32, True, "float")
+        torch_p = qk.quantize_per_tensor(logits.softmax(dim=-1), PROB_SCALE, 0, torch.uint8).int()
+        fixed_p = A.softmax_u8(logits).int()
+        acc = R.int8_bmm(q, k, sq, zq, sk, zk, 1.0, 0, torch.int32, True, "float")
+        from qlab import intonly
+
+        int_p = intonly.i_softmax(acc, sq * sk).int()
+    return {
+        "outputs": out,
+        "p_codes": {
+            "float_vs_torch_max_diff": int((fixed_p - torch_p).abs().max()),
+            "float_vs_torch_changed_fraction": round(float((fixed_p != torch_p).float().mean()), 6),
+            "int_vs_float_max_diff": int((int_p - fixed_p).abs().max()),
+            "int_vs_float_changed_fraction": round(float((int_p != fixed_p).float().mean()), 6),
+        },
+    }
+
+
+def attention_section(tokens: list[int], rounds: int) -> dict:
+    out = {}
+    for T in tokens:
+        inp = attention_inputs(T)
+        fns = attention_candidates(inp)
+        timed = time_interleaved(fns, rounds=rounds)
+        sp = speedups(timed, SDPA)
+        out[str(T)] = {
+            "shape": f"[1, {HEADS}, {T}, {HEAD_DIM}]",
+            "load": list(timed.load),
+            "candidates": {n: t.as_dict() | {"speedup_vs_sdpa": round(sp[n], 4)} for n, t in timed.items()},
+        } | attention_errors(inp, fns)
+        print(f"T={T}: " + ", ".join(f"{n} {t.median:.3f} ms (x{sp[n]:.2f})" for n, t in timed.items()), flush=True)
+    return out
+
+
+def vit_section(rounds: int, compile_variants: bool) -> dict:
+    import timm
+
+    torch._dynamo.reset()  # Inductor's C++ bakes the thread count in: a fresh compile per thread count
+    with qlab.scoped(seed=0):
+        fp32 = timm.create_model("vit_small_patch16_224", pretrained=False).eval()
+    g = torch.Generator().manual_seed(0)
+    cal = [torch.randn(1, 3, 224, 224, generator=g) for _ in range(4)]
+    x = torch.randn(1, 3, 224, 224, generator=g)
+    explicit = vit.set_fused_attn(timm.create_model("vit_small_patch16_224", pretrained=False).eval(), False)
+    explicit.load_state_dict(fp32.state_dict())
+    variants = {"fp32 eager": fp32}
+    if compile_variants:
+        variants["fp32 + Inductor (freezing)"] = pt2e.lower(explicit, x, freezing=True)
+        variants["PT2E int8 + Inductor (freezing)"] = pt2e.lower(vit.pt2e_quantize(explicit, cal), x, freezing=True)
+    for softmax in ("torch", "float", "int"):
+        variants[f"qlab quantize_vit eager, softmax={softmax}"] = vit.quantize_vit(explicit, cal, softmax=softmax)
+    with torch.no_grad(), qlab.scoped(inductor={"freezing": True}):
+        ref = fp32(x)
+        cos = {n: round(float(F.cosine_similarity(m(x).flatten(), ref.flatten(), dim=0)), 6)
+               for n, m in variants.items()}
+        timed = time_interleaved({n: (lambda m=m: m(x)) for n, m in variants.items()}, rounds=rounds, number=1)
+    sp = speedups(timed, "fp32 eager")
+    for n, t in timed.items():
+        print(f"  {n:42s} {t.median:8.2f} ms  x{sp[n]:.2f}  cosine {cos[n]:.4f}", flush=True)
+    return {
+        "model": "vit_small_patch16_224 (random weights)", "batch": 1, "threads": torch.get_num_threads(),
+        "rounds": rounds, "load": list(timed.load),
+        "variants": {n: t.as_dict() | {"speedup_vs_fp32": round(sp[n], 4), "cosine_to_fp32": cos[n]}
+                     for n, t in timed.items()},
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=21, help="interleaved rounds (at least 15 unless --smoke)")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--tokens", type=int, nargs="+", default=[197, 785])
+    ap.add_argument("--smoke", action="store_true", help="3 rounds, 1 thread, 197 tokens, no compile, to /tmp")
+    ap.add_argument("--wait", type=float, default=600, help="seconds to wait for the load average to drop")
+    ap.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "attention.json")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.rounds, args.threads, args.tokens = 3, [1], [197]
+        if args.out == ap.get_default("out"):
+            args.out = pathlib.Path("/tmp/attention-smoke.json")
+    elif args.rounds < 15:
+        ap.error("--rounds must be at least 15 (the interquartile range needs them)")
+    qlab.setup(threads=args.threads[0], quiet=True)
+    if qk.backend() != "native":
+        ap.error(f"qlab's C++ kernels are not loaded ({qk.backend()}): nothing to measure")
+    load_before = loadavg() if args.smoke else wait_for_quiet(0.5, args.wait)
+    meta = _env.machine_info() | {
+        "qlab_kernels": f"{qk.backend()} ({qk.isa()})",
+        "loadavg_before": load_before,
+        "command": "python benchmarks/bench_attention.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    }
+    t0 = time.perf_counter()
+    att, e2e = {}, {}
+    for threads in args.threads:
+        with qlab.scoped(threads=threads):
+            print(f"-- {threads} thread(s)", flush=True)
+            att[str(threads)] = attention_section(args.tokens, args.rounds)
+            e2e[str(threads)] = vit_section(args.rounds, not args.smoke)
+    meta["loadavg_after"] = loadavg()
+    meta["wall_s"] = round(time.perf_counter() - t0, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "attention": att, "vit_small": e2e}, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
