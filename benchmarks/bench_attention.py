@@ -12,12 +12,15 @@ all-int8 ViT-S/16 with it against PT2E + Inductor.
       qlab unfused         ``int8_bmm`` -> float32 scores -> ``torch.softmax`` -> quantize -> ``int8_bmm`` (notebook 08)
       qlab fused float     ``int8_attention(softmax="float")``: the fixed-order float softmax, a block of rows at a time
       qlab fused int       ``int8_attention(softmax="int")``: I-BERT's integer softmax
+      qlab int8 products   the two ``int8_bmm`` calls alone (q·kᵀ to float32, P·v), P precomputed: the fused op's
+                           time minus this is roughly its softmax
     Inputs: seeded normal q, k, v (q scaled by 64^-1/2), quantized per tensor by min/max (q uint8, k and v int8); the
     int8 paths output float32 so their error against SDPA is measured: cosine and max abs error, and how many P codes
     the fused softmax changes against ``torch.softmax`` quantized.
 (b) End to end: timm ``vit_small_patch16_224`` (random weights, no download), batch 1, 1 and 2 threads: fp32 eager,
     fp32 + Inductor, PT2E int8 + Inductor (freezing), and qlab's ``quantize_vit`` in eager mode with each softmax
-    ("torch": unfused, "float" and "int": fused); cosine of the logits to fp32.
+    ("torch": unfused, "float" and "int": fused); cosine of the logits to fp32; the share of operator time in the
+    fused qlab model (torch.profiler, self CPU time).
 
 It refuses to record on a busy machine (1-minute load average above 0.5; waits ``--wait`` seconds), and records the
 load before and after, the CPU, its ISA, the int8 units each library may use and the versions.
@@ -85,8 +88,16 @@ def attention_candidates(inp: dict) -> dict:
         return lambda: ops.int8_attention(q, k, v, sq, zq, sk, zk, sv, zv, None, 1.0, 0, torch.float32, softmax,
                                           "float")
 
+    p_codes = ops.quantize_per_tensor(ops.int8_bmm(q, k, sq, zq, sk, zk, 1.0, 0, torch.float32, True, "float")
+                                      .softmax(dim=-1), PROB_SCALE, 0, torch.uint8)
+
+    def products_only():  # the two int8 products the fused op runs, without the softmax between them
+        ops.int8_bmm(q, k, sq, zq, sk, zk, 1.0, 0, torch.float32, True, "float")
+        return ops.int8_bmm(p_codes, v, PROB_SCALE, 0, sv, zv, 1.0, 0, torch.float32, False, "float")
+
     return {SDPA: lambda: F.scaled_dot_product_attention(qf, kf, vf, scale=1.0), "qlab unfused": unfused,
-            "qlab fused float": fused("float"), "qlab fused int": fused("int")}
+            "qlab fused float": fused("float"), "qlab fused int": fused("int"),
+            "qlab int8 products only": products_only}
 
 
 def attention_errors(inp: dict, fns: dict) -> dict:
@@ -97,6 +108,8 @@ def attention_errors(inp: dict, fns: dict) -> dict:
         ref = fns[SDPA]()
         out = {}
         for name, f in fns.items():
+            if name == "qlab int8 products only":
+                continue
             y = f()
             out[name] = {"cosine_to_sdpa": round(float(F.cosine_similarity(y.flatten(), ref.flatten(), dim=0)), 6),
                          "max_abs_err": round(float((y - ref).abs().max()), 5)}
@@ -159,6 +172,8 @@ def vit_section(rounds: int, compile_variants: bool) -> dict:
                for n, m in variants.items()}
         timed = time_interleaved({n: (lambda m=m: m(x)) for n, m in variants.items()}, rounds=rounds, number=1)
     sp = speedups(timed, "fp32 eager")
+    share = op_shares(variants["qlab quantize_vit eager, softmax=float"], x)
+    print("  qlab fused ViT, share of operator time: " + ", ".join(f"{k} {v:.0%}" for k, v in share.items()))
     for n, t in timed.items():
         print(f"  {n:42s} {t.median:8.2f} ms  x{sp[n]:.2f}  cosine {cos[n]:.4f}", flush=True)
     return {
@@ -166,7 +181,23 @@ def vit_section(rounds: int, compile_variants: bool) -> dict:
         "rounds": rounds, "load": list(timed.load),
         "variants": {n: t.as_dict() | {"speedup_vs_fp32": round(sp[n], 4), "cosine_to_fp32": cos[n]}
                      for n, t in timed.items()},
+        "qlab_fused_op_share": share,
     }
+
+
+def op_shares(model, x, top: int = 8) -> dict[str, float]:
+    """Share of self CPU time per operator over 5 calls of ``model(x)`` (torch.profiler), the ``top`` largest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad():
+        model(x)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(5):
+                model(x)
+    rows = [(e.key, e.self_cpu_time_total) for e in prof.key_averages()]
+    total = sum(t for _, t in rows)
+    rows.sort(key=lambda r: -r[1])
+    return {k: round(t / total, 4) for k, t in rows[:top]}
 
 
 def main(argv=None) -> int:

@@ -46,7 +46,10 @@ PLAN = {
         "60 min",
         "a real pretrained CNN: the layer that hurts, mixed precision, CLE, save and ship; exercises 11.1–11.3",
     ),
-    "12": ("45 min", "inside an int8 kernel"),
+    "12": (
+        "45 min",
+        "inside an int8 kernel: VNNI and AMX, the peak, the GELU table, fused attention, integer-only; exercise 12.1",
+    ),
     "13": ("60 min", "the capstone: a held-out model to int8 within a budget, faster than fp32"),
 }
 

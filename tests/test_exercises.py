@@ -48,6 +48,18 @@ def _safe(s):
     return torch.where(torch.isfinite(s) & (s > 0), s, torch.ones_like(s))
 
 
+def _gelu_answer(zp_in=True, zp_out=True, rnd=torch.round, approximate="none", clamp=True, dtype=torch.uint8):
+    """A learner's gelu_table for 12.1 with one typical mistake."""
+
+    def gelu_table(s_in, z_in, s_out, z_out):
+        x = (torch.arange(256, dtype=torch.float32) - (z_in if zp_in else 0)) * s_in
+        y = rnd(torch.nn.functional.gelu(x, approximate=approximate) * torch.tensor(1.0 / s_out)) + (z_out if zp_out
+                                                                                                      else 0)
+        return (y.clamp(0, 255) if clamp else y).to(dtype)
+
+    return gelu_table
+
+
 def _budget_answer(key="low", strict=False, shift=0, none=None):
     """A learner's float_layers_for_budget for 11.3 with one typical mistake."""
 
@@ -447,6 +459,16 @@ WRONG = {
         (_shift_answer("nogroups"), "use the layer's own stride, padding, dilation and groups"),
         (_shift_answer("shape"), "one value per output channel"),
         ("shift", "answer with a function"),
+    ],
+    "12.1": [
+        (_gelu_answer(zp_in=False), "subtract the input zero point"),
+        (_gelu_answer(zp_out=False), "add the output zero point"),
+        (_gelu_answer(rnd=torch.trunc), "don't truncate"),
+        (_gelu_answer(approximate="tanh"), "not the tanh approximation"),
+        (_gelu_answer(clamp=False), "clamp the codes to [0, 255]"),
+        (_gelu_answer(dtype=torch.int64), "return them as torch.uint8"),
+        (lambda *a: torch.zeros(10), "a tensor of shape (256,)"),
+        ("table", "answer with a function"),
     ],
     "11.3": [
         (_budget_answer("value"), "you compared the point estimate"),

@@ -1,0 +1,270 @@
+"""Inside an int8 kernel (notebook 12): the instructions, the GELU table, and integer-only GELU / LayerNorm in a model.
+
+(1) vpdpbusd (AVX-512 VNNI, AVX-VNNI; AMX's tdpbusd is the same sum on tiles): in each 32-bit lane i,
+        acc_i += a[4i]·b[4i] + a[4i+1]·b[4i+1] + a[4i+2]·b[4i+2] + a[4i+3]·b[4i+3]      a uint8, b int8, int32 sums
+(2) vpmaddubsw (AVX2): in each 16-bit lane i,  out_i = sat16(a[2i]·b[2i] + a[2i+1]·b[2i+1]) -- two products of up to
+    255·128 do not fit in int16, so the pair saturates; qlab's AVX2 path widens to int16 first and uses vpmaddwd
+(3) the GELU table: when GELU's input x = s_x (c − z_x) is an 8-bit code c and its output is requantized,
+        table[c] = clamp(round(GELU(s_x (c − z_x)) / s_y) + z_y),   y_codes = table[x_codes]
+    is the whole op, exact: 256 entries computed once per tensor scale (per channel: one table per channel)
+(4) integer-only GELU / LayerNorm inside a float model: the input is quantized per tensor (symmetric, ``bits``),
+    :func:`qlab.intonly.i_gelu` / :func:`qlab.intonly.i_layernorm` run on the codes, the result is dequantized;
+    LayerNorm's affine γ, β stay float (they fold into the next requantization). The scale comes from the largest
+    |x| seen while calibrating.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import pathlib
+from typing import Callable
+
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from . import intonly
+from ._checks import check_int, check_positive_scale, check_tensor, check_zero_point
+from .primitives import dequantize, qrange, quantize
+
+__all__ = [
+    "vpdpbusd", "vpmaddubsw", "gelu_table", "lookup", "IntGELU", "IntLayerNorm", "integer_only",
+    "load_attention_results", "linear_peaks", "softmax_code_errors", "lost_probability", "draw_peaks", "draw_attention",
+]
+
+
+def _u8_s8(a: torch.Tensor, b: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    check_tensor("a", a)
+    check_tensor("b", b)
+    if a.dtype != torch.uint8 or b.dtype != torch.int8:
+        raise TypeError(f"a must be uint8 and b int8, got {a.dtype} and {b.dtype}")
+    if a.shape != b.shape or a.dim() != 1 or a.numel() % group:
+        raise ValueError(f"a and b must be 1-D of the same length, a multiple of {group}, got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
+    return a.long().view(-1, group), b.long().view(-1, group)
+
+
+def vpdpbusd(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Equation (1) on ``len(a) // 4`` lanes: ``acc`` int32, ``a`` uint8, ``b`` int8; int32 wraps as the hardware."""
+    a4, b4 = _u8_s8(a, b, 4)
+    check_tensor("acc", acc)
+    if acc.dtype != torch.int32 or acc.shape != (a4.shape[0],):
+        raise TypeError(f"acc must be int32 of shape ({a4.shape[0]},), got {acc.dtype} {tuple(acc.shape)}")
+    s = acc.long() + (a4 * b4).sum(1)
+    return ((s + 2**31) % 2**32 - 2**31).to(torch.int32)
+
+
+def vpmaddubsw(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Equation (2) on ``len(a) // 2`` lanes: int16 pair sums, saturated."""
+    a2, b2 = _u8_s8(a, b, 2)
+    return (a2 * b2).sum(1).clamp(-(2**15), 2**15 - 1).to(torch.int16)
+
+
+def gelu_table(in_scale: float, in_zero_point: int, out_scale: float, out_zero_point: int,
+               in_dtype: torch.dtype = torch.uint8, out_dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+    """Equation (3): the 256 output codes, indexed by ``code - min(in_dtype)``. The arithmetic is float32 as
+    PyTorch's dequantize -> GELU -> quantize_per_tensor, so ``lookup`` equals that chain bit for bit."""
+    for name, dt in (("in_dtype", in_dtype), ("out_dtype", out_dtype)):
+        if dt not in (torch.uint8, torch.int8):
+            raise TypeError(f"{name} must be torch.uint8 or torch.int8, got {dt}")
+    check_positive_scale("in_scale", in_scale)
+    check_positive_scale("out_scale", out_scale)
+    check_zero_point("in_zero_point", in_zero_point, *qrange(in_dtype))
+    check_zero_point("out_zero_point", out_zero_point, *qrange(out_dtype))
+    lo, hi = qrange(in_dtype)
+    codes = torch.arange(lo, hi + 1, dtype=torch.int32).to(in_dtype)
+    qo = torch.quint8 if out_dtype == torch.uint8 else torch.qint8
+    x = dequantize(codes, in_scale, in_zero_point)
+    return quantize(nn.functional.gelu(x), out_scale, out_zero_point, qo)
+
+
+def lookup(codes: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``table[codes]`` for 8-bit ``codes`` (int8 codes index from -128)."""
+    check_tensor("codes", codes)
+    if codes.dtype not in (torch.uint8, torch.int8) or table.shape != (256,):
+        raise TypeError(f"codes must be uint8/int8 and table a 256-entry tensor, got {codes.dtype}, "
+                        f"{tuple(table.shape)}")
+    return table[codes.long() - qrange(codes.dtype)[0]]
+
+
+class _IntOnly(nn.Module):
+    """Quantizes its input per tensor (symmetric, ``bits``) with the largest |x| seen while ``calibrating``."""
+
+    def __init__(self, bits: int):
+        super().__init__()
+        self.bits = check_int("bits", bits, 4, 24)
+        self.calibrating = True
+        self.register_buffer("absmax", torch.zeros(()))
+
+    def codes(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        if self.calibrating:
+            self.absmax = torch.maximum(self.absmax, x.detach().abs().max())
+        qmax = 2 ** (self.bits - 1) - 1
+        s = max(float(self.absmax), 1e-12) / qmax
+        return torch.round(x / s).clamp(-qmax, qmax).to(torch.int64), s
+
+
+class IntGELU(_IntOnly):
+    """GELU by :func:`qlab.intonly.i_gelu` on ``bits``-bit codes (equation 4 of the module docstring)."""
+
+    def forward(self, x):
+        q, s = self.codes(x)
+        y, sy = intonly.i_gelu(q, s)
+        return (y.double() * sy).to(x.dtype)
+
+
+class IntLayerNorm(_IntOnly):
+    """LayerNorm by :func:`qlab.intonly.i_layernorm` on ``bits``-bit codes, then the float affine."""
+
+    def __init__(self, ln: nn.LayerNorm, bits: int, frac_bits: int = 12):
+        super().__init__(bits)
+        if not isinstance(ln, nn.LayerNorm) or len(ln.normalized_shape) != 1:
+            raise TypeError(f"ln must be an nn.LayerNorm over the last dimension, got {type(ln).__name__}")
+        self.frac_bits = frac_bits
+        self.weight = None if ln.weight is None else nn.Parameter(ln.weight.detach().clone(), requires_grad=False)
+        self.bias = None if ln.bias is None else nn.Parameter(ln.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x):
+        q, _ = self.codes(x)
+        y = intonly.i_layernorm(q, self.frac_bits).to(x.dtype) * 2.0**-self.frac_bits
+        if self.weight is not None:
+            y = y * self.weight
+        return y + self.bias if self.bias is not None else y
+
+
+def _is_gelu(m: nn.Module) -> bool:
+    return type(m).__name__ in ("GELU", "GELUActivation") and getattr(m, "approximate", "none") == "none"
+
+
+@torch.no_grad()
+def integer_only(model: nn.Module, calibrate: Callable[[nn.Module], object], gelu: bool = True,
+                 layernorm: bool = True, bits: int = 16) -> nn.Module:
+    """A copy of ``model`` with every exact GELU replaced by :class:`IntGELU` and every ``nn.LayerNorm`` by
+    :class:`IntLayerNorm` (as chosen), their scales set by running ``calibrate(copy)`` once. ``model`` is unchanged."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not callable(calibrate):
+        raise TypeError(f"calibrate must be callable (it runs the copy on calibration data), got {calibrate!r}")
+    if not (gelu or layernorm):
+        raise ValueError("gelu and layernorm must not both be False: nothing to replace")
+    m = copy.deepcopy(model).eval()
+    names = [(n, mod) for n, mod in m.named_modules() if n and ((gelu and _is_gelu(mod)) or
+                                                             (layernorm and isinstance(mod, nn.LayerNorm)))]
+    if not names:
+        raise TypeError(f"model has no {'GELU' if gelu else ''}{' or ' if gelu and layernorm else ''}"
+                        f"{'LayerNorm' if layernorm else ''} module to replace")
+    new = []
+    for n, mod in names:
+        r = IntLayerNorm(mod, bits) if isinstance(mod, nn.LayerNorm) else IntGELU(bits)
+        m.set_submodule(n, r)
+        new.append(r)
+    calibrate(m)
+    for r in new:
+        r.calibrating = False
+    return m
+
+
+# ----------------------------------------------------------------------------------------------
+# Notebook 12's measurements: the recordings, the softmax errors, the figures
+
+ATTENTION_RESULTS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "attention.json"
+
+
+def load_attention_results(path=None) -> dict:
+    """``benchmarks/results/attention.json`` (``benchmarks/bench_attention.py``): ``meta`` (the machine),
+    ``attention`` (``{threads: {tokens: ...}}``) and ``vit_small`` (``{threads: ...}``)."""
+    p = pathlib.Path(path) if path is not None else ATTENTION_RESULTS
+    if not p.exists():
+        raise FileNotFoundError(f"{p} not found: run `python benchmarks/bench_attention.py`")
+    data = json.loads(p.read_text())
+    for key in ("meta", "attention", "vit_small"):
+        if key not in data:
+            raise ValueError(f"{p.name} has no {key!r} section: not a bench_attention.py results file")
+    return data
+
+
+def linear_peaks(results: dict, threads: int = 1) -> dict[str, dict[str, float]]:
+    """From ``kernels.json``: per ViT-B linear shape, qlab's G multiply-adds/s and % of the measured peak of the path
+    (``"amx"`` for the best path when it is AMX, ``"avx512_vnni"`` for the VNNI-only rerun)."""
+    path = results["machine"]["qlab_isa_path"]
+    out: dict[str, dict[str, float]] = {}
+    for r in results["results"]:
+        if r["kind"] == "linear" and r["threads"] == threads and r["model"] == "ViT-Base":
+            isa = {"qlab": path, "qlab-vnni": "avx512_vnni"}.get(r["method"])
+            if isa:
+                out.setdefault(r["shape"], {})[isa] = {"gmacs": r["gops"] / 2, "pct_peak": r["pct_int8_peak"]}
+    if not out:
+        raise ValueError(f"no ViT-Base linear rows for qlab at threads={threads} in the kernel results")
+    return out
+
+
+def softmax_code_errors(scales, T: int = 197, seed: int = 0) -> dict[float, dict[str, int]]:
+    """For logits ``acc · s`` (``acc`` int32 from a real int8 q·kᵀ of random codes, rescaled so the logits span the
+    same range for every ``s``): the largest difference, in P codes of 1/255, of the fixed-order float softmax and
+    of I-BERT's integer softmax against ``torch.softmax`` quantized. A coarser ``s`` (fewer logit bits) hurts only
+    the integer one."""
+    from .kernels import attention_reference as A
+
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(4, T, T, generator=g) * 2.0  # a spread of 2 nats: peaked enough to matter
+    out = {}
+    for s in scales:
+        acc = torch.round(logits / s).clamp(-(2**31), 2**31 - 1).to(torch.int32)
+        x = acc.float() * s
+        torch_p = torch.round(torch.softmax(x, dim=-1) * 255).clamp(0, 255).int()
+        out[s] = {"float": int((A.softmax_u8(x).int() - torch_p).abs().max()),
+                  "int": int((intonly.i_softmax(acc, s).int() - torch_p).abs().max())}
+    return out
+
+
+def lost_probability(T: int, seed: int = 0) -> float:
+    """Mean over rows of the probability mass P codes of scale 1/255 do not carry (``1 − Σ codes/255``), for flat
+    attention (softmax of N(0, 1) logits) over ``T`` keys: each probability near ``1/T`` rounds to 0 once
+    ``T > 510``."""
+    from .kernels import attention_reference as A
+
+    x = torch.randn(64, T, generator=torch.Generator().manual_seed(seed))
+    return float((1 - A.softmax_u8(x).float().sum(-1) / 255).abs().mean())
+
+
+def draw_peaks(fig: Figure, results: dict) -> dict:
+    """Bars: % of the measured peak that qlab's linear reaches per ViT-B shape, per path. Returns the numbers."""
+    table = linear_peaks(results)
+    ax = fig.add_subplot(1, 1, 1)
+    shapes = list(table)
+    paths = sorted({p for v in table.values() for p in v})
+    for j, p in enumerate(paths):
+        ax.bar([i + 0.4 * j for i in range(len(shapes))], [table[s][p]["pct_peak"] for s in shapes], width=0.4,
+               label=p)
+    ax.set_xticks([i + 0.2 for i in range(len(shapes))], shapes, fontsize=7)
+    ax.set_ylabel("% of measured peak")
+    ax.set_title(f"qlab int8_linear, 197 tokens, 1 thread: {results['machine']['cpu']}", fontsize=9)
+    ax.legend(fontsize=7)
+    return table
+
+
+def draw_attention(fig: Figure, rec: dict, threads: str = "1") -> dict:
+    """Bars: speed over fp32 SDPA of each int8 attention, per sequence length. Returns the numbers."""
+    table = {T: {n: c["speedup_vs_sdpa"] for n, c in v["candidates"].items()}
+             for T, v in rec["attention"][threads].items()}
+    ax = fig.add_subplot(1, 1, 1)
+    names = [n for n in next(iter(table.values())) if n != "fp32 SDPA"]
+    for j, n in enumerate(names):
+        ax.bar([i + 0.25 * j for i in range(len(table))], [table[T][n] for T in table], width=0.25, label=n)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks([i + 0.25 for i in range(len(table))], [f"{T} tokens" for T in table])
+    ax.set_ylabel("speed / fp32 SDPA")
+    ax.set_title(f"one attention, 12 heads of 64, {threads} thread(s): {rec['meta']['cpu']}", fontsize=9)
+    ax.legend(fontsize=7)
+    return table
+
+
+#: Published figures notebook 12 cites (not measured here): (claim, value, source).
+PUBLISHED = [
+    ("I-ViT, integer-only DeiT-S after QAT, ImageNet top-1 (fp32 79.85)", 80.12,
+     "Li & Gu, I-ViT: Integer-only Quantization for Efficient Vision Transformer Inference, ICCV 2023"),
+    ("FQ-ViT, fully quantized DeiT-S after PTQ: top-1 points lost", 0.7,
+     "Lin et al., FQ-ViT: Post-Training Quantization for Fully Quantized Vision Transformer, IJCAI 2022"),
+    ("naive MinMax fully quantized ViT-B, ImageNet top-1 (%)", 23.6, "the FQ-ViT paper's MinMax baseline"),
+]

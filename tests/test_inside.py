@@ -1,0 +1,79 @@
+"""qlab.inside (notebook 12): the instruction emulations against integer arithmetic, the GELU table against
+PyTorch's dequantize -> GELU -> quantize, integer-only GELU / LayerNorm swapped into real models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from qlab import inside
+
+
+def test_vpdpbusd_is_four_products_per_lane_in_int32():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 256, (64,), dtype=torch.uint8, generator=g)
+    b = torch.randint(-128, 128, (64,), dtype=torch.int8, generator=g)
+    acc = torch.arange(16, dtype=torch.int32)
+    got = inside.vpdpbusd(acc, a, b)
+    want = [int(acc[i]) + sum(int(a[4 * i + j]) * int(b[4 * i + j]) for j in range(4)) for i in range(16)]
+    assert got.tolist() == want
+    wrapped = inside.vpdpbusd(torch.full((1,), 2**31 - 1, dtype=torch.int32), a[:4].fill_(1), b[:4].fill_(1))
+    assert wrapped.item() == -(2**31) + 3  # int32 wraps, as the instruction
+
+
+def test_vpmaddubsw_saturates_where_vpdpbusd_does_not():
+    a = torch.full((4,), 255, dtype=torch.uint8)
+    b = torch.full((4,), -128, dtype=torch.int8)
+    assert inside.vpmaddubsw(a, b).tolist() == [-(2**15), -(2**15)]  # 2 * 255 * -128 = -65280 saturates
+    assert inside.vpdpbusd(torch.zeros(1, dtype=torch.int32), a, b).item() == 4 * 255 * -128
+    with pytest.raises(TypeError, match="a must be uint8 and b int8"):
+        inside.vpmaddubsw(b, a)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        inside.vpdpbusd(torch.zeros(1, dtype=torch.int32), a[:3], b[:3])
+
+
+@settings(max_examples=60, deadline=None)
+@given(s_in=st.floats(1e-3, 0.5), z_in=st.integers(0, 255), s_out=st.floats(1e-3, 0.5), z_out=st.integers(-128, 127),
+       seed=st.integers(0, 2**16))
+def test_gelu_table_is_dequantize_gelu_quantize_bit_for_bit(s_in, z_in, s_out, z_out, seed):
+    table = inside.gelu_table(s_in, z_in, s_out, z_out, torch.uint8, torch.int8)
+    codes = torch.randint(0, 256, (1000,), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    x = torch._make_per_tensor_quantized_tensor(codes, s_in, z_in).dequantize()
+    want = torch.quantize_per_tensor(nn.functional.gelu(x), s_out, z_out, torch.qint8).int_repr()
+    assert torch.equal(inside.lookup(codes, table), want)
+
+
+def test_gelu_table_bad_arguments():
+    with pytest.raises(TypeError, match="in_dtype must be"):
+        inside.gelu_table(0.1, 0, 0.1, 0, torch.int32)
+    with pytest.raises(ValueError, match="in_scale"):
+        inside.gelu_table(0.0, 0, 0.1, 0)
+    with pytest.raises(ValueError, match="out_zero_point"):
+        inside.gelu_table(0.1, 0, 0.1, 300)
+    with pytest.raises(TypeError, match="256-entry"):
+        inside.lookup(torch.zeros(3, dtype=torch.uint8), torch.zeros(10))
+
+
+def test_integer_only_swaps_modules_and_stays_close_at_16_bits():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.LayerNorm(64), nn.Linear(64, 8)).eval()
+    x = torch.randn(50, 32)
+    m = inside.integer_only(model, lambda mm: mm(x), bits=16)
+    assert isinstance(m[1], inside.IntGELU) and isinstance(m[2], inside.IntLayerNorm)
+    assert isinstance(model[1], nn.GELU)  # the original is unchanged
+    with torch.no_grad():
+        cos = nn.functional.cosine_similarity(m(x), model(x), dim=1)
+    assert cos.min() > 0.99
+    only_ln = inside.integer_only(model, lambda mm: mm(x), gelu=False)
+    assert isinstance(only_ln[1], nn.GELU) and isinstance(only_ln[2], inside.IntLayerNorm)
+    with pytest.raises(ValueError, match="must not both be False"):
+        inside.integer_only(model, lambda mm: mm(x), gelu=False, layernorm=False)
+    with pytest.raises(TypeError, match="no GELU"):
+        inside.integer_only(nn.Linear(2, 2), lambda mm: None, layernorm=False)
+    with pytest.raises(TypeError, match="calibrate must be callable"):
+        inside.integer_only(model, None)
+    with pytest.raises(ValueError, match="bits"):
+        inside.integer_only(model, lambda mm: mm(x), bits=2)
