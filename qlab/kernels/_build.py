@@ -77,9 +77,20 @@ def compile_and_load(verbose: bool = False) -> tuple[Path, bool]:
         return so, False
     if not sources():
         raise FileNotFoundError(f"no C++ sources in {CSRC}")
-    from torch.utils import (
-        cpp_extension,  # imported only to build: it is slow and chatty
-    )
+    import logging
+
+    from .._env import drop_log_message
+
+    # imported only to build: it is slow, and on import it logs "No CUDA runtime is found", which says nothing
+    # about a CPU-only build; dropped while importing only, so a notebook prints the same whether it compiles or not
+    log, msg = logging.getLogger("torch.utils.cpp_extension"), "No CUDA runtime is found"
+    kept = [f for f in log.filters if getattr(f, "start", None) == msg]  # someone already dropped it: leave theirs
+    f = drop_log_message("torch.utils.cpp_extension", msg)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        if not kept:
+            log.removeFilter(f)
 
     d.mkdir(parents=True, exist_ok=True)
     lock = d / "lock"  # torch's build lock; a killed build leaves it behind and the next one would wait forever
