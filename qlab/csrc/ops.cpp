@@ -306,9 +306,12 @@ void run(int64_t batch, const std::vector<int64_t>& a_off, const std::vector<int
   const int64_t n_panels = (N + panel - 1) / panel;
   const int64_t threads = at::get_num_threads();
   const int64_t base = batch * m_blocks;
-  // Too few (batch, row block) tasks to keep every thread busy: split the columns too.
+  // Too few (batch, row block) tasks to keep every thread busy, or row blocks of unequal height (197 rows of K = 3072:
+  // 144 + 53): split the columns too. The column chunk varies slowest, so each thread's contiguous share of the
+  // tasks is whole column chunks across every row block, and the shares are equal.
   int64_t n_chunks = 1;
-  if (threads > 1 && base < 4 * threads && base % threads != 0) n_chunks = std::min(n_panels, threads);
+  const bool uneven = m_blocks > 1 && M % mc != 0;
+  if (threads > 1 && base < 4 * threads && (base % threads != 0 || uneven)) n_chunks = std::min(n_panels, threads);
   const int64_t panels_per_chunk = (n_panels + n_chunks - 1) / n_chunks;
   n_chunks = (n_panels + panels_per_chunk - 1) / panels_per_chunk;
   const int64_t ntasks = base * n_chunks;
@@ -319,9 +322,9 @@ void run(int64_t batch, const std::vector<int64_t>& a_off, const std::vector<int
   uint8_t* out_base = static_cast<uint8_t*>(out.data_ptr());
   at::parallel_for(0, ntasks, grain, [&](int64_t t0, int64_t t1) {
     for (int64_t ti = t0; ti < t1; ++ti) {
-      const int64_t chunk = ti % n_chunks;
-      const int64_t mb = (ti / n_chunks) % m_blocks;
-      const int64_t bi = ti / n_chunks / m_blocks;
+      const int64_t chunk = ti / base;
+      const int64_t mb = (ti % base) % m_blocks;
+      const int64_t bi = (ti % base) / m_blocks;
       Task t;
       t.a = a;
       t.a.data = a.data + a_off[bi];
