@@ -19,7 +19,8 @@ all-int8 ViT-S/16 with it against PT2E + Inductor.
     the fused softmax changes against ``torch.softmax`` quantized.
 (b) End to end: timm ``vit_small_patch16_224`` (random weights, no download), batch 1, 1 and 2 threads: fp32 eager,
     fp32 + Inductor, PT2E int8 + Inductor (freezing), and qlab's ``quantize_vit`` in eager mode with each softmax
-    ("torch": unfused, "float" and "int": fused); cosine of the logits to fp32; the share of operator time in the
+    ("torch": unfused, "float" and "int": fused), the GELU as a table in fc1's epilogue (the default) and, once, in
+    float32 between two quantizations (``gelu="float"``); every qlab weight prepacked; cosine of the logits to fp32; the share of operator time in the
     fused qlab model (torch.profiler, self CPU time).
 
 It refuses to record on a busy machine (1-minute load average above 0.5; waits ``--wait`` seconds), and records the
@@ -166,6 +167,7 @@ def vit_section(rounds: int, compile_variants: bool) -> dict:
         variants["PT2E int8 + Inductor (freezing)"] = pt2e.lower(vit.pt2e_quantize(explicit, cal), x, freezing=True)
     for softmax in ("torch", "float", "int"):
         variants[f"qlab quantize_vit eager, softmax={softmax}"] = vit.quantize_vit(explicit, cal, softmax=softmax)
+    variants["qlab quantize_vit eager, softmax=float, gelu=float"] = vit.quantize_vit(explicit, cal, gelu="float")
     with torch.no_grad(), qlab.scoped(inductor={"freezing": True}):
         ref = fp32(x)
         cos = {n: round(float(F.cosine_similarity(m(x).flatten(), ref.flatten(), dim=0)), 6)

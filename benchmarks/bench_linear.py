@@ -8,9 +8,11 @@ ViT-B's four linears (qkv 768->2304, proj 768->768, fc1 768->3072, fc2 3072->768
 16 x 197 tokens, per-channel symmetric int8 weights, a float bias, uint8 activations with a zero point. Both sides
 start from the same uint8 codes and produce the same output (uint8 requantized, or float32), so neither pays for
 quantizing its input; oneDNN's weight is prepacked once (``torch.ops.onednn.qlinear_prepack``, what Inductor's
-freezing does), qlab's is packed inside every call. Timed interleaved by ``qlab.timing.time_interleaved``
-(medians, IQRs, ratios paired per round); the outputs are compared (uint8: codes within 1; float32: max error).
-Refuses to record when the 1-minute load average is above 0.5 (waits ``--wait`` s); records the machine and load.
+freezing does); qlab runs twice, packing inside every call (``int8_linear``) and prepacked once
+(``int8_linear_packed``, whose output is asserted equal to ``int8_linear``'s). Timed interleaved by
+``qlab.timing.time_interleaved`` (medians, IQRs, ratios paired per round); the outputs are compared (uint8: codes
+within 1; float32: max error). Refuses to record when the 1-minute load average is above 0.5 (waits ``--wait`` s);
+records the machine and load.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from qlab.timing import loadavg, speedups, time_interleaved, wait_for_quiet  # n
 
 SHAPES = {"qkv": (768, 2304), "proj": (768, 768), "fc1": (768, 3072), "fc2": (3072, 768)}
 ONEDNN, QLAB, FP32 = "oneDNN qlinear_pointwise (prepacked)", "qlab int8_linear", "fp32 F.linear"
+PACKED = "qlab int8_linear_packed (prepacked)"
 
 
 def case(M: int, K: int, N: int, seed: int = 0) -> dict:
@@ -65,12 +68,20 @@ def candidates(c: dict, out_dtype: torch.dtype) -> dict:
         return torch.ops.qlab.int8_linear(c["xq"], c["wq"], c["ws"], c["b"], c["xs"], c["xz"], ys, yz, out_dtype,
                                           False, "float")
 
-    return {FP32: lambda: F.linear(c["x"], c["w"], c["b"]), ONEDNN: onednn, QLAB: ours}
+    qpacked = torch.ops.qlab.pack_linear_weight(c["wq"])
+    n_out = c["wq"].shape[0]
+
+    def ours_packed():
+        return torch.ops.qlab.int8_linear_packed(c["xq"], qpacked, n_out, c["ws"], c["b"], c["xs"], c["xz"], ys, yz,
+                                                 out_dtype, False, None, "float")
+
+    return {FP32: lambda: F.linear(c["x"], c["w"], c["b"]), ONEDNN: onednn, QLAB: ours, PACKED: ours_packed}
 
 
 def agreement(fns: dict, out_dtype: torch.dtype) -> dict:
     with torch.no_grad():
-        a, b = fns[ONEDNN](), fns[QLAB]()
+        a, b, p = fns[ONEDNN](), fns[QLAB](), fns[PACKED]()
+    assert torch.equal(b, p), "int8_linear_packed must equal int8_linear bit for bit"
     if out_dtype == torch.uint8:
         return {"max_code_diff": int((a.int() - b.int()).abs().max()),
                 "codes_differing": round(float((a != b).float().mean()), 6)}
@@ -94,7 +105,8 @@ def run(threads: int, tokens: list[int], rounds: int, shapes: dict) -> dict:
                                                      "gmacs": round(macs / v.median / 1e6, 1)} for n, v in t.items()},
                 } | agreement(fns, out_dtype)
                 times = ", ".join(f"{n.split(' (')[0]} {v.median:.3f} ms" for n, v in t.items())
-                print(f"{threads} thr {key:36s} {times}  qlab/oneDNN x{sp[QLAB]:.2f}", flush=True)
+                print(f"{threads} thr {key:36s} {times}  qlab/oneDNN x{sp[QLAB]:.2f}, prepacked x{sp[PACKED]:.2f}",
+                      flush=True)
     return out
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "ObservedAttention",
     "Int8Linear",
     "Int8Attention",
+    "packed_linear",
     "quantize_weight",
     "PROB_SCALE",
     "SOFTMAXES",
@@ -255,15 +256,25 @@ class ObservedLinear(nn.Module):
         return self.linear(self.x(x))
 
 
+def packed_linear(x, packed, n_out, w_scale, bias, sx, zx, requant, out_dtype=torch.float32, out=(1.0, 0),
+                  table=None):
+    """One ``int8_linear_packed`` call on a weight packed at conversion (``pack_linear_weight``): what every
+    int8 module here runs. Same integers as ``int8_linear`` on the unpacked weight."""
+    return _ops().int8_linear_packed(x, packed, n_out, w_scale, bias, sx, zx, out[0], out[1], out_dtype, False,
+                                     table, requant)
+
+
 class Int8Linear(nn.Module):
-    """``x @ W.T + b`` with ``qlab.kernels.int8_linear``: x quantized to uint8 (calibrated, per tensor),
-    W int8 per channel (symmetric), float bias added as fbgemm does; float32 out."""
+    """``x @ W.T + b`` with ``qlab.kernels.int8_linear_packed``: x quantized to uint8 (calibrated, per tensor),
+    W int8 per channel (symmetric, kept as ``weight`` and packed once as ``packed_weight``), float bias added as
+    fbgemm does; float32 out."""
 
     def __init__(self, linear: nn.Linear, x_scale: float, x_zero_point: int, requant: str = "float"):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         w, ws = quantize_weight(linear.weight.detach().float())
         self.register_buffer("weight", w)
+        self.register_buffer("packed_weight", _ops().pack_linear_weight(w))
         self.register_buffer("weight_scale", ws)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
         self.x_scale, self.x_zero_point, self.requant = x_scale, x_zero_point, requant
@@ -274,19 +285,8 @@ class Int8Linear(nn.Module):
 
     def forward(self, x):
         xq = _ops().quantize_per_tensor(x, self.x_scale, self.x_zero_point, torch.uint8)
-        return _ops().int8_linear(
-            xq,
-            self.weight,
-            self.weight_scale,
-            self.bias,
-            self.x_scale,
-            self.x_zero_point,
-            1.0,
-            0,
-            torch.float32,
-            False,
-            self.requant,
-        )
+        return packed_linear(xq, self.packed_weight, self.out_features, self.weight_scale, self.bias, self.x_scale,
+                             self.x_zero_point, self.requant)
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -338,6 +338,8 @@ class Int8Attention(nn.Module):
         ctx       = int8_bmm(P, v) -> uint8                       requantized in the kernel
         out       = int8_linear(ctx, W_proj, b_proj) -> float32
 
+    Every linear runs ``int8_linear_packed`` on a weight packed here, once (``w_*`` keep the plain codes).
+
     With ``qk_norm`` q and k leave their linears in float32, pass the norms (and ``q`` the
     scale) and are quantized after; with ``scale_norm`` ctx leaves the second matmul in
     float32 for the norm. Build it with :meth:`from_observed` after calibration.
@@ -372,10 +374,12 @@ class Int8Attention(nn.Module):
         for name, (wt, bt) in {"q": (wq, bq), "k": (wk, bk), "v": (wv, bv)}.items():
             codes, scales = quantize_weight(wt)
             self.register_buffer(f"w_{name}", codes)
+            self.register_buffer(f"pw_{name}", _ops().pack_linear_weight(codes))
             self.register_buffer(f"ws_{name}", scales)
             self.register_buffer(f"b_{name}", None if bt is None else bt.contiguous())
         codes, scales = quantize_weight(attn.proj.weight.detach().float())
         self.register_buffer("w_proj", codes)
+        self.register_buffer("pw_proj", _ops().pack_linear_weight(codes))
         self.register_buffer("ws_proj", scales)
         self.register_buffer("b_proj", None if attn.proj.bias is None else attn.proj.bias.detach().float().clone())
         self.q_norm, self.k_norm = attn.q_norm, attn.k_norm
@@ -386,19 +390,9 @@ class Int8Attention(nn.Module):
         return cls(obs.attn, {name: _qparams(o) for name, o in obs.ranges.items()}, requant, softmax)
 
     def _linear(self, x, name, sx, zx, out_dtype=torch.float32, out=(1.0, 0)):
-        return _ops().int8_linear(
-            x,
-            getattr(self, f"w_{name}"),
-            getattr(self, f"ws_{name}"),
-            getattr(self, f"b_{name}"),
-            sx,
-            zx,
-            out[0],
-            out[1],
-            out_dtype,
-            False,
-            self.requant,
-        )
+        w = getattr(self, f"w_{name}")
+        return packed_linear(x, getattr(self, f"pw_{name}"), w.shape[0], getattr(self, f"ws_{name}"),
+                             getattr(self, f"b_{name}"), sx, zx, self.requant, out_dtype, out)
 
     def forward(self, x, attn_mask=None, is_causal=False):
         _check_call(attn_mask, is_causal)
@@ -426,8 +420,7 @@ class Int8Attention(nn.Module):
             ctx = ctx.transpose(1, 2).reshape(B, N, C)
             if self.scale_norm:
                 ctx = _ops().quantize_per_tensor(self.norm(ctx), sc, zc, torch.uint8)
-            return self.proj_drop(ops.int8_linear(ctx, self.w_proj, self.ws_proj, self.b_proj, sc, zc, 1.0, 0,
-                                                  torch.float32, False, self.requant))
+            return self.proj_drop(self._linear(ctx, "proj", sc, zc))
         logits = ops.int8_bmm(q, k, sq, zq, sk, zk, 1.0, 0, torch.float32, True, self.requant)  # [B, H, N, N]
         p = self.attn_drop(logits.softmax(dim=-1))
         p = _ops().quantize_per_tensor(p, PROB_SCALE, 0, torch.uint8)
@@ -438,10 +431,7 @@ class Int8Attention(nn.Module):
         else:
             ctx = ops.int8_bmm(p, v, PROB_SCALE, 0, sv, zv, sc, zc, torch.uint8, False, self.requant)
             ctx = ctx.transpose(1, 2).reshape(B, N, C)
-        out = ops.int8_linear(
-            ctx, self.w_proj, self.ws_proj, self.b_proj, sc, zc, 1.0, 0, torch.float32, False, self.requant
-        )
-        return self.proj_drop(out)
+        return self.proj_drop(self._linear(ctx, "proj", sc, zc))
 
     def extra_repr(self):
         norms = ", qk_norm" * self.qk_norm + ", scale_norm" * self.scale_norm

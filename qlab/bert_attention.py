@@ -35,7 +35,17 @@ import torch
 from torch import nn
 
 from ._checks import check_choice, check_tensor
-from .attention import PROB_SCALE, SOFTMAXES, Int8Linear, ObservedLinear, _observer, _ops, _qparams, quantize_weight
+from .attention import (
+    PROB_SCALE,
+    SOFTMAXES,
+    Int8Linear,
+    ObservedLinear,
+    _observer,
+    _ops,
+    _qparams,
+    packed_linear,
+    quantize_weight,
+)
 
 __all__ = [
     "MASK_VALUE",
@@ -165,6 +175,7 @@ class Int8BertSelfAttention(nn.Module):
                 b = None if b is None else b * self.scaling
             wq, ws = quantize_weight(w)
             self.register_buffer(f"w_{name}", wq)
+            self.register_buffer(f"pw_{name}", _ops().pack_linear_weight(wq))
             self.register_buffer(f"ws_{name}", ws)
             self.register_buffer(f"b_{name}", None if b is None else b.clone())
 
@@ -176,8 +187,9 @@ class Int8BertSelfAttention(nn.Module):
     def _linear(self, xq, name, out_dtype):
         sx, zx = self.qp["x"]
         so, zo = self.qp[name]
-        return _ops().int8_linear(xq, getattr(self, f"w_{name}"), getattr(self, f"ws_{name}"),
-                                  getattr(self, f"b_{name}"), sx, zx, so, zo, out_dtype, False, self.requant)
+        return packed_linear(xq, getattr(self, f"pw_{name}"), getattr(self, f"w_{name}").shape[0],
+                             getattr(self, f"ws_{name}"), getattr(self, f"b_{name}"), sx, zx, self.requant, out_dtype,
+                             (so, zo))
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
         _check_call(**kwargs)

@@ -25,8 +25,8 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from . import intonly
-from ._checks import check_int, check_positive_scale, check_tensor, check_zero_point
-from .primitives import dequantize, qrange, quantize
+from ._checks import check_int, check_tensor
+from .int8_mlp import gelu_table, lookup  # noqa: F401 -- equation (3) lives with the module that runs it
 
 __all__ = [
     "vpdpbusd", "vpmaddubsw", "gelu_table", "lookup", "IntGELU", "IntLayerNorm", "integer_only",
@@ -59,33 +59,6 @@ def vpmaddubsw(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Equation (2) on ``len(a) // 2`` lanes: int16 pair sums, saturated."""
     a2, b2 = _u8_s8(a, b, 2)
     return (a2 * b2).sum(1).clamp(-(2**15), 2**15 - 1).to(torch.int16)
-
-
-def gelu_table(in_scale: float, in_zero_point: int, out_scale: float, out_zero_point: int,
-               in_dtype: torch.dtype = torch.uint8, out_dtype: torch.dtype = torch.uint8) -> torch.Tensor:
-    """Equation (3): the 256 output codes, indexed by ``code - min(in_dtype)``. The arithmetic is float32 as
-    PyTorch's dequantize -> GELU -> quantize_per_tensor, so ``lookup`` equals that chain bit for bit."""
-    for name, dt in (("in_dtype", in_dtype), ("out_dtype", out_dtype)):
-        if dt not in (torch.uint8, torch.int8):
-            raise TypeError(f"{name} must be torch.uint8 or torch.int8, got {dt}")
-    check_positive_scale("in_scale", in_scale)
-    check_positive_scale("out_scale", out_scale)
-    check_zero_point("in_zero_point", in_zero_point, *qrange(in_dtype))
-    check_zero_point("out_zero_point", out_zero_point, *qrange(out_dtype))
-    lo, hi = qrange(in_dtype)
-    codes = torch.arange(lo, hi + 1, dtype=torch.int32).to(in_dtype)
-    qo = torch.quint8 if out_dtype == torch.uint8 else torch.qint8
-    x = dequantize(codes, in_scale, in_zero_point)
-    return quantize(nn.functional.gelu(x), out_scale, out_zero_point, qo)
-
-
-def lookup(codes: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """``table[codes]`` for 8-bit ``codes`` (int8 codes index from -128)."""
-    check_tensor("codes", codes)
-    if codes.dtype not in (torch.uint8, torch.int8) or table.shape != (256,):
-        raise TypeError(f"codes must be uint8/int8 and table a 256-entry tensor, got {codes.dtype}, "
-                        f"{tuple(table.shape)}")
-    return table[codes.long() - qrange(codes.dtype)[0]]
 
 
 class _IntOnly(nn.Module):

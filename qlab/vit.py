@@ -45,6 +45,7 @@ from .attention import (
     ObservedAttention,
     ObservedLinear,
 )
+from .int8_mlp import Int8Mlp, ObservedMlp, supported_mlp
 
 __all__ = [
     "DIGITS_VIT",
@@ -182,31 +183,40 @@ def _check_batches(calibration_batches) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def quantize_vit(model: nn.Module, calibration_batches: Iterable[torch.Tensor], requant: str = "float",
-                 softmax: str = "float") -> nn.Module:
-    """A copy of ``model`` with every timm ``Attention`` replaced by :class:`~qlab.attention.Int8Attention`
-    and every other ``nn.Linear`` by :class:`~qlab.attention.Int8Linear` (qlab.kernels, int8).
+                 softmax: str = "float", gelu: str = "table") -> nn.Module:
+    """A copy of ``model`` with every timm ``Attention`` replaced by :class:`~qlab.attention.Int8Attention`,
+    every timm ``Mlp`` by :class:`~qlab.int8_mlp.Int8Mlp` and every other ``nn.Linear`` by
+    :class:`~qlab.attention.Int8Linear` (qlab.kernels, int8; every weight packed once, here).
 
     Calibration: the float model runs ``calibration_batches`` while observers record the
     min/max of each quantized activation. ``requant``: ``"float"`` (PyTorch's rounding) or
     ``"fixed"`` (integer-only). ``softmax``: ``"float"`` (default) or ``"int"`` runs each attention's q·kᵀ,
     softmax and P·v as one fused ``int8_attention`` call (notebook 12); ``"torch"`` as two ``int8_bmm`` calls around
     ``torch.softmax`` (notebook 08's fix 4 as first built). Raises ``TypeError`` naming any attention module it
-    cannot convert.
+    cannot convert. ``gelu``: ``"table"`` (default) runs each ``Mlp``'s GELU as a 256-entry table in fc1's
+    epilogue, between two uint8 activations (notebook 12, equation (3)); ``"float"`` hands fc1's float32 output to
+    ``nn.GELU`` and quantizes again for fc2 (notebook 08's build).
     """
     check_choice("requant", requant, ["float", "fixed"])
     check_choice("softmax", softmax, SOFTMAXES)
+    check_choice("gelu", gelu, ["table", "float"])
     batches = _check_batches(calibration_batches)
     m = copy.deepcopy(model).eval()
     attn_names = attention_module_names(m)
-    lin_names = _linear_names(m, attn_names)
+    mlp_names = [n for n, mod in m.named_modules() if supported_mlp(mod)] if gelu == "table" else []
+    lin_names = _linear_names(m, attn_names + mlp_names)
     for n in attn_names:
         m.set_submodule(n, ObservedAttention(m.get_submodule(n)))
+    for n in mlp_names:
+        m.set_submodule(n, ObservedMlp(m.get_submodule(n)))
     for n in lin_names:
         m.set_submodule(n, ObservedLinear(m.get_submodule(n)))
     for xb in batches:
         m(xb)
     for n in attn_names:
         m.set_submodule(n, Int8Attention.from_observed(m.get_submodule(n), requant, softmax))
+    for n in mlp_names:
+        m.set_submodule(n, Int8Mlp.from_observed(m.get_submodule(n), requant))
     for n in lin_names:
         m.set_submodule(n, Int8Linear.from_observed(m.get_submodule(n), requant))
     return m

@@ -74,17 +74,18 @@ def capture_attention(model, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def check_int8_calls(model, x: torch.Tensor) -> dict:
-    """Run ``model(x)`` and recompute every ``qlab::int8_bmm`` / ``qlab::int8_linear`` call with
+    """Run ``model(x)`` and recompute every ``qlab::int8_bmm`` / ``int8_linear`` / ``int8_linear_packed`` call with
     ``qlab.kernels.reference`` (and every fused ``qlab::int8_attention`` call with
     ``qlab.kernels.attention_reference``) on the same arguments. Returns the number of calls per op
-    (``int8_attention`` only when it ran) and ``all_equal`` (every output ``torch.equal`` to the reference)."""
+    (``int8_bmm`` always, the others when they ran) and ``all_equal`` (every output ``torch.equal`` to the
+    reference)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from .kernels import attention_reference, reference
 
     refs = {"int8_bmm": reference.int8_bmm, "int8_linear": reference.int8_linear,
-            "int8_attention": attention_reference.int8_attention}
-    stats = {"int8_bmm": 0, "int8_linear": 0, "all_equal": True}
+            "int8_linear_packed": reference.int8_linear_packed, "int8_attention": attention_reference.int8_attention}
+    stats = {"int8_bmm": 0, "all_equal": True}
 
     class _Check(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -99,7 +100,8 @@ def check_int8_calls(model, x: torch.Tensor) -> dict:
 
     with torch.no_grad(), _Check():
         model(x)
-    return {k: stats[k] for k in ("int8_bmm", "int8_attention", "int8_linear", "all_equal") if k in stats}
+    keys = ("int8_bmm", "int8_attention", "int8_linear", "int8_linear_packed", "all_equal")
+    return {k: stats[k] for k in keys if k in stats}
 
 
 @contextlib.contextmanager

@@ -88,7 +88,7 @@ def test_int8_bert_is_close_and_every_call_is_the_integer_reference(int8_model):
     assert cos.min() > 0.98, cos
     calls = vit_inspect.check_int8_calls(lambda ids: q(ids, b["attention_mask"]), b["input_ids"])
     layers = len(model.bert.encoder.layer)
-    assert calls == {"int8_bmm": 2 * layers, "int8_linear": 6 * layers, "all_equal": True}
+    assert calls == {"int8_bmm": 2 * layers, "int8_linear_packed": 6 * layers, "all_equal": True}
     assert kernels.backend() in ("native", "reference")
 
 
@@ -101,7 +101,7 @@ def test_the_fused_attention_takes_the_mask(softmax):
     b = batch(3, 4, 9)  # row 3 has 2 real tokens
     calls = vit_inspect.check_int8_calls(lambda ids: q(ids, b["attention_mask"]), b["input_ids"])
     layers = len(model.bert.encoder.layer)
-    assert calls == {"int8_bmm": 0, "int8_attention": layers, "int8_linear": 6 * layers, "all_equal": True}
+    assert calls == {"int8_bmm": 0, "int8_attention": layers, "int8_linear_packed": 6 * layers, "all_equal": True}
     with torch.no_grad():
         cos = torch.nn.functional.cosine_similarity(q(b["input_ids"], b["attention_mask"]),
                                                     model(b["input_ids"], b["attention_mask"]), dim=1)

@@ -20,6 +20,7 @@ NATIVE = qk.backend() == "native"
 PROBLEMS = """
 import torch
 def problems():
+    from qlab.kernels import reference  # here: importing qlab.kernels loads (or fails to build) the extension
     g = torch.Generator().manual_seed(0)
     a = torch.randint(0, 256, (2, 3, 9, 21), dtype=torch.uint8, generator=g)
     b = torch.randint(-128, 128, (2, 3, 11, 21), dtype=torch.int8, generator=g)
@@ -33,6 +34,9 @@ def problems():
         ("int8_bmm", (a, b, 0.02, 131, 0.01, -3, 1.0, 0, torch.float32, True, "float")),
         ("int8_linear", (x, w, ws, bias, 0.03, -5, 0.1, 3, torch.uint8, True, "float")),
         ("int8_linear", (x, w, ws, torch.arange(13, dtype=torch.int32), 0.03, -5, 1.0, 0, torch.int32, False, "fixed")),
+        ("pack_linear_weight", (w,)),
+        ("int8_linear_packed", (x, reference.pack_linear_weight(w), 13, ws, bias, 0.03, -5, 0.1, 3, torch.uint8, False,
+                                torch.arange(256).flip(0).to(torch.uint8), "float")),
     ]
 def digests(run):
     import hashlib

@@ -11,6 +11,7 @@ from torch import nn
 
 from qlab import attention as qa
 from qlab import checkpoints, data, vit, vit_inspect
+from qlab.int8_mlp import Int8Mlp
 from qlab.widgets import LiveFigure
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*quantized tensor creation functions.*deprecated:UserWarning")
@@ -78,14 +79,30 @@ def test_fix4_eager_is_int8_exact_and_accurate(digits_model, test_set, calib):
     q = vit.quantize_vit(digits_model, calib)
     kinds = [type(m) for m in q.modules()]
     assert kinds.count(qa.Int8Attention) == 4 and nn.Linear not in kinds
-    assert kinds.count(qa.Int8Linear) == 4 * 2 + 1  # fc1, fc2 per block, head
+    assert kinds.count(Int8Mlp) == 4 and kinds.count(qa.Int8Linear) == 1  # fc1 -> GELU table -> fc2; the head
     ref = vit.predict(digits_model, x)
     got = vit.compare(vit.predict(q, x), ref, y)
     fp32 = vit.compare(ref, ref, y)
     assert got["accuracy"] >= fp32["accuracy"] - 0.01 and got["cosine"] > 0.99
     calls = vit_inspect.check_int8_calls(q, x[:4])
     # one fused attention per block; q, k, v, proj, fc1, fc2 per block; head
-    assert calls == {"int8_bmm": 0, "int8_attention": 4, "int8_linear": 4 * 6 + 1, "all_equal": True}
+    assert calls == {"int8_bmm": 0, "int8_attention": 4, "int8_linear_packed": 4 * 6 + 1, "all_equal": True}
+
+
+def test_gelu_table_against_float_gelu(digits_model, test_set, calib):
+    """``gelu="table"`` (the default: GELU in fc1's epilogue, on uint8 codes) and ``gelu="float"`` (float32 GELU
+    between two quantizations, notebook 08's build) both stay within a point of fp32 on the digits; the table's
+    model computes exactly what its reference says (check_int8_calls), with no float GELU left."""
+    x, y = test_set
+    ref = vit.predict(digits_model, x)
+    fp32 = vit.compare(ref, ref, y)["accuracy"]
+    for gelu in ("table", "float"):
+        q = vit.quantize_vit(digits_model, calib, gelu=gelu)
+        assert sum(isinstance(m, nn.GELU) for m in q.modules()) == (0 if gelu == "table" else 4)
+        got = vit.compare(vit.predict(q, x), ref, y)
+        assert got["accuracy"] >= fp32 - 0.01 and got["cosine"] > 0.99, (gelu, got)
+    with pytest.raises(ValueError, match=r"gelu must be one of \['table', 'float'\]"):
+        vit.quantize_vit(digits_model, calib, gelu="tanh")
 
 
 @pytest.mark.parametrize("softmax", ["torch", "int"])
@@ -96,7 +113,7 @@ def test_fix4_softmax_choices(digits_model, test_set, calib, softmax):
     q = vit.quantize_vit(digits_model, calib, softmax=softmax)
     calls = vit_inspect.check_int8_calls(q, x[:4])
     want = {"int8_bmm": 8} if softmax == "torch" else {"int8_bmm": 0, "int8_attention": 4}
-    assert calls == {**want, "int8_linear": 25, "all_equal": True}
+    assert calls == {**want, "int8_linear_packed": 25, "all_equal": True}
     ref = vit.predict(digits_model, x)
     got, fp32 = vit.compare(vit.predict(q, x), ref, y), vit.compare(ref, ref, y)
     assert got["accuracy"] >= fp32["accuracy"] - 0.01 and got["cosine"] > 0.99

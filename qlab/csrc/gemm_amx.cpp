@@ -149,7 +149,6 @@ QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
 
   const int64_t npanels = (t.n1 - t.n0 + NR - 1) / NR;
   const int64_t panel_bytes = kp * NR;
-  auto pack = [&](int64_t p, int8_t* dst, int32_t* coff) { pack_panel(t, e, s, t.n0 + p * NR, dst, coff); };
   // Software pipeline: block i's tiles are stored to one buffer while block i - 1, in the other,
   // is finished, so the vector loads never wait on the tile stores still in flight.
   alignas(64) int32_t cbuf[2][AMX_MR * NR];
@@ -170,20 +169,26 @@ QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
 
   amx_config();
   if (npanels * panel_bytes <= 256 * 1024) {
-    Aligned64<int8_t> bpack(static_cast<size_t>(npanels * panel_bytes));
+    std::unique_ptr<Aligned64<int8_t>> bpack;
+    if (!t.packed) bpack = std::make_unique<Aligned64<int8_t>>(static_cast<size_t>(npanels * panel_bytes));
+    std::vector<const int8_t*> bp(static_cast<size_t>(npanels));
     std::vector<int32_t> col_off(static_cast<size_t>(npanels * NR));
-    for (int64_t p = 0; p < npanels; ++p) pack(p, bpack.data() + p * panel_bytes, col_off.data() + p * NR);
+    for (int64_t p = 0; p < npanels; ++p) {
+      bp[p] = panel_at(t, e, s, t.n0 + p * NR, bpack ? bpack->data() + p * panel_bytes : nullptr,
+                       col_off.data() + p * NR);
+    }
     for (int64_t mt = 0; mt < M; mt += AMX_MR) {
-      for (int64_t p = 0; p < npanels; ++p) run_block(p, mt, bpack.data() + p * panel_bytes, col_off.data() + p * NR);
+      for (int64_t p = 0; p < npanels; ++p) run_block(p, mt, bp[p], col_off.data() + p * NR);
     }
     if (have_pending) finish(pending, s.fin, t.out, t.ldc);  // while col_off lives
     have_pending = false;
   } else {
-    Aligned64<int8_t> bpack(static_cast<size_t>(panel_bytes));
+    std::unique_ptr<Aligned64<int8_t>> bpack;
+    if (!t.packed) bpack = std::make_unique<Aligned64<int8_t>>(static_cast<size_t>(panel_bytes));
     alignas(64) int32_t col_off[NR];
     for (int64_t p = 0; p < npanels; ++p) {
-      pack(p, bpack.data(), col_off);
-      for (int64_t mt = 0; mt < M; mt += AMX_MR) run_block(p, mt, bpack.data(), col_off);
+      const int8_t* bp = panel_at(t, e, s, t.n0 + p * NR, bpack ? bpack->data() : nullptr, col_off);
+      for (int64_t mt = 0; mt < M; mt += AMX_MR) run_block(p, mt, bp, col_off);
       if (have_pending) finish(pending, s.fin, t.out, t.ldc);  // before the panel buffer is refilled
       have_pending = false;
     }

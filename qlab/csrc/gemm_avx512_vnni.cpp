@@ -104,7 +104,6 @@ void gemm_avx512_vnni(const Task& t, const Epilogue& e) {
 
   const int64_t npanels = (t.n1 - t.n0 + NR - 1) / NR;
   const int64_t panel_bytes = kp * NR;
-  auto pack = [&](int64_t p, int8_t* dst, int32_t* coff) { pack_panel(t, e, s, t.n0 + p * NR, dst, coff); };
   auto run_tile = [&](int64_t p, int64_t mt, const int8_t* bp, const int32_t* coff) {
     const int64_t n = t.n0 + p * NR;
     const int64_t w = std::min<int64_t>(NR, t.n1 - n);
@@ -117,19 +116,25 @@ void gemm_avx512_vnni(const Task& t, const Epilogue& e) {
   if (npanels * panel_bytes <= 256 * 1024) {
     // All of B fits in L2 (attention: K or N is the head dim): pack it once, then sweep the
     // rows, so each tile of output rows is written left to right while its A rows stay in L1.
-    Aligned64<int8_t> bpack(static_cast<size_t>(npanels * panel_bytes));
+    std::unique_ptr<Aligned64<int8_t>> bpack;
+    if (!t.packed) bpack = std::make_unique<Aligned64<int8_t>>(static_cast<size_t>(npanels * panel_bytes));
+    std::vector<const int8_t*> bp(static_cast<size_t>(npanels));
     std::vector<int32_t> col_off(static_cast<size_t>(npanels * NR));
-    for (int64_t p = 0; p < npanels; ++p) pack(p, bpack.data() + p * panel_bytes, col_off.data() + p * NR);
+    for (int64_t p = 0; p < npanels; ++p) {
+      bp[p] = panel_at(t, e, s, t.n0 + p * NR, bpack ? bpack->data() + p * panel_bytes : nullptr,
+                       col_off.data() + p * NR);
+    }
     for (int64_t mt = 0; mt < M; mt += MR) {
-      for (int64_t p = 0; p < npanels; ++p) run_tile(p, mt, bpack.data() + p * panel_bytes, col_off.data() + p * NR);
+      for (int64_t p = 0; p < npanels; ++p) run_tile(p, mt, bp[p], col_off.data() + p * NR);
     }
   } else {
     // A large B (a Linear weight): one panel at a time, used by every row tile while it is hot.
-    Aligned64<int8_t> bpack(static_cast<size_t>(panel_bytes));
+    std::unique_ptr<Aligned64<int8_t>> bpack;
+    if (!t.packed) bpack = std::make_unique<Aligned64<int8_t>>(static_cast<size_t>(panel_bytes));
     alignas(64) int32_t col_off[NR];
     for (int64_t p = 0; p < npanels; ++p) {
-      pack(p, bpack.data(), col_off);
-      for (int64_t mt = 0; mt < M; mt += MR) run_tile(p, mt, bpack.data(), col_off);
+      const int8_t* bp = panel_at(t, e, s, t.n0 + p * NR, bpack ? bpack->data() : nullptr, col_off);
+      for (int64_t mt = 0; mt < M; mt += MR) run_tile(p, mt, bp, col_off);
     }
   }
 }

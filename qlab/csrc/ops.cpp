@@ -2,6 +2,9 @@
 //
 //   torch.ops.qlab.int8_bmm     batched int8 matmul with fused requantization (attention)
 //   torch.ops.qlab.int8_linear  int8 linear, per-channel weights, int32 or float bias, ReLU
+//   torch.ops.qlab.pack_linear_weight / int8_linear_packed  the same linear on a weight packed once (the VNNI and
+//                               AMX paths read its panels and column sums in place), plus a 256-entry table epilogue
+//   torch.ops.qlab.int8_attention  the fused attention (q·kᵀ, softmax, P·v per block of rows)
 //   torch.ops.qlab.quantize_per_tensor  float32 -> uint8/int8 codes, PyTorch's arithmetic (quantize.cpp)
 //
 // The arithmetic lives in gemm_*.cpp and requant.h; this file turns tensors into
@@ -20,6 +23,7 @@
 #include <optional>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -289,8 +293,11 @@ void make_epilogue(EpilogueData& d, OutKind kind, Requant mode, bool relu, int64
 // ---------------------------------------------------------------------------------------------
 // The driver: split batch x rows x columns into tasks, run them on ATen's thread pool.
 
+// packed: a prepacked weight (linear only, batch 1; the VNNI and AMX paths), or null. table: 256 codes applied to
+// every 8-bit output code (index = the code's byte, top bit flipped for int8), or null.
 void run(int64_t batch, const std::vector<int64_t>& a_off, const std::vector<int64_t>& b_off, const MatA& a,
-         const MatB& b, int64_t M, int64_t N, int64_t K, const Epilogue& e, at::Tensor& out) {
+         const MatB& b, int64_t M, int64_t N, int64_t K, const Epilogue& e, at::Tensor& out,
+         const int8_t* packed = nullptr, const uint8_t* table = nullptr) {
   if (batch == 0 || M == 0 || N == 0) return;
   const Isa isa = active_isa();
   void (*gemm)(const Task&, const Epilogue&) =
@@ -337,7 +344,19 @@ void run(int64_t batch, const std::vector<int64_t>& a_off, const std::vector<int
       t.n1 = std::min(N, t.n0 + panels_per_chunk * panel);
       t.out = out_base + static_cast<size_t>(bi * M * N) * elem;
       t.ldc = N;
+      if (packed) {
+        t.packed = packed;
+        t.packed_stride = packed_panel_bytes(K);
+        t.packed_colsum = packed_kp(K) * kPackedPanel;
+      }
       gemm(t, e);
+      if (table) {  // the codes just written are still in cache
+        const uint8_t flip = e.kind == OutKind::Int8 ? 0x80 : 0x00;
+        uint8_t* o = static_cast<uint8_t*>(t.out);
+        for (int64_t m = t.m0; m < t.m1; ++m) {
+          for (int64_t n = t.n0; n < t.n1; ++n) o[m * N + n] = table[o[m * N + n] ^ flip];
+        }
+      }
     }
   });
 }
@@ -412,23 +431,93 @@ at::Tensor int8_bmm_cpu(const at::Tensor& a, const at::Tensor& b, double a_scale
   return out;
 }
 
-at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
-                           const std::optional<at::Tensor>& bias, double x_scale, int64_t x_zero_point,
-                           double out_scale, int64_t out_zero_point, at::ScalarType out_dtype, bool relu,
-                           c10::string_view requant) {
-  check_cpu(x, "x");
+// The packed weight (pack_linear_weight): the header, then [ceil(N / 48), packed_panel_bytes(K)] int8 panels (see
+// Task::packed). One pass over the weight, scalar: it runs once, when a model is converted.
+at::Tensor pack_linear_weight_cpu(const at::Tensor& weight) {
   check_cpu(weight, "weight");
-  check_cpu(weight_scale, "weight_scale");
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kByte || x.scalar_type() == at::kChar,
-                   "x must have dtype torch.uint8 or torch.int8, got ", dtype_name(x.scalar_type()));
   TORCH_CHECK_TYPE(weight.scalar_type() == at::kChar, "weight must have dtype torch.int8, got ",
                    dtype_name(weight.scalar_type()));
   TORCH_CHECK_VALUE(weight.dim() == 2, "weight must have shape [out_features, in_features], got shape ",
                     weight.sizes());
-  TORCH_CHECK_VALUE(x.dim() >= 1, "x must have at least 1 dimension [..., in_features]");
   const int64_t N = weight.size(0), K = weight.size(1);
-  TORCH_CHECK_VALUE(x.size(-1) == K, "x must have shape [..., in_features] with in_features = weight.shape[1] = ", K,
-                    ", got shape ", x.sizes());
+  const int64_t np = (N + kPackedPanel - 1) / kPackedPanel, kp = packed_kp(K), pb = packed_panel_bytes(K);
+  at::Tensor out = at::zeros({kPackedHeader + np * pb}, weight.options());
+  const at::Tensor w = weight.contiguous();
+  const int8_t* src = w.data_ptr<int8_t>();
+  int8_t* dst = out.data_ptr<int8_t>();
+  const int32_t header[3] = {kPackedMagic, static_cast<int32_t>(N), static_cast<int32_t>(K)};
+  TORCH_CHECK_VALUE(N <= INT32_MAX && K <= INT32_MAX, "weight is too large to pack: shape ", weight.sizes());
+  std::memcpy(dst, header, sizeof(header));
+  dst += kPackedHeader;
+  for (int64_t p = 0; p < np; ++p) {
+    const int64_t width = std::min<int64_t>(kPackedPanel, N - p * kPackedPanel);
+    const int64_t W = (width + 15) / 16 * 16;  // the columns a tile reads: whole groups of 16
+    int8_t* panel = dst + p * pb;
+    int32_t colsum[kPackedPanel] = {};
+    for (int64_t j = 0; j < width; ++j) {
+      const int8_t* row = src + (p * kPackedPanel + j) * K;
+      for (int64_t k = 0; k < K; ++k) {
+        panel[((k / 4) * W + j) * 4 + k % 4] = row[k];
+        colsum[j] += row[k];
+      }
+    }
+    std::memcpy(panel + kp * kPackedPanel, colsum, sizeof(colsum));
+  }
+  return out;
+}
+
+// The inverse of pack_linear_weight: the [N, K] weight (the AVX2 and scalar paths read a plain weight).
+at::Tensor unpack_linear_weight(const at::Tensor& packed, int64_t N, int64_t K) {
+  at::Tensor w = at::empty({N, K}, packed.options());
+  const int8_t* src = packed.data_ptr<int8_t>() + kPackedHeader;
+  int8_t* dst = w.data_ptr<int8_t>();
+  const int64_t pb = packed_panel_bytes(K);
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t p = n / kPackedPanel, j = n % kPackedPanel;
+    const int64_t W = (std::min<int64_t>(kPackedPanel, N - p * kPackedPanel) + 15) / 16 * 16;
+    for (int64_t k = 0; k < K; ++k) dst[n * K + k] = src[p * pb + ((k / 4) * W + j) * 4 + k % 4];
+  }
+  return w;
+}
+
+// int8_linear and int8_linear_packed: exactly one of weight / packed is defined.
+at::Tensor linear_impl(const at::Tensor& x, const at::Tensor* weight, const at::Tensor* packed, int64_t N,
+                       const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias, double x_scale,
+                       int64_t x_zero_point, double out_scale, int64_t out_zero_point, at::ScalarType out_dtype,
+                       bool relu, c10::string_view requant, const std::optional<at::Tensor>& table) {
+  check_cpu(x, "x");
+  check_cpu(weight_scale, "weight_scale");
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kByte || x.scalar_type() == at::kChar,
+                   "x must have dtype torch.uint8 or torch.int8, got ", dtype_name(x.scalar_type()));
+  TORCH_CHECK_VALUE(x.dim() >= 1, "x must have at least 1 dimension [..., in_features]");
+  int64_t K = x.size(-1);
+  if (weight) {
+    check_cpu(*weight, "weight");
+    TORCH_CHECK_TYPE(weight->scalar_type() == at::kChar, "weight must have dtype torch.int8, got ",
+                     dtype_name(weight->scalar_type()));
+    TORCH_CHECK_VALUE(weight->dim() == 2, "weight must have shape [out_features, in_features], got shape ",
+                      weight->sizes());
+    N = weight->size(0);
+    K = weight->size(1);
+    TORCH_CHECK_VALUE(x.size(-1) == K, "x must have shape [..., in_features] with in_features = weight.shape[1] = ",
+                      K, ", got shape ", x.sizes());
+  } else {
+    check_cpu(*packed, "packed_weight");
+    TORCH_CHECK_TYPE(packed->scalar_type() == at::kChar, "packed_weight must have dtype torch.int8, got ",
+                     dtype_name(packed->scalar_type()));
+    TORCH_CHECK_VALUE(N >= 1, "out_features must be >= 1, got ", N);
+    const int64_t bytes = kPackedHeader + (N + kPackedPanel - 1) / kPackedPanel * packed_panel_bytes(K);
+    int32_t header[3] = {0, 0, 0};
+    const bool shaped = packed->dim() == 1 && packed->size(0) == bytes && packed->is_contiguous();
+    if (shaped) std::memcpy(header, packed->data_ptr<int8_t>(), sizeof(header));
+    TORCH_CHECK_VALUE(shaped && header[0] == kPackedMagic && header[1] == N && header[2] == K,
+                      "packed_weight must be pack_linear_weight(weight) of a weight [out_features, in_features] = [",
+                      N, ", ", K, "] (in_features = x.shape[-1]): a contiguous 1-D int8 tensor of ", bytes,
+                      " bytes whose header says [", N, ", ", K, "]; got shape ", packed->sizes(),
+                      packed->is_contiguous() ? "" : " (not contiguous)",
+                      shaped ? " packed for [" + std::to_string(header[1]) + ", " + std::to_string(header[2]) + "]"
+                             : std::string());
+  }
   TORCH_CHECK_TYPE(weight_scale.scalar_type() == at::kFloat, "weight_scale must have dtype torch.float32, got ",
                    dtype_name(weight_scale.scalar_type()));
   const bool per_channel = weight_scale.dim() == 1;
@@ -443,6 +532,17 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
   if (quantized_out) {
     check_scale(out_scale, "out_scale");
     check_zero_point(out_zero_point, out_dtype, "out_zero_point");
+  }
+  at::Tensor table_c;
+  if (table.has_value()) {
+    check_cpu(*table, "table");
+    TORCH_CHECK_VALUE(quantized_out, "table maps 8-bit output codes: it needs out_dtype torch.uint8 or torch.int8, got ",
+                      dtype_name(out_dtype));
+    TORCH_CHECK_TYPE(table->scalar_type() == at::kByte || table->scalar_type() == at::kChar,
+                     "table must have dtype torch.uint8 or torch.int8, got ", dtype_name(table->scalar_type()));
+    TORCH_CHECK_VALUE(table->dim() == 1 && table->size(0) == 256, "table must have shape [256], got shape ",
+                      table->sizes());
+    table_c = table->contiguous();
   }
   const at::Tensor ws = weight_scale.contiguous();
   const float* wsp = ws.data_ptr<float>();
@@ -484,13 +584,42 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
   const at::Tensor x2 = x.reshape({M, K});  // a view when possible
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end() - 1);
   out_shape.push_back(N);
-  at::Tensor out = at::empty(out_shape, x.options().dtype(out_dtype));
+  at::Tensor out = at::empty(out_shape, x.options().dtype(table.has_value() ? table_c.scalar_type() : out_dtype));
 
   MatA ma{static_cast<const uint8_t*>(x2.data_ptr()), x2.stride(0), x2.stride(1), x2.scalar_type() == at::kChar,
           static_cast<int32_t>(x_zero_point)};
-  MatB mb{static_cast<const int8_t*>(weight.data_ptr()), weight.stride(1), weight.stride(0), 0};
-  run(1, {0}, {0}, ma, mb, M, N, K, ed.e, out);
+  const uint8_t* tp = table.has_value() ? static_cast<const uint8_t*>(table_c.data_ptr()) : nullptr;
+  const Isa isa = active_isa();
+  at::Tensor plain;
+  const int8_t* pk = nullptr;
+  if (weight) {
+    plain = *weight;
+  } else if (isa == Isa::Avx512Vnni || isa == Isa::Amx) {
+    pk = packed->data_ptr<int8_t>() + kPackedHeader;
+  } else {
+    plain = unpack_linear_weight(*packed, N, K);  // these paths pack to int16 panels of their own
+  }
+  MatB mb{pk ? nullptr : static_cast<const int8_t*>(plain.data_ptr()), pk ? 1 : plain.stride(1),
+          pk ? K : plain.stride(0), 0};
+  run(1, {0}, {0}, ma, mb, M, N, K, ed.e, out, pk, tp);
   return out;
+}
+
+at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
+                           const std::optional<at::Tensor>& bias, double x_scale, int64_t x_zero_point,
+                           double out_scale, int64_t out_zero_point, at::ScalarType out_dtype, bool relu,
+                           c10::string_view requant) {
+  return linear_impl(x, &weight, nullptr, 0, weight_scale, bias, x_scale, x_zero_point, out_scale, out_zero_point,
+                     out_dtype, relu, requant, std::nullopt);
+}
+
+at::Tensor int8_linear_packed_cpu(const at::Tensor& x, const at::Tensor& packed_weight, int64_t out_features,
+                                  const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
+                                  double x_scale, int64_t x_zero_point, double out_scale, int64_t out_zero_point,
+                                  at::ScalarType out_dtype, bool relu, const std::optional<at::Tensor>& table,
+                                  c10::string_view requant) {
+  return linear_impl(x, nullptr, &packed_weight, out_features, weight_scale, bias, x_scale, x_zero_point, out_scale,
+                     out_zero_point, out_dtype, relu, requant, table);
 }
 
 // The fused attention (issue 15): q·kᵀ -> (+ bias, mask) -> softmax -> uint8 P -> P·v, a block of query rows at a
@@ -692,6 +821,11 @@ TORCH_LIBRARY(qlab, m) {
   m.def(
       "int8_linear(Tensor x, Tensor weight, Tensor weight_scale, Tensor? bias, float x_scale, int x_zero_point, "
       "float out_scale, int out_zero_point, ScalarType out_dtype, bool relu, str requant) -> Tensor");
+  m.def("pack_linear_weight(Tensor weight) -> Tensor");
+  m.def(
+      "int8_linear_packed(Tensor x, Tensor packed_weight, int out_features, Tensor weight_scale, Tensor? bias, "
+      "float x_scale, int x_zero_point, float out_scale, int out_zero_point, ScalarType out_dtype, bool relu, "
+      "Tensor? table, str requant) -> Tensor");
   m.def("quantize_per_tensor(Tensor x, float scale, int zero_point, ScalarType dtype) -> Tensor");
   m.def(
       "int8_attention(Tensor q, Tensor k, Tensor v, float q_scale, int q_zero_point, float k_scale, "
@@ -707,6 +841,8 @@ TORCH_LIBRARY(qlab, m) {
 TORCH_LIBRARY_IMPL(qlab, CPU, m) {
   m.impl("int8_bmm", &int8_bmm_cpu);
   m.impl("int8_linear", &int8_linear_cpu);
+  m.impl("pack_linear_weight", &pack_linear_weight_cpu);
+  m.impl("int8_linear_packed", &int8_linear_packed_cpu);
   m.impl("quantize_per_tensor", &quantize_per_tensor_cpu);
   m.impl("int8_attention", &int8_attention_cpu);
 }

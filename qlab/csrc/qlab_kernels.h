@@ -86,7 +86,21 @@ struct Task {
   int64_t m0, m1, n0, n1;
   void* out;
   int64_t ldc;
+  // A weight packed ahead of time (torch.ops.qlab.pack_linear_weight), read by the VNNI and AMX paths
+  // instead of packing b: panel p (columns [48p, 48p + 48)) starts at packed + p * packed_stride and holds
+  // [kp/4][16 * ceil(w / 16)][4] int8 (kp = K rounded up to 64, w the panel's columns), then, at byte
+  // packed_colsum, the 48 column sums as int32. null: pack b per call.
+  const int8_t* packed = nullptr;
+  int64_t packed_stride = 0, packed_colsum = 0;
 };
+
+// The prepacked weight layout (one place; ops.cpp packs, the VNNI and AMX paths read it): a 1-D int8 tensor,
+// a 64-byte header (int32: kPackedMagic, N, K, then zeros) and ceil(N / 48) panels of packed_panel_bytes(K).
+constexpr int64_t kPackedPanel = 48;
+constexpr int64_t kPackedHeader = 64;
+constexpr int32_t kPackedMagic = 0x31424C51;  // "QLB1" read as little-endian bytes
+inline int64_t packed_kp(int64_t K) { return ((K < 1 ? 1 : K) + 63) / 64 * 64; }
+inline int64_t packed_panel_bytes(int64_t K) { return packed_kp(K) * kPackedPanel + 4 * kPackedPanel; }
 
 // The paths. Each computes out[m0:m1, n0:n1] for one task.
 void gemm_scalar(const Task& t, const Epilogue& e);

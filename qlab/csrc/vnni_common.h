@@ -394,16 +394,36 @@ QLAB_VNNI void setup_task(const Task& t, const Epilogue& e, int64_t kp, int64_t 
 
 // The column panel starting at column n: packed B (ceil(w / 16) groups of 16 columns, the groups a
 // tile reads) and its column offsets bias - za * colsum + K * za * zb.
-QLAB_VNNI void pack_panel(const Task& t, const Epilogue& e, const TaskSetup& s, int64_t n, int8_t* dst, int32_t* coff) {
-  const int64_t w = std::min<int64_t>(NR, t.n1 - n);
-  const int nv = static_cast<int>((w + 15) / 16);
-  alignas(64) int32_t colsum[NR];
-  pack_b(t.b, n, w, t.K, s.kp, nv, dst, colsum);
+QLAB_VNNI void column_offsets(const Epilogue& e, const TaskSetup& s, int64_t n, int nv, const int32_t* colsum,
+                              int32_t* coff) {
   for (int64_t j = 0; j < 16 * nv; ++j) {
     int32_t off = wrap_add(wrap_mul(-s.za, colsum[j]), s.kzz);
     if (e.bias) off = wrap_add(off, e.bias[n + j]);
     coff[j] = off;
   }
+}
+
+QLAB_VNNI void pack_panel(const Task& t, const Epilogue& e, const TaskSetup& s, int64_t n, int8_t* dst, int32_t* coff) {
+  const int64_t w = std::min<int64_t>(NR, t.n1 - n);
+  const int nv = static_cast<int>((w + 15) / 16);
+  alignas(64) int32_t colsum[NR];
+  pack_b(t.b, n, w, t.K, s.kp, nv, dst, colsum);
+  column_offsets(e, s, n, nv, colsum, coff);
+}
+
+// The panel at column n (a multiple of NR): packed now into buf, or found in the prepacked weight (Task::packed,
+// whose layout differs only in K's padding, to 64: a path that pads K less reads fewer k-quads of the same panel).
+QLAB_VNNI const int8_t* panel_at(const Task& t, const Epilogue& e, const TaskSetup& s, int64_t n, int8_t* buf,
+                                 int32_t* coff) {
+  if (!t.packed) {
+    pack_panel(t, e, s, n, buf, coff);
+    return buf;
+  }
+  const int8_t* bp = t.packed + (n / NR) * t.packed_stride;
+  int32_t colsum[NR];
+  std::memcpy(colsum, bp + t.packed_colsum, sizeof(colsum));
+  column_offsets(e, s, n, static_cast<int>((std::min<int64_t>(NR, t.n1 - n) + 15) / 16), colsum, coff);
+  return bp;
 }
 
 }  // namespace

@@ -54,6 +54,8 @@ from . import _build, _ops, _validate, reference
 __all__ = [
     "int8_bmm",
     "int8_linear",
+    "pack_linear_weight",
+    "int8_linear_packed",
     "quantize_per_tensor",
     "backend",
     "isa",
@@ -299,6 +301,59 @@ def int8_linear(
     )
     return torch.ops.qlab.int8_linear(
         x, weight, weight_scale, bias, x_scale, x_zero_point, out_scale, out_zero_point, out_dtype, relu, requant
+    )
+
+
+def pack_linear_weight(weight: torch.Tensor) -> torch.Tensor:
+    """Pack an int8 ``[out_features, in_features]`` weight once, for :func:`int8_linear_packed`: the panels the
+    AVX-512 VNNI and AMX paths read in place, with the column sums the zero point of x needs
+    (:func:`qlab.kernels.reference.pack_linear_weight` spells the layout out). Notebook 12."""
+    return torch.ops.qlab.pack_linear_weight(weight)
+
+
+def int8_linear_packed(
+    x: torch.Tensor,
+    packed_weight: torch.Tensor,
+    out_features: int,
+    weight_scale,
+    bias: torch.Tensor | None = None,
+    *,
+    x_scale: float,
+    x_zero_point: int,
+    out_scale: float | None = None,
+    out_zero_point: int = 0,
+    out_dtype: torch.dtype = torch.uint8,
+    relu: bool = False,
+    table: torch.Tensor | None = None,
+    requant: str = "float",
+) -> torch.Tensor:
+    """:func:`int8_linear` on a weight packed once by :func:`pack_linear_weight` (same results bit for bit), with
+    one more epilogue: ``table``, 256 codes applied to the 8-bit output (``out = table[code − min(out_dtype)]``, the
+    result of the table's dtype): a GELU between two per-tensor-quantized activations, exactly
+    (:func:`qlab.inside.gelu_table`). The AVX2 and scalar paths unpack the weight per call. Notebook 12.
+    """
+    if isinstance(weight_scale, torch.Tensor):
+        if weight_scale.dtype == torch.float64:
+            weight_scale = weight_scale.to(torch.float32)
+    else:
+        weight_scale = torch.tensor(check_positive_scale("weight_scale", weight_scale), dtype=torch.float32)
+    out_scale, out_zero_point = _out_qparams(out_dtype, out_scale, out_zero_point)
+    _validate.python_types(
+        x=(x, "tensor"),
+        packed_weight=(packed_weight, "tensor"),
+        out_features=(out_features, "int"),
+        bias=(bias, "tensor?"),
+        x_scale=(x_scale, "float"),
+        x_zero_point=(x_zero_point, "int"),
+        out_scale=(out_scale, "float"),
+        out_zero_point=(out_zero_point, "int"),
+        relu=(relu, "bool"),
+        table=(table, "tensor?"),
+        requant=(requant, "str"),
+    )
+    return torch.ops.qlab.int8_linear_packed(
+        x, packed_weight, out_features, weight_scale, bias, x_scale, x_zero_point, out_scale, out_zero_point,
+        out_dtype, relu, table, requant
     )
 
 

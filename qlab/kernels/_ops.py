@@ -24,6 +24,12 @@ SCHEMAS = {
         "int8_linear(Tensor x, Tensor weight, Tensor weight_scale, Tensor? bias, float x_scale, int x_zero_point, "
         "float out_scale, int out_zero_point, ScalarType out_dtype, bool relu, str requant) -> Tensor"
     ),
+    "pack_linear_weight": "pack_linear_weight(Tensor weight) -> Tensor",
+    "int8_linear_packed": (
+        "int8_linear_packed(Tensor x, Tensor packed_weight, int out_features, Tensor weight_scale, Tensor? bias, "
+        "float x_scale, int x_zero_point, float out_scale, int out_zero_point, ScalarType out_dtype, bool relu, "
+        "Tensor? table, str requant) -> Tensor"
+    ),
     "quantize_per_tensor": "quantize_per_tensor(Tensor x, float scale, int zero_point, ScalarType dtype) -> Tensor",
     "int8_attention": (
         "int8_attention(Tensor q, Tensor k, Tensor v, float q_scale, int q_zero_point, float k_scale, "
@@ -50,6 +56,8 @@ def register_fallback() -> None:
         lib.define(schema)
     lib.impl("int8_bmm", reference.int8_bmm, "CPU")
     lib.impl("int8_linear", reference.int8_linear, "CPU")
+    lib.impl("pack_linear_weight", reference.pack_linear_weight, "CPU")
+    lib.impl("int8_linear_packed", reference.int8_linear_packed, "CPU")
     lib.impl("quantize_per_tensor", reference.quantize_per_tensor, "CPU")
     lib.impl("int8_attention", attention_reference.int8_attention, "CPU")
     state["lib"] = lib  # the registration lives as long as this object
@@ -84,6 +92,17 @@ def _linear_fake(
     return x.new_empty((*x.shape[:-1], N), dtype=out_dtype)
 
 
+def _pack_fake(weight):
+    _validate.packed_weight_args(weight)
+    return weight.new_empty((reference.packed_bytes(*weight.shape),))
+
+
+def _linear_packed_fake(x, packed_weight, out_features, weight_scale, bias, x_scale, x_zero_point, out_scale,
+                        out_zero_point, out_dtype, relu, table, requant):
+    _validate.packed_linear_args(x, packed_weight, out_features, out_dtype, table)
+    return x.new_empty((*x.shape[:-1], out_features), dtype=out_dtype if table is None else table.dtype)
+
+
 def _quantize_fake(x, scale, zero_point, dtype):
     _validate.quantize_args(x, scale, zero_point, dtype)
     return x.new_empty(x.shape, dtype=dtype)
@@ -99,6 +118,8 @@ def register_fakes() -> None:
         return
     torch.library.register_fake("qlab::int8_bmm")(_bmm_fake)
     torch.library.register_fake("qlab::int8_linear")(_linear_fake)
+    torch.library.register_fake("qlab::pack_linear_weight")(_pack_fake)
+    torch.library.register_fake("qlab::int8_linear_packed")(_linear_packed_fake)
     torch.library.register_fake("qlab::quantize_per_tensor")(_quantize_fake)
     torch.library.register_fake("qlab::int8_attention")(_attention_fake)
     state["fakes"] = True

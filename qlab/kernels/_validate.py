@@ -258,6 +258,68 @@ def linear_args(
     return N, K, per_channel
 
 
+def packed_weight_args(weight) -> None:
+    """``pack_linear_weight``: an int8 ``[out_features, in_features]`` weight on the CPU."""
+    _int8("weight", weight)
+    if weight.dim() != 2:
+        raise ValueError(f"weight must have shape [out_features, in_features], got shape {tuple(weight.shape)}")
+
+
+def packed_args(packed, out_features, in_features) -> None:
+    """A packed weight of ``[out_features, in_features]``: a contiguous 1-D int8 tensor of the right length."""
+    check_tensor("packed_weight", packed)
+    _cpu("packed_weight", packed)
+    if packed.dtype != torch.int8:
+        raise TypeError(f"packed_weight must have dtype torch.int8, got {packed.dtype}")
+    if isinstance(out_features, bool) or not isinstance(out_features, int) or out_features < 1:
+        raise ValueError(f"out_features must be >= 1, got {out_features!r}")
+    n_bytes = 64 + (out_features + 47) // 48 * (((max(in_features, 1) + 63) // 64 * 64) * 48 + 192)
+    if packed.dim() != 1 or packed.shape[0] != n_bytes or not packed.is_contiguous():
+        raise ValueError(_packed_message(out_features, in_features, n_bytes, packed))
+
+
+def packed_header(packed, out_features, in_features) -> None:
+    """The header pack_linear_weight wrote says ``[out_features, in_features]`` (a real tensor, not a fake one)."""
+    head = packed[:12].view(torch.int32).tolist()
+    if head != [0x31424C51, out_features, in_features]:
+        raise ValueError(_packed_message(out_features, in_features, packed.shape[0], packed)
+                         + f" packed for [{head[1]}, {head[2]}]")
+
+
+def _packed_message(N, K, n_bytes, packed) -> str:
+    return (
+        f"packed_weight must be pack_linear_weight(weight) of a weight [out_features, in_features] = [{N}, {K}] "
+        f"(in_features = x.shape[-1]): a contiguous 1-D int8 tensor of {n_bytes} bytes whose header says [{N}, {K}]; "
+        f"got shape {list(packed.shape)}" + ("" if packed.is_contiguous() else " (not contiguous)")
+    )
+
+
+def table_arg(table, out_dtype) -> None:
+    """``int8_linear_packed``'s ``table``: None, or 256 uint8/int8 codes after an 8-bit output."""
+    if table is None:
+        return
+    check_tensor("table", table)
+    _cpu("table", table)
+    if out_dtype not in QRANGE:
+        raise ValueError(
+            f"table maps 8-bit output codes: it needs out_dtype torch.uint8 or torch.int8, got {out_dtype}"
+        )
+    if table.dtype not in QRANGE:
+        raise TypeError(f"table must have dtype torch.uint8 or torch.int8, got {table.dtype}")
+    if tuple(table.shape) != (256,):
+        raise ValueError(f"table must have shape [256], got shape {list(table.shape)}")
+
+
+def packed_linear_args(x, packed, out_features, out_dtype, table) -> None:
+    """What ``int8_linear_packed`` adds to ``int8_linear``'s checks: x, the packed weight, the table."""
+    _activation("x", x)
+    if x.dim() < 1:
+        raise ValueError("x must have at least 1 dimension [..., in_features]")
+    packed_args(packed, out_features, x.shape[-1])
+    check_choice("out_dtype", out_dtype, OUT_DTYPES)
+    table_arg(table, out_dtype)
+
+
 def quantize_args(x, scale, zero_point, dtype) -> None:
     """``quantize_per_tensor``: float32 ``x`` on the CPU, a float32-representable scale, an 8-bit dtype and its zero
     point."""

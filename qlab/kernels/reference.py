@@ -38,7 +38,15 @@ from ..primitives import _codes
 from ..requant import requantize_fixed, requantize_float
 from . import _validate
 
-__all__ = ["wrap_int32", "int8_bmm", "int8_linear", "quantize_per_tensor"]
+__all__ = [
+    "wrap_int32",
+    "int8_bmm",
+    "int8_linear",
+    "pack_linear_weight",
+    "unpack_linear_weight",
+    "int8_linear_packed",
+    "quantize_per_tensor",
+]
 
 _QRANGE = _validate.QRANGE  # {torch.uint8: (0, 255), torch.int8: (-128, 127)}
 
@@ -168,6 +176,102 @@ def int8_linear(
         mult_real = [float(_f32(x_scale)) * w / float(_f32(out_scale)) for w in ws]
         mult_real = mult_real if per_channel else mult_real[0]
     return _finish(acc, out_dtype, requant, scale_ab, mult_real, out_scale, out_zero_point, relu, fbias, per_channel)
+
+
+# ----------------------------------------------------------------------------------------------
+# The prepacked weight: packed once when a model is converted, read by the VNNI and AMX paths in place
+
+PANEL = 48  # columns per panel: 3 vectors of 16 int32 lanes (AVX-512), 3 AMX tiles of 16 columns
+
+
+HEADER = 64  # bytes before the first panel
+MAGIC = 0x31424C51  # "QLB1" as little-endian bytes
+
+
+def packed_kp(in_features: int) -> int:
+    """K rounded up to a multiple of 64 (one AMX tile row of A); at least 64."""
+    return (max(in_features, 1) + 63) // 64 * 64
+
+
+def packed_bytes(out_features: int, in_features: int) -> int:
+    """Length of ``pack_linear_weight`` of an ``[out_features, in_features]`` weight."""
+    return HEADER + (out_features + PANEL - 1) // PANEL * (packed_kp(in_features) * PANEL + 4 * PANEL)
+
+
+def pack_linear_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The int8 weight ``[N, K]`` in the layout the VNNI and AMX paths read, computed once::
+
+        header               = 64 bytes: int32 MAGIC, N, K, then zeros (the op checks them against its arguments)
+        panel p              = columns [48p, 48p + 48) of weight.T, kp · 48 + 192 bytes:
+          [:kp * W]          = [kp/4][W][4] int8: 4 consecutive k of one column, then the next column
+                               (W = the panel's columns rounded up to 16, kp = K rounded up to 64, zeros padded)
+          [kp * 48:]         = the 48 column sums Σ_k weight[n, k] as int32 (little-endian), zeros past N
+
+    The column sums are what the zero point of x costs (``-zx · Σ_k w``, notebook 12), so nothing is summed per
+    call. A 1-D int8 tensor of :func:`packed_bytes` ``(N, K)`` bytes; the panels start 64-byte aligned.
+    """
+    _validate.packed_weight_args(weight)
+    N, K = weight.shape
+    kp = packed_kp(K)
+    n_panels = (N + PANEL - 1) // PANEL
+    flat = torch.zeros(packed_bytes(N, K), dtype=torch.int8)
+    flat[:HEADER].view(torch.int32)[:3] = torch.tensor([MAGIC, N, K], dtype=torch.int32)
+    out = flat[HEADER:].view(n_panels, kp * PANEL + 4 * PANEL)
+    for p in range(n_panels):
+        cols = weight[p * PANEL : (p + 1) * PANEL]
+        w = cols.shape[0]
+        W = (w + 15) // 16 * 16
+        block = torch.zeros(W, kp, dtype=torch.int8)
+        block[:w, :K] = cols
+        out[p, : kp * W] = block.reshape(W, kp // 4, 4).permute(1, 0, 2).reshape(-1)
+        colsum = torch.zeros(PANEL, dtype=torch.int32)
+        colsum[:w] = cols.to(torch.int32).sum(1, dtype=torch.int32)
+        out[p, kp * PANEL :] = colsum.view(torch.int8)
+    return flat
+
+
+def unpack_linear_weight(packed: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
+    """The inverse of :func:`pack_linear_weight`: the ``[out_features, in_features]`` int8 weight."""
+    _validate.packed_args(packed, out_features, in_features)
+    _validate.packed_header(packed, out_features, in_features)
+    N, K = out_features, in_features
+    kp = packed_kp(K)
+    n_panels = (N + PANEL - 1) // PANEL
+    panels = packed[HEADER:].view(n_panels, kp * PANEL + 4 * PANEL)
+    rows = []
+    for p in range(n_panels):
+        w = min(PANEL, N - p * PANEL)
+        W = (w + 15) // 16 * 16
+        block = panels[p, : kp * W].reshape(kp // 4, W, 4).permute(1, 0, 2).reshape(W, kp)
+        rows.append(block[:w, :K])
+    return torch.cat(rows) if rows else torch.zeros(0, K, dtype=torch.int8)
+
+
+def int8_linear_packed(
+    x: torch.Tensor,
+    packed_weight: torch.Tensor,
+    out_features: int,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    x_scale: float,
+    x_zero_point: int,
+    out_scale: float,
+    out_zero_point: int,
+    out_dtype: torch.dtype,
+    relu: bool,
+    table: torch.Tensor | None,
+    requant: str,
+) -> torch.Tensor:
+    """:func:`int8_linear` with the weight packed by :func:`pack_linear_weight`, then (optionally) a 256-entry
+    ``table`` on the 8-bit output codes: ``out = table[code - min(out_dtype)]``, of the table's dtype (a GELU
+    evaluated exactly on per-tensor codes, notebook 12's equation (3))."""
+    _validate.packed_linear_args(x, packed_weight, out_features, out_dtype, table)
+    weight = unpack_linear_weight(packed_weight, out_features, x.shape[-1])
+    out = int8_linear(x, weight, weight_scale, bias, x_scale, x_zero_point, out_scale, out_zero_point, out_dtype,
+                      relu, requant)
+    if table is None:
+        return out
+    return table.contiguous()[out.to(torch.int64) - _QRANGE[out_dtype][0]]
 
 
 def quantize_per_tensor(x: torch.Tensor, scale: float, zero_point: int, dtype: torch.dtype) -> torch.Tensor:
