@@ -63,6 +63,16 @@ bool cpu_supports(Isa isa) {
 #endif
 }
 
+// AVX-512 VBMI (vpermi2b): only the table epilogue uses it, beside the AVX-512 paths.
+bool cpu_has_vbmi() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool has = __builtin_cpu_supports("avx512vbmi");
+  return has;
+#else
+  return false;
+#endif
+}
+
 Isa best_isa() {
   if (cpu_supports(Isa::Amx)) return Isa::Amx;
   if (cpu_supports(Isa::Avx512Vnni)) return Isa::Avx512Vnni;
@@ -327,6 +337,7 @@ void run(int64_t batch, const std::vector<int64_t>& a_off, const std::vector<int
 
   const size_t elem = out.element_size();
   uint8_t* out_base = static_cast<uint8_t*>(out.data_ptr());
+  const bool vbmi = table && (isa == Isa::Avx512Vnni || isa == Isa::Amx) && cpu_has_vbmi();
   at::parallel_for(0, ntasks, grain, [&](int64_t t0, int64_t t1) {
     for (int64_t ti = t0; ti < t1; ++ti) {
       const int64_t chunk = ti / base;
@@ -351,11 +362,8 @@ void run(int64_t batch, const std::vector<int64_t>& a_off, const std::vector<int
       }
       gemm(t, e);
       if (table) {  // the codes just written are still in cache
-        const uint8_t flip = e.kind == OutKind::Int8 ? 0x80 : 0x00;
-        uint8_t* o = static_cast<uint8_t*>(t.out);
-        for (int64_t m = t.m0; m < t.m1; ++m) {
-          for (int64_t n = t.n0; n < t.n1; ++n) o[m * N + n] = table[o[m * N + n] ^ flip];
-        }
+        (vbmi ? table_rows_vbmi : table_rows_scalar)(static_cast<uint8_t*>(t.out) + t.m0 * N + t.n0, N, t.m1 - t.m0,
+                                                     t.n1 - t.n0, table, e.kind == OutKind::Int8 ? 0x80 : 0x00);
       }
     }
   });

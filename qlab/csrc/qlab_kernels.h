@@ -120,6 +120,11 @@ void quantize_scalar(const float* x, int64_t n, const QuantizeArgs& q, void* out
 void quantize_avx2(const float* x, int64_t n, const QuantizeArgs& q, void* out);
 void quantize_avx512(const float* x, int64_t n, const QuantizeArgs& q, void* out);
 
+// A 256-entry table on a block of 8-bit codes, in place (quantize.cpp): o = table[o ^ flip]. The VBMI loop needs
+// AVX-512 VBMI (ops.cpp checks); both give the same bytes.
+void table_rows_scalar(uint8_t* o, int64_t ld, int64_t rows, int64_t cols, const uint8_t* table, uint8_t flip);
+void table_rows_vbmi(uint8_t* o, int64_t ld, int64_t rows, int64_t cols, const uint8_t* table, uint8_t flip);
+
 // The fused attention's softmax, one row -> uint8 codes of scale 1/255 (softmax.cpp; the definition is
 // qlab/kernels/attention_reference.py). Float variant: masked logits are -inf (exp gives exactly 0; a row with
 // nothing kept gives all zeros); the three loops give the same bits. Integer variant (I-BERT's, qlab/intonly.py):

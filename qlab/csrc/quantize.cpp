@@ -78,4 +78,43 @@ void quantize_avx512(const float* x, int64_t n, const QuantizeArgs& q, void* out
 
 #endif
 
+// ---------------------------------------------------------------------------------------------
+// A 256-entry table on 8-bit codes (int8_linear_packed's epilogue, e.g. GELU between two quantizations):
+// o[r * ld + c] = table[o[r * ld + c] ^ flip] for a block of rows x cols bytes, in place. Two loops, the same bytes:
+// portable, and AVX-512 VBMI (vpermi2b looks 64 codes up in a 128-entry half of the table; the top bit picks the half).
+
+void table_rows_scalar(uint8_t* o, int64_t ld, int64_t rows, int64_t cols, const uint8_t* table, uint8_t flip) {
+  uint8_t t[256];  // a local copy: the stores to o cannot alias it, so it stays where the loads find it
+  for (int i = 0; i < 256; ++i) t[i] = table[i];
+  for (int64_t r = 0; r < rows; ++r) {
+    uint8_t* p = o + r * ld;
+    for (int64_t c = 0; c < cols; ++c) p[c] = t[p[c] ^ flip];
+  }
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx512f,avx512bw,avx512vbmi"))) void table_rows_vbmi(uint8_t* o, int64_t ld, int64_t rows,
+                                                                          int64_t cols, const uint8_t* table,
+                                                                          uint8_t flip) {
+  const __m512i t0 = _mm512_loadu_si512(table), t1 = _mm512_loadu_si512(table + 64);
+  const __m512i t2 = _mm512_loadu_si512(table + 128), t3 = _mm512_loadu_si512(table + 192);
+  const __m512i f = _mm512_set1_epi8(static_cast<char>(flip));
+  for (int64_t r = 0; r < rows; ++r) {
+    uint8_t* p = o + r * ld;
+    for (int64_t c = 0; c < cols; c += 64) {
+      const int64_t left = cols - c;
+      const __mmask64 mk = left >= 64 ? ~__mmask64{0} : ((__mmask64{1} << left) - 1);
+      const __m512i v = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mk, p + c), f);
+      const __m512i lo = _mm512_permutex2var_epi8(t0, v, t1);  // table[v & 127]
+      const __m512i hi = _mm512_permutex2var_epi8(t2, v, t3);  // table[128 + (v & 127)]
+      _mm512_mask_storeu_epi8(p + c, mk, _mm512_mask_blend_epi8(_mm512_movepi8_mask(v), lo, hi));
+    }
+  }
+}
+#else
+void table_rows_vbmi(uint8_t* o, int64_t ld, int64_t rows, int64_t cols, const uint8_t* table, uint8_t flip) {
+  table_rows_scalar(o, ld, rows, cols, table, flip);
+}
+#endif
+
 }  // namespace qlab
