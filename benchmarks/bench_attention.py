@@ -20,8 +20,8 @@ all-int8 ViT-S/16 with it against PT2E + Inductor.
 (b) End to end: timm ``vit_small_patch16_224`` (random weights, no download), batch 1, 1 and 2 threads: fp32 eager,
     fp32 + Inductor, PT2E int8 + Inductor (freezing), and qlab's ``quantize_vit`` in eager mode with each softmax
     ("torch": unfused, "float" and "int": fused), the GELU as a table in fc1's epilogue (the default) and, once, in
-    float32 between two quantizations (``gelu="float"``); every qlab weight prepacked; cosine of the logits to fp32; the share of operator time in the
-    fused qlab model (torch.profiler, self CPU time).
+    float32 between two quantizations (``gelu="float"``); every qlab weight prepacked; cosine of the logits to fp32;
+    the share of operator time in the fused qlab model (torch.profiler, self CPU time).
 
 It refuses to record on a busy machine (1-minute load average above 0.5; waits ``--wait`` seconds), and records the
 load before and after, the CPU, its ISA, the int8 units each library may use and the versions.

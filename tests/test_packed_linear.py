@@ -191,7 +191,7 @@ def _kw(**over):
 @pytest.mark.parametrize(
     "over,exc,match",
     [
-        ({"packed_weight": torch.zeros(1, 10, dtype=torch.int8)}, ValueError, r"packed_weight must be pack_linear_weig"),
+        ({"packed_weight": torch.zeros(1, 10, dtype=torch.int8)}, ValueError, "must be pack_linear_weight"),
         ({"packed_weight": torch.zeros(3328, dtype=torch.uint8)}, TypeError, "packed_weight must have dtype"),
         ({"packed_weight": torch.zeros(3328, dtype=torch.int8)}, ValueError, r"header says \[20, 10\].* for \[0, 0\]"),
         ({"out_features": 0}, ValueError, "out_features must be >= 1"),
