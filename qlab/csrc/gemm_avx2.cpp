@@ -154,6 +154,28 @@ QLAB_AVX2 void pack_b(const MatB& b, int64_t n0, int64_t w, int64_t K, int64_t k
   }
 }
 
+// Columns [n, n + 16) of a prepacked weight (Task::packed; n a multiple of 16, zero point 0) into the same int16
+// layout: in the VNNI panel, 64 bytes hold the 16 columns' 4 consecutive k; widened to int16, each column's quad is
+// the pair (k, k+1) in its low dword and (k+2, k+3) in its high one, which go to two rows of [k/2][16][2].
+QLAB_AVX2 void pack_b_prepacked(const Task& t, int64_t n, int64_t kp4, int16_t* dst) {
+  const int64_t p = n / kPackedPanel, g = (n % kPackedPanel) / 16;
+  const int64_t W = (std::min<int64_t>(kPackedPanel, t.packed_n - p * kPackedPanel) + 15) / 16 * 16;
+  const int8_t* src = t.packed + p * t.packed_stride + 64 * g;
+  for (int64_t k4 = 0; k4 < kp4 / 4; ++k4, src += 4 * W) {
+    for (int h = 0; h < 2; ++h) {  // columns 0-7, then 8-15
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 32 * h));        // columns 0-3
+      const __m128i bytes2 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 32 * h + 16));  // columns 4-7
+      const __m256 x = _mm256_castsi256_ps(_mm256_cvtepi8_epi16(bytes));   // c0lo c0hi c1lo c1hi | c2lo ... c3hi
+      const __m256 y = _mm256_castsi256_ps(_mm256_cvtepi8_epi16(bytes2));  // c4lo c4hi c5lo c5hi | c6lo ... c7hi
+      // lanes: [c0 c1 c4 c5 | c2 c3 c6 c7] of the low (even) or high (odd) dwords, then the qwords reordered
+      const __m256i lo = _mm256_permute4x64_epi64(_mm256_castps_si256(_mm256_shuffle_ps(x, y, 0x88)), 0xD8);
+      const __m256i hi = _mm256_permute4x64_epi64(_mm256_castps_si256(_mm256_shuffle_ps(x, y, 0xDD)), 0xD8);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + ((2 * k4) * NR + 8 * h) * 2), lo);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + ((2 * k4 + 1) * NR + 8 * h) * 2), hi);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Epilogue: requantization and store, 8 lanes at a time. Same integers and floats as requant.h.
 
@@ -366,7 +388,8 @@ void gemm_avx2(const Task& t, const Epilogue& e) {
   const int64_t kp2 = (K + 1) / 2 * 2;
   const int64_t mtiles = (M + MR - 1) / MR;
   std::vector<int16_t> apack(static_cast<size_t>(mtiles * MR * kp2 + 16), 0);  // rows past M stay 0
-  std::vector<int16_t> bpack(static_cast<size_t>(kp2 * NR + 16));
+  const int64_t kp4 = (K + 3) / 4 * 4;  // a prepacked panel is widened 4 k at a time
+  std::vector<int16_t> bpack(static_cast<size_t>(kp4 * NR + 16));
   pack_a(t.a, t.m0, M, K, kp2, apack.data());
 
   std::vector<float> zeros;
@@ -392,7 +415,11 @@ void gemm_avx2(const Task& t, const Epilogue& e) {
   alignas(32) int32_t col_off[NR];
   for (int64_t n = t.n0; n < t.n1; n += NR) {
     const int64_t w = std::min<int64_t>(NR, t.n1 - n);
-    pack_b(t.b, n, w, K, kp2, bpack.data());
+    if (t.packed) {
+      pack_b_prepacked(t, n, kp4, bpack.data());
+    } else {
+      pack_b(t.b, n, w, K, kp2, bpack.data());
+    }
     for (int64_t j = 0; j < NR; ++j) col_off[j] = e.bias ? e.bias[n + j] : 0;
     for (int64_t mt = 0; mt < mtiles; ++mt) {
       tile_fn(apack.data() + mt * MR * kp2, kp2, bpack.data(), kp2 / 2, std::min<int64_t>(MR, M - mt * MR), w, col_off,

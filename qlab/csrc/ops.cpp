@@ -359,6 +359,7 @@ void run(int64_t batch, const std::vector<int64_t>& a_off, const std::vector<int
         t.packed = packed;
         t.packed_stride = packed_panel_bytes(K);
         t.packed_colsum = packed_kp(K) * kPackedPanel;
+        t.packed_n = N;
       }
       gemm(t, e);
       if (table) {  // the codes just written are still in cache
@@ -480,10 +481,17 @@ at::Tensor unpack_linear_weight(const at::Tensor& packed, int64_t N, int64_t K) 
   const int8_t* src = packed.data_ptr<int8_t>() + kPackedHeader;
   int8_t* dst = w.data_ptr<int8_t>();
   const int64_t pb = packed_panel_bytes(K);
-  for (int64_t n = 0; n < N; ++n) {
-    const int64_t p = n / kPackedPanel, j = n % kPackedPanel;
-    const int64_t W = (std::min<int64_t>(kPackedPanel, N - p * kPackedPanel) + 15) / 16 * 16;
-    for (int64_t k = 0; k < K; ++k) dst[n * K + k] = src[p * pb + ((k / 4) * W + j) * 4 + k % 4];
+  for (int64_t p = 0; p * kPackedPanel < N; ++p) {  // panel by panel, 4 bytes (4 k of one column) at a time
+    const int64_t width = std::min<int64_t>(kPackedPanel, N - p * kPackedPanel);
+    const int64_t W = (width + 15) / 16 * 16;
+    const int8_t* panel = src + p * pb;
+    for (int64_t j = 0; j < width; ++j) {  // one row of the weight, written in order; the panel stays in L1
+      int8_t* row = dst + (p * kPackedPanel + j) * K;
+      const int8_t* q = panel + 4 * j;
+      int64_t k = 0;
+      for (; k + 4 <= K; k += 4, q += 4 * W) std::memcpy(row + k, q, 4);
+      for (int64_t t = 0; k + t < K; ++t) row[k + t] = q[t];
+    }
   }
   return w;
 }
@@ -602,10 +610,10 @@ at::Tensor linear_impl(const at::Tensor& x, const at::Tensor* weight, const at::
   const int8_t* pk = nullptr;
   if (weight) {
     plain = *weight;
-  } else if (isa == Isa::Avx512Vnni || isa == Isa::Amx) {
+  } else if (isa != Isa::Scalar) {
     pk = packed->data_ptr<int8_t>() + kPackedHeader;
   } else {
-    plain = unpack_linear_weight(*packed, N, K);  // these paths pack to int16 panels of their own
+    plain = unpack_linear_weight(*packed, N, K);  // the scalar path reads a plain weight
   }
   MatB mb{pk ? nullptr : static_cast<const int8_t*>(plain.data_ptr()), pk ? 1 : plain.stride(1),
           pk ? K : plain.stride(0), 0};
