@@ -55,11 +55,15 @@ __all__ = [
     "packed_linear",
     "quantize_weight",
     "PROB_SCALE",
+    "PROB_SCALES",
     "SOFTMAXES",
 ]
 
 #: Scale of the quantized attention probabilities: uint8 codes 0..255 cover [0, 1], 0 and 1 exact.
 PROB_SCALE = 1.0 / 255.0
+#: How :class:`Int8Attention` scales P's codes: ``"calibrated"`` (the largest probability seen while calibrating,
+#: over 255: flat attention over many keys keeps its small probabilities) or ``"fixed"`` (:data:`PROB_SCALE`).
+PROB_SCALES = ["calibrated", "fixed"]
 SOFTMAXES = ("torch", "float", "int")  # Int8Attention's softmax: unfused torch.softmax, or fused int8_attention
 
 
@@ -295,7 +299,7 @@ class Int8Linear(nn.Module):
 
 class ObservedAttention(nn.Module):
     """timm's ``Attention`` in float32, recording the ranges :class:`Int8Attention` needs:
-    its input ``x``, ``q`` (scaled), ``k``, ``v`` and the projection's input ``ctx``."""
+    its input ``x``, ``q`` (scaled), ``k``, ``v``, the probabilities ``p`` and the projection's input ``ctx``."""
 
     def __init__(self, attn):
         super().__init__()
@@ -307,6 +311,7 @@ class ObservedAttention(nn.Module):
                 "q": _observer(),
                 "k": _observer(torch.qint8),
                 "v": _observer(torch.qint8),
+                "p": _observer(),
                 "ctx": _observer(),
             }
         )
@@ -321,7 +326,7 @@ class ObservedAttention(nn.Module):
         q = r["q"](q * a.scale)
         r["k"](k)
         r["v"](v)
-        attn = a.attn_drop((q @ k.transpose(-2, -1)).softmax(dim=-1))
+        attn = a.attn_drop(r["p"]((q @ k.transpose(-2, -1)).softmax(dim=-1)))
         ctx = a.norm((attn @ v).transpose(1, 2).reshape(B, N, a.num_heads * a.head_dim))
         return a.proj_drop(a.proj(r["ctx"](ctx)))
 
@@ -334,7 +339,7 @@ class Int8Attention(nn.Module):
         xq        = quantize(x)                                   uint8
         q         = int8_linear(xq, s·W_q, s·b_q) -> uint8        (k, v -> int8; s folded)
         logits    = int8_bmm(q, k, transpose_b=True) -> float32   acc · s_q · s_k
-        P         = softmax(logits) -> uint8, scale 1/255
+        P         = softmax(logits) -> uint8, scale p_scale         (1/255, or calibrated: max P seen / 255)
         ctx       = int8_bmm(P, v) -> uint8                       requantized in the kernel
         out       = int8_linear(ctx, W_proj, b_proj) -> float32
 
@@ -350,11 +355,17 @@ class Int8Attention(nn.Module):
     time (a training-mode ``attn_drop`` with ``p > 0`` falls back to ``"torch"``).
     """
 
-    def __init__(self, attn, qparams: dict[str, tuple[float, int]], requant: str = "float", softmax: str = "torch"):
+    def __init__(self, attn, qparams: dict[str, tuple[float, int]], requant: str = "float", softmax: str = "torch",
+                 prob_scale: str = "calibrated"):
         super().__init__()
         _check_plain("attn", attn)
         check_choice("softmax", softmax, SOFTMAXES)
+        check_choice("prob_scale", prob_scale, PROB_SCALES)
         self.softmax = softmax
+        # P's codes: 1/255, or the largest probability seen while calibrating over 255 (never coarser than 1/255; the
+        # integer softmax makes codes of 1/255 only)
+        calibrated = prob_scale == "calibrated" and softmax != "int" and "p" in qparams
+        self.p_scale = min(qparams["p"][0], PROB_SCALE) if calibrated else PROB_SCALE
         H, D = attn.num_heads, attn.head_dim
         C = H * D
         self.num_heads, self.head_dim, self.attn_dim = H, D, C
@@ -386,8 +397,9 @@ class Int8Attention(nn.Module):
         self.attn_drop, self.norm, self.proj_drop = attn.attn_drop, attn.norm, attn.proj_drop
 
     @classmethod
-    def from_observed(cls, obs: ObservedAttention, requant: str = "float", softmax: str = "torch") -> "Int8Attention":
-        return cls(obs.attn, {name: _qparams(o) for name, o in obs.ranges.items()}, requant, softmax)
+    def from_observed(cls, obs: ObservedAttention, requant: str = "float", softmax: str = "torch",
+                      prob_scale: str = "calibrated") -> "Int8Attention":
+        return cls(obs.attn, {name: _qparams(o) for name, o in obs.ranges.items()}, requant, softmax, prob_scale)
 
     def _linear(self, x, name, sx, zx, out_dtype=torch.float32, out=(1.0, 0)):
         w = getattr(self, f"w_{name}")
@@ -416,24 +428,24 @@ class Int8Attention(nn.Module):
         if self.softmax != "torch" and not dropout:  # one fused op: q·kᵀ, softmax, P·v
             out_dtype, (so, zo) = (torch.float32, (1.0, 0)) if self.scale_norm else (torch.uint8, (sc, zc))
             ctx = ops.int8_attention(q, k, v, sq, zq, sk, zk, sv, zv, None, so, zo, out_dtype, self.softmax,
-                                     self.requant)
+                                     self.requant, self.p_scale)
             ctx = ctx.transpose(1, 2).reshape(B, N, C)
             if self.scale_norm:
                 ctx = _ops().quantize_per_tensor(self.norm(ctx), sc, zc, torch.uint8)
             return self.proj_drop(self._linear(ctx, "proj", sc, zc))
         logits = ops.int8_bmm(q, k, sq, zq, sk, zk, 1.0, 0, torch.float32, True, self.requant)  # [B, H, N, N]
         p = self.attn_drop(logits.softmax(dim=-1))
-        p = _ops().quantize_per_tensor(p, PROB_SCALE, 0, torch.uint8)
+        p = _ops().quantize_per_tensor(p, self.p_scale, 0, torch.uint8)
         if self.scale_norm:
-            ctx = ops.int8_bmm(p, v, PROB_SCALE, 0, sv, zv, 1.0, 0, torch.float32, False, self.requant)
+            ctx = ops.int8_bmm(p, v, self.p_scale, 0, sv, zv, 1.0, 0, torch.float32, False, self.requant)
             ctx = self.norm(ctx.transpose(1, 2).reshape(B, N, C))
             ctx = _ops().quantize_per_tensor(ctx, sc, zc, torch.uint8)
         else:
-            ctx = ops.int8_bmm(p, v, PROB_SCALE, 0, sv, zv, sc, zc, torch.uint8, False, self.requant)
+            ctx = ops.int8_bmm(p, v, self.p_scale, 0, sv, zv, sc, zc, torch.uint8, False, self.requant)
             ctx = ctx.transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self._linear(ctx, "proj", sc, zc))
 
     def extra_repr(self):
         norms = ", qk_norm" * self.qk_norm + ", scale_norm" * self.scale_norm
         return (f"heads={self.num_heads}, head_dim={self.head_dim}{norms}, int8: q/k/v/proj linears, q·kᵀ, P·v, "
-                f"softmax={self.softmax!r}")
+                f"softmax={self.softmax!r}, P codes of {self.p_scale:.4g}")

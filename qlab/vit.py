@@ -36,6 +36,7 @@ from torch import nn
 
 from ._checks import check_choice
 from .attention import (
+    PROB_SCALES,
     SOFTMAXES,
     Attention,
     DequantAttention,
@@ -183,7 +184,7 @@ def _check_batches(calibration_batches) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def quantize_vit(model: nn.Module, calibration_batches: Iterable[torch.Tensor], requant: str = "float",
-                 softmax: str = "float", gelu: str = "table") -> nn.Module:
+                 softmax: str = "float", gelu: str = "table", prob_scale: str = "calibrated") -> nn.Module:
     """A copy of ``model`` with every timm ``Attention`` replaced by :class:`~qlab.attention.Int8Attention`,
     every timm ``Mlp`` by :class:`~qlab.int8_mlp.Int8Mlp` and every other ``nn.Linear`` by
     :class:`~qlab.attention.Int8Linear` (qlab.kernels, int8; every weight packed once, here).
@@ -195,11 +196,14 @@ def quantize_vit(model: nn.Module, calibration_batches: Iterable[torch.Tensor], 
     ``torch.softmax`` (notebook 08's fix 4 as first built). Raises ``TypeError`` naming any attention module it
     cannot convert. ``gelu``: ``"table"`` (default) runs each ``Mlp``'s GELU as a 256-entry table in fc1's
     epilogue, between two uint8 activations (notebook 12, equation (3)); ``"float"`` hands fc1's float32 output to
-    ``nn.GELU`` and quantizes again for fc2 (notebook 08's build).
+    ``nn.GELU`` and quantizes again for fc2 (notebook 08's build). ``prob_scale``: ``"calibrated"`` (default)
+    quantizes each attention's probabilities with the largest one seen while calibrating over 255 (at most 1/255),
+    ``"fixed"`` with 1/255 (see :data:`~qlab.attention.PROB_SCALES`).
     """
     check_choice("requant", requant, ["float", "fixed"])
     check_choice("softmax", softmax, SOFTMAXES)
     check_choice("gelu", gelu, ["table", "float"])
+    check_choice("prob_scale", prob_scale, PROB_SCALES)
     batches = _check_batches(calibration_batches)
     m = copy.deepcopy(model).eval()
     attn_names = attention_module_names(m)
@@ -214,7 +218,7 @@ def quantize_vit(model: nn.Module, calibration_batches: Iterable[torch.Tensor], 
     for xb in batches:
         m(xb)
     for n in attn_names:
-        m.set_submodule(n, Int8Attention.from_observed(m.get_submodule(n), requant, softmax))
+        m.set_submodule(n, Int8Attention.from_observed(m.get_submodule(n), requant, softmax, prob_scale))
     for n in mlp_names:
         m.set_submodule(n, Int8Mlp.from_observed(m.get_submodule(n), requant))
     for n in lin_names:

@@ -143,6 +143,32 @@ def test_the_kernel_equals_the_reference_on_every_path_and_thread_count(shape, s
 
 
 @_native
+@pytest.mark.parametrize("p_scale", [1.0 / 255.0 / 8, 1.0 / 255.0 / 100, 1e-3])
+def test_a_calibrated_p_scale_on_every_path(p_scale):
+    """P's codes of a finer scale (``Int8Attention``'s calibrated one): the same bits on every path and thread count,
+    probabilities above 255 · p_scale clamp at 255, and P·v uses the same scale."""
+    import qlab
+    import qlab.kernels as qk
+
+    g = torch.Generator().manual_seed(4)
+    q = torch.randint(0, 256, (1, 2, 50, 16), dtype=torch.uint8, generator=g)
+    k = torch.randint(-128, 128, (1, 2, 90, 16), dtype=torch.int8, generator=g)
+    v = torch.randint(-128, 128, (1, 2, 90, 8), dtype=torch.int8, generator=g)
+    args = (q, k, v, 0.01, 128, 0.01, 0, 0.03, 2, None, 1.0, 0, torch.float32, "float", "float", p_scale)
+    want = A.int8_attention(*args)
+    logits = R.int8_bmm(q, k, 0.01, 128, 0.01, 0, 1.0, 0, torch.float32, True, "float")
+    p = A.softmax_u8(logits, None, p_scale)
+    assert torch.equal(want, R.int8_bmm(p, v, p_scale, 0, 0.03, 2, 1.0, 0, torch.float32, False, "float"))
+    exact = torch.softmax(logits.double(), -1) / p_scale
+    assert (p == 255).any() == (exact > 255.5).any()  # a clamp happens exactly where the probability is too large
+    assert ((p.double() - exact.clamp(max=255)).abs() <= 0.51).all()
+    for isa in qk.available_isas():
+        for threads in (1, 2):
+            with qlab.scoped(threads=threads), qk.use_isa(isa):
+                assert torch.equal(torch.ops.qlab.int8_attention(*args), want), (isa, threads)
+
+
+@_native
 def test_the_kernel_names_bad_arguments():
     q, k, v, (sq, zq, sk, zk, sv, zv) = _attention_inputs()
     op = torch.ops.qlab.int8_attention
@@ -156,6 +182,14 @@ def test_the_kernel_names_bad_arguments():
         op(q, k, v, sq, zq, sk, zk, sv, zv, torch.full((13,), 0.5), 1.0, 0, torch.float32, "int", "float")
     with pytest.raises(ValueError, match="v must have shape"):
         op(q, k, v[..., :5, :], sq, zq, sk, zk, sv, zv, None, 1.0, 0, torch.float32, "float", "float")
+    for fn in (op, A.int8_attention):
+        for bad in (0.0, float("nan"), -1.0):
+            with pytest.raises(ValueError, match=r"p_scale must be a positive finite float"):
+                fn(q, k, v, sq, zq, sk, zk, sv, zv, None, 1.0, 0, torch.float32, "float", "float", bad)
+        with pytest.raises(ValueError, match=r"p_scale must be 1/255 with softmax='int'"):
+            fn(q, k, v, sq, zq, sk, zk, sv, zv, None, 1.0, 0, torch.float32, "int", "float", 1e-3)
+        with pytest.raises(ValueError, match=r"1 / p_scale overflows float32"):
+            fn(q, k, v, sq, zq, sk, zk, sv, zv, None, 1.0, 0, torch.float32, "float", "float", 1e-40)
 
 
 @_native

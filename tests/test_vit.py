@@ -105,6 +105,31 @@ def test_gelu_table_against_float_gelu(digits_model, test_set, calib):
         vit.quantize_vit(digits_model, calib, gelu="tanh")
 
 
+def test_calibrated_prob_scale_keeps_flat_attention(digits_model, calib):
+    """P's scale: the largest probability seen while calibrating over 255 (at most 1/255). On a random-weight ViT,
+    whose attention over 257 tokens is nearly flat, it is finer than 1/255 and the logits are closer to fp32; the
+    integer softmax and ``prob_scale="fixed"`` keep 1/255."""
+    for prob_scale, softmax in (("fixed", "float"), ("calibrated", "int")):
+        q = vit.quantize_vit(digits_model, calib, softmax=softmax, prob_scale=prob_scale)
+        assert all(m.p_scale == qa.PROB_SCALE for m in q.modules() if isinstance(m, qa.Int8Attention))
+    torch.manual_seed(0)
+    m = timm.models.vision_transformer.VisionTransformer(img_size=64, patch_size=4, embed_dim=96, depth=2,
+                                                         num_heads=3, num_classes=10).eval()
+    g = torch.Generator().manual_seed(1)
+    cal, x = [torch.randn(2, 3, 64, 64, generator=g)], torch.randn(4, 3, 64, 64, generator=g)
+    ref = m(x).detach()
+    cos = {}
+    for prob_scale in ("fixed", "calibrated"):
+        q = vit.quantize_vit(m, cal, prob_scale=prob_scale)
+        scales = [a.p_scale for a in q.modules() if isinstance(a, qa.Int8Attention)]
+        assert all(s < qa.PROB_SCALE for s in scales) == (prob_scale == "calibrated")
+        with torch.no_grad():
+            cos[prob_scale] = float(nn.functional.cosine_similarity(q(x).flatten(), ref.flatten(), dim=0))
+    assert cos["calibrated"] > cos["fixed"], cos
+    with pytest.raises(ValueError, match=r"prob_scale must be one of \['calibrated', 'fixed'\]"):
+        vit.quantize_vit(m, cal, prob_scale="auto")
+
+
 @pytest.mark.parametrize("softmax", ["torch", "int"])
 def test_fix4_softmax_choices(digits_model, test_set, calib, softmax):
     """``softmax="torch"``: two int8_bmm around torch.softmax (notebook 08); ``"int"``: the fused op with I-BERT's

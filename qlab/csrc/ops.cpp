@@ -661,7 +661,7 @@ at::Tensor int8_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at
                               int64_t q_zero_point, double k_scale, int64_t k_zero_point, double v_scale,
                               int64_t v_zero_point, const std::optional<at::Tensor>& bias, double out_scale,
                               int64_t out_zero_point, at::ScalarType out_dtype, c10::string_view softmax,
-                              c10::string_view requant) {
+                              c10::string_view requant, double p_scale) {
   check_cpu(q, "q");
   check_cpu(k, "k");
   check_cpu(v, "v");
@@ -687,6 +687,12 @@ at::Tensor int8_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at
   TORCH_CHECK_VALUE(softmax == "float" || softmax == "int", "softmax must be one of ['float', 'int'], got '",
                     std::string(softmax), "'");
   const bool int_sm = softmax == "int";
+  check_scale(p_scale, "p_scale");
+  const float p_scale_f = static_cast<float>(p_scale), pinv = static_cast<float>(1.0 / p_scale);
+  TORCH_CHECK_VALUE(std::isfinite(pinv), "p_scale = ", p_scale, " is too small: 1 / p_scale overflows float32");
+  TORCH_CHECK_VALUE(!int_sm || p_scale_f == static_cast<float>(1.0 / 255.0),
+                    "p_scale must be 1/255 with softmax='int' (the integer softmax makes codes of 1/255), got ",
+                    p_scale);
   const OutKind kind = out_kind(out_dtype);
   const Requant mode = requant_mode(requant);
   if (kind == OutKind::UInt8 || kind == OutKind::Int8) {
@@ -730,8 +736,8 @@ at::Tensor int8_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at
   const float skf = static_cast<float>(k_scale), svf = static_cast<float>(v_scale);
   make_epilogue(e1, int_sm ? OutKind::Int32 : OutKind::Float32, Requant::Float, false, S, static_cast<float>(q_scale),
                 &skf, false, 1.0f, 0, nullptr, nullptr, "q_scale", "k_scale");
-  make_epilogue(e2, kind, mode, false, Dv, static_cast<float>(1.0 / 255.0), &svf, false, static_cast<float>(out_scale),
-                out_zero_point, nullptr, nullptr, "1/255", "v_scale");
+  make_epilogue(e2, kind, mode, false, Dv, p_scale_f, &svf, false, static_cast<float>(out_scale), out_zero_point,
+                nullptr, nullptr, "p_scale", "v_scale");
   shape.push_back(Dv);
   at::Tensor out = at::empty(shape, q.options().dtype(out_dtype));
   if (batch == 0 || T == 0 || Dv == 0) return out;
@@ -747,7 +753,7 @@ at::Tensor int8_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at
   uint8_t* od = static_cast<uint8_t*>(out.data_ptr());
   const GemmFn gemm = active_gemm();
   const Isa isa = active_isa();
-  void (*row_softmax)(const float*, int64_t, float*, uint8_t*) =
+  void (*row_softmax)(const float*, int64_t, float, float*, uint8_t*) =
       (isa == Isa::Avx512Vnni || isa == Isa::Amx) ? softmax_row_u8_avx512
                                                   : (isa == Isa::Avx2 ? softmax_row_u8_avx2 : softmax_row_u8_scalar);
   const int64_t kAttnRows = std::max<int64_t>(attention_rows(T, S), 1);
@@ -786,7 +792,7 @@ at::Tensor int8_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at
         if (int_sm) {
           isoftmax_row_u8(acc.data() + i * S, kp, S, ic, ei.data(), p.data() + i * S);
         } else {
-          row_softmax(logits.data() + i * S, S, ef.data(), p.data() + i * S);
+          row_softmax(logits.data() + i * S, S, pinv, ef.data(), p.data() + i * S);
         }
       }
       Task c;
@@ -846,7 +852,7 @@ TORCH_LIBRARY(qlab, m) {
   m.def(
       "int8_attention(Tensor q, Tensor k, Tensor v, float q_scale, int q_zero_point, float k_scale, "
       "int k_zero_point, float v_scale, int v_zero_point, Tensor? bias, float out_scale, int out_zero_point, "
-      "ScalarType out_dtype, str softmax, str requant) -> Tensor");
+      "ScalarType out_dtype, str softmax, str requant, float p_scale=0.0039215686274509803) -> Tensor");
   m.def("_set_isa(str isa) -> ()", &set_isa_op);
   m.def("_get_isa() -> str", &get_isa_op);
   m.def("_supported_isas() -> str[]", &supported_isas_op);

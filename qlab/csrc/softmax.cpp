@@ -1,4 +1,5 @@
-// One row of the fused int8 attention's softmax -> uint8 probability codes of scale 1/255.
+// One row of the fused int8 attention's softmax -> uint8 probability codes of scale p_scale (1/255 unless the
+// caller calibrated a finer one; pinv = float32(1 / p_scale), codes clamp at 255).
 //
 // The definition is qlab/kernels/attention_reference.py (softmax_u8) and qlab/intonly.py (i_softmax); this file
 // computes the same numbers. The float variant is written so that no instruction set, vector width or thread
@@ -65,14 +66,14 @@ inline float fold_inverse(float* lanes) {
   return lanes[0] > 0.0f ? 1.0f / lanes[0] : 0.0f;
 }
 
-inline uint8_t code_of(float e, float inv) {
-  float r = std::nearbyint((e * inv) * 255.0f);
+inline uint8_t code_of(float e, float inv, float pinv) {
+  float r = std::nearbyint((e * inv) * pinv);
   r = r < 0.0f ? 0.0f : (r > 255.0f ? 255.0f : r);
   return static_cast<uint8_t>(r);
 }
 }  // namespace
 
-void softmax_row_u8_scalar(const float* logits, int64_t S, float* e, uint8_t* out) {
+void softmax_row_u8_scalar(const float* logits, int64_t S, float pinv, float* e, uint8_t* out) {
   float m = -INFINITY;
   for (int64_t j = 0; j < S; ++j) m = logits[j] > m ? logits[j] : m;
   if (!std::isfinite(m)) m = 0.0f;
@@ -82,7 +83,7 @@ void softmax_row_u8_scalar(const float* logits, int64_t S, float* e, uint8_t* ou
     lanes[j % 16] = lanes[j % 16] + e[j];
   }
   const float inv = fold_inverse(lanes);
-  for (int64_t j = 0; j < S; ++j) out[j] = code_of(e[j], inv);
+  for (int64_t j = 0; j < S; ++j) out[j] = code_of(e[j], inv, pinv);
 }
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -116,7 +117,8 @@ __attribute__((target("avx512f"))) inline __m512 exp16(__m512 x) {
 }
 }  // namespace
 
-__attribute__((target("avx2"))) void softmax_row_u8_avx2(const float* logits, int64_t S, float* e, uint8_t* out) {
+__attribute__((target("avx2"))) void softmax_row_u8_avx2(const float* logits, int64_t S, float pinv, float* e,
+                                                         uint8_t* out) {
   float m = -INFINITY;
   for (int64_t j = 0; j < S; ++j) m = logits[j] > m ? logits[j] : m;  // exact in any order
   if (!std::isfinite(m)) m = 0.0f;
@@ -148,21 +150,21 @@ __attribute__((target("avx2"))) void softmax_row_u8_avx2(const float* logits, in
   _mm256_storeu_ps(lanes, lo);
   _mm256_storeu_ps(lanes + 8, hi);
   const float inv_row = fold_inverse(lanes);
-  const __m256 inv = _mm256_set1_ps(inv_row), c255 = _mm256_set1_ps(255.0f);
+  const __m256 inv = _mm256_set1_ps(inv_row), c255 = _mm256_set1_ps(255.0f), vp = _mm256_set1_ps(pinv);
   int64_t j = 0;
   for (; j + 8 <= S; j += 8) {
-    __m256 r = _mm256_round_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(e + j), inv), c255),
+    __m256 r = _mm256_round_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(e + j), inv), vp),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     r = _mm256_min_ps(_mm256_max_ps(r, _mm256_setzero_ps()), c255);
     const __m256i v = _mm256_cvtps_epi32(r);
     const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     _mm_storel_epi64(reinterpret_cast<__m128i*>(out + j), _mm_packus_epi16(w, w));
   }
-  for (; j < S; ++j) out[j] = code_of(e[j], inv_row);
+  for (; j < S; ++j) out[j] = code_of(e[j], inv_row, pinv);
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void softmax_row_u8_avx512(const float* logits, int64_t S,
-                                                                                float* e, uint8_t* out) {
+                                                                                float pinv, float* e, uint8_t* out) {
   __m512 vmax = _mm512_set1_ps(-INFINITY);
   for (int64_t j = 0; j < S; j += 16) {
     const __mmask16 mk = S - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (S - j)) - 1);
@@ -181,10 +183,10 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void softmax_row_u8_avx512(
   }
   float lanes[16];
   _mm512_storeu_ps(lanes, acc);
-  const __m512 inv = _mm512_set1_ps(fold_inverse(lanes)), c255 = _mm512_set1_ps(255.0f);
+  const __m512 inv = _mm512_set1_ps(fold_inverse(lanes)), c255 = _mm512_set1_ps(255.0f), vp = _mm512_set1_ps(pinv);
   for (int64_t j = 0; j < S; j += 16) {
     const __mmask16 mk = S - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (S - j)) - 1);
-    __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, e + j), inv), c255),
+    __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, e + j), inv), vp),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     r = _mm512_min_ps(_mm512_max_ps(r, _mm512_setzero_ps()), c255);
     _mm_mask_storeu_epi8(out + j, mk, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(r)));
@@ -193,11 +195,11 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void softmax_row_u8_avx512(
 
 #else
 
-void softmax_row_u8_avx2(const float* logits, int64_t S, float* e, uint8_t* out) {
-  softmax_row_u8_scalar(logits, S, e, out);
+void softmax_row_u8_avx2(const float* logits, int64_t S, float pinv, float* e, uint8_t* out) {
+  softmax_row_u8_scalar(logits, S, pinv, e, out);
 }
-void softmax_row_u8_avx512(const float* logits, int64_t S, float* e, uint8_t* out) {
-  softmax_row_u8_scalar(logits, S, e, out);
+void softmax_row_u8_avx512(const float* logits, int64_t S, float pinv, float* e, uint8_t* out) {
+  softmax_row_u8_scalar(logits, S, pinv, e, out);
 }
 
 #endif

@@ -34,7 +34,7 @@ SCHEMAS = {
     "int8_attention": (
         "int8_attention(Tensor q, Tensor k, Tensor v, float q_scale, int q_zero_point, float k_scale, "
         "int k_zero_point, float v_scale, int v_zero_point, Tensor? bias, float out_scale, int out_zero_point, "
-        "ScalarType out_dtype, str softmax, str requant) -> Tensor"
+        "ScalarType out_dtype, str softmax, str requant, float p_scale=0.0039215686274509803) -> Tensor"
     ),
 }
 
@@ -109,7 +109,7 @@ def _quantize_fake(x, scale, zero_point, dtype):
 
 
 def _attention_fake(q, k, v, q_scale, q_zero_point, k_scale, k_zero_point, v_scale, v_zero_point, bias, out_scale,
-                    out_zero_point, out_dtype, softmax, requant):
+                    out_zero_point, out_dtype, softmax, requant, p_scale=1.0 / 255.0):
     return q.new_empty((*q.shape[:-1], v.shape[-1]), dtype=out_dtype)
 
 

@@ -4,8 +4,10 @@ One op computes, for ``q`` uint8 ``[..., T, D]``, ``k`` and ``v`` int8 ``[..., S
 
     (1) logits = int8_bmm(q, k, transpose_b) -> float32          acc · float32(s_q · s_k)      (reference.int8_bmm)
     (2) logits += bias; masked keys out                           the additive mask of qlab.bert_attention (or none)
-    (3) P = softmax(logits) -> uint8 codes, scale 1/255           "float": the fixed-order float softmax below
+    (3) P = softmax(logits) -> uint8 codes, scale p_scale         "float": the fixed-order float softmax below
                                                                   "int":   I-BERT's integer softmax (qlab.intonly)
+                                                                  p_scale: 1/255, or a calibrated finer scale
+                                                                  (float only; codes clamp at 255)
     (4) ctx = int8_bmm(P, v) -> out_dtype                         requantized as reference.int8_bmm
 
 never writing the float score matrix: the kernel walks a block of query rows at a time. Nothing in (1)-(4) may
@@ -17,7 +19,8 @@ leaves to the vector width:
   ``EXP_FLUSH`` (where float32 would go subnormal), and for the mask value;
 * the row sum is :func:`row_sum_16`: 16 running partial sums (column ``j`` into lane ``j mod 16``, in order of
   ``j``), then folded 8, 4, 2, 1 -- the same on an AVX2 machine (two 8-lane registers) and an AVX-512 one;
-* ``P = nearbyint(e · float32(1/Σ) · 255)`` clamped to [0, 255]: one reciprocal per row, then two float32 products.
+* ``P = nearbyint(e · float32(1/Σ) · float32(1/p_scale))`` clamped to [0, 255]: one reciprocal per row, then two
+  float32 products (with ``p_scale = 1/255`` the second factor is exactly 255).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import torch
 from .. import intonly
 from .._checks import check_choice, check_tensor
 from ..bert_attention import MASK_VALUE
-from . import reference
+from . import _validate, reference
 
 __all__ = ["exp_f32", "row_sum_16", "softmax_u8", "int8_attention", "EXP_FLUSH", "LANES"]
 
@@ -75,10 +78,10 @@ def row_sum_16(e: torch.Tensor) -> torch.Tensor:
     return lanes
 
 
-def softmax_u8(logits: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-    """Step (3), ``"float"``: float32 logits -> uint8 probability codes of scale 1/255 along the last dimension.
-    ``keep``: bool, broadcast to ``logits`` (``False``: masked, probability exactly 0; a row with nothing kept is
-    all zeros). The maximum is taken over the kept entries."""
+def softmax_u8(logits: torch.Tensor, keep: torch.Tensor | None = None, p_scale: float = 1.0 / 255.0) -> torch.Tensor:
+    """Step (3), ``"float"``: float32 logits -> uint8 probability codes of scale ``p_scale`` along the last dimension
+    (probabilities above ``255 · p_scale`` clamp at 255). ``keep``: bool, broadcast to ``logits`` (``False``: masked,
+    probability exactly 0; a row with nothing kept is all zeros). The maximum is taken over the kept entries."""
     check_tensor("logits", logits)
     if logits.dtype != torch.float32:
         raise TypeError(f"logits must be float32, got {logits.dtype}")
@@ -88,7 +91,7 @@ def softmax_u8(logits: torch.Tensor, keep: torch.Tensor | None = None) -> torch.
     e = torch.where(keep, exp_f32(torch.where(keep, logits - m, torch.zeros_like(logits))), torch.zeros_like(logits))
     total = row_sum_16(e)
     inv = torch.where(total > 0, 1.0 / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(total))
-    p = torch.round((e * inv) * torch.tensor(255.0, dtype=torch.float32))
+    p = torch.round((e * inv) * torch.tensor(1.0 / p_scale, dtype=torch.float32))
     return p.clamp(0, 255).to(torch.uint8)
 
 
@@ -98,11 +101,19 @@ def _keep(bias: torch.Tensor | None) -> torch.Tensor | None:
 
 def int8_attention(q, k, v, q_scale: float, q_zero_point: int, k_scale: float, k_zero_point: int, v_scale: float,
                    v_zero_point: int, bias: torch.Tensor | None, out_scale: float, out_zero_point: int,
-                   out_dtype: torch.dtype, softmax: str, requant: str) -> torch.Tensor:
+                   out_dtype: torch.dtype, softmax: str, requant: str, p_scale: float = 1.0 / 255.0) -> torch.Tensor:
     """Steps (1)-(4). ``bias``: ``None`` or float32 broadcastable to ``[..., T, S]``: the mask value (or -inf) masks a
     key (``qlab.bert_attention.additive_mask``); other values are added to the logits (``"float"`` only; ``"int"``
-    takes 0 and the mask value alone). ``softmax``: ``"float"`` or ``"int"``."""
+    takes 0 and the mask value alone). ``softmax``: ``"float"`` or ``"int"``. ``p_scale``: the scale of P's codes
+    (``"int"``: 1/255 only)."""
     check_choice("softmax", softmax, ["float", "int"])
+    _validate.scale_f32("p_scale", p_scale)
+    if not math.isfinite(float(torch.tensor(1.0 / p_scale, dtype=torch.float32))):
+        raise ValueError(f"p_scale = {p_scale} is too small: 1 / p_scale overflows float32")
+    if softmax == "int" and float(torch.tensor(p_scale, dtype=torch.float32)) != float(
+            torch.tensor(1.0 / 255.0, dtype=torch.float32)):
+        raise ValueError(f"p_scale must be 1/255 with softmax='int' (the integer softmax makes codes of 1/255), got "
+                         f"{p_scale}")
     if bias is not None:
         check_tensor("bias", bias)
         if bias.dtype != torch.float32:
@@ -112,10 +123,10 @@ def int8_attention(q, k, v, q_scale: float, q_zero_point: int, k_scale: float, k
                                     requant)
         if bias is not None:
             logits = logits + torch.where(_keep(bias), bias, torch.zeros_like(bias))  # a float bias, masked apart
-        p = softmax_u8(logits, _keep(bias))
+        p = softmax_u8(logits, _keep(bias), p_scale)
     else:
         acc = reference.int8_bmm(q, k, q_scale, q_zero_point, k_scale, k_zero_point, 1.0, 0, torch.int32, True,
                                  requant)
         p = intonly.i_softmax(acc, float(q_scale) * float(k_scale), bias)
-    return reference.int8_bmm(p, v, 1.0 / 255.0, 0, v_scale, v_zero_point, out_scale, out_zero_point, out_dtype,
+    return reference.int8_bmm(p, v, p_scale, 0, v_scale, v_zero_point, out_scale, out_zero_point, out_dtype,
                               False, requant)
