@@ -20,7 +20,8 @@ all-int8 ViT-S/16 with it against PT2E + Inductor.
 (b) End to end: timm ``vit_small_patch16_224`` (random weights, no download), batch 1, 1 and 2 threads: fp32 eager,
     fp32 + Inductor, PT2E int8 + Inductor (freezing), and qlab's ``quantize_vit`` in eager mode with each softmax
     ("torch": unfused, "float" and "int": fused), the GELU as a table in fc1's epilogue (the default) and, once, in
-    float32 between two quantizations (``gelu="float"``); every qlab weight prepacked; cosine of the logits to fp32;
+    float32 between two quantizations (``gelu="float"``), P's codes of a calibrated scale (the default) and, once, of
+    1/255 (``prob_scale="fixed"``); every qlab weight prepacked; cosine of the logits to fp32;
     the share of operator time in the fused qlab model (torch.profiler, self CPU time).
 
 It refuses to record on a busy machine (1-minute load average above 0.5; waits ``--wait`` seconds), and records the
@@ -168,6 +169,8 @@ def vit_section(rounds: int, compile_variants: bool) -> dict:
     for softmax in ("torch", "float", "int"):
         variants[f"qlab quantize_vit eager, softmax={softmax}"] = vit.quantize_vit(explicit, cal, softmax=softmax)
     variants["qlab quantize_vit eager, softmax=float, gelu=float"] = vit.quantize_vit(explicit, cal, gelu="float")
+    variants["qlab quantize_vit eager, softmax=float, prob_scale=fixed"] = vit.quantize_vit(explicit, cal,
+                                                                                            prob_scale="fixed")
     with torch.no_grad(), qlab.scoped(inductor={"freezing": True}):
         ref = fp32(x)
         cos = {n: round(float(F.cosine_similarity(m(x).flatten(), ref.flatten(), dim=0)), 6)
@@ -177,7 +180,7 @@ def vit_section(rounds: int, compile_variants: bool) -> dict:
     share = op_shares(variants["qlab quantize_vit eager, softmax=float"], x)
     print("  qlab fused ViT, share of operator time: " + ", ".join(f"{k} {v:.0%}" for k, v in share.items()))
     for n, t in timed.items():
-        print(f"  {n:42s} {t.median:8.2f} ms  x{sp[n]:.2f}  cosine {cos[n]:.4f}", flush=True)
+        print(f"  {n:58s} {t.median:8.2f} ms  x{sp[n]:.2f}  cosine {cos[n]:.4f}", flush=True)
     return {
         "model": "vit_small_patch16_224 (random weights)", "batch": 1, "threads": torch.get_num_threads(),
         "rounds": rounds, "load": list(timed.load),

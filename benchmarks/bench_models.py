@@ -209,7 +209,8 @@ def build_path(path: str, ctx: ModelCtx, x: torch.Tensor) -> Built:
             kernels = importlib.import_module("qlab.kernels")
         except ModuleNotFoundError as e:
             raise NotAvailable(f"{e.name} (qlab's int8 ViT, issue 5) is not in this tree") from None
-        m = vit.quantize_vit(ctx.model, ctx.calib, softmax="torch")  # linears and both attention matmuls
+        # linears and both attention matmuls, as first built (as recorded)
+        m = vit.quantize_vit(ctx.model, ctx.calib, softmax="torch", gelu="float", prob_scale="fixed")
         notes = f"qlab.kernels backend={kernels.backend()} isa={kernels.isa()}"
         return Built(m, qpt2e.graph_bytes(m), time.perf_counter() - t0, notes)
     raise ValueError(f"path must be one of {PATHS}, got {path!r}")

@@ -157,6 +157,41 @@ def load_attention_results(path=None) -> dict:
     return data
 
 
+LINEAR_RESULTS = ATTENTION_RESULTS.with_name("linear.json")
+ONEDNN = "oneDNN qlinear_pointwise (prepacked)"
+
+
+def load_linear_results(path=None) -> dict:
+    """``benchmarks/results/linear.json`` (``benchmarks/bench_linear.py``): ``meta`` and ``results``
+    (``{threads: {"<name> K->N, M=<tokens>, out <dtype>": {"candidates": ...}}}``)."""
+    p = pathlib.Path(path) if path is not None else LINEAR_RESULTS
+    if not p.exists():
+        raise FileNotFoundError(f"{p} not found: run `python benchmarks/bench_linear.py`")
+    data = json.loads(p.read_text())
+    if "meta" not in data or "results" not in data:
+        raise ValueError(f"{p.name} has no 'meta' / 'results' section: not a bench_linear.py results file")
+    return data
+
+
+def linear_vs_onednn(results: dict, threads: int = 1, tokens: int = 197) -> dict[str, dict[str, float]]:
+    """Per linear and output dtype (``"qkv, out uint8"``): each qlab candidate's speed over oneDNN's prepacked
+    ``qlinear_pointwise`` (paired per round in the recording; > 1: qlab is faster)."""
+    rows = results["results"].get(str(threads))
+    if rows is None:
+        raise ValueError(f"no results at threads={threads}; recorded: {sorted(results['results'])}")
+    out = {}
+    for key, r in rows.items():
+        name, rest = key.split(" ", 1)
+        if f"M={tokens}," not in rest:
+            continue
+        label = f"{name}, out {rest.rsplit('out ', 1)[1]}"
+        out[label] = {n.split(" (")[0]: c["speed_vs_onednn"] for n, c in r["candidates"].items()
+                      if n.startswith("qlab")}
+    if not out:
+        raise ValueError(f"no rows with M={tokens} at threads={threads}")
+    return out
+
+
 def linear_peaks(results: dict, threads: int = 1) -> dict[str, dict[str, float]]:
     """From ``kernels.json``: per ViT-B linear shape, qlab's G multiply-adds/s and % of the measured peak of the path
     (``"amx"`` for the best path when it is AMX, ``"avx512_vnni"`` for the VNNI-only rerun)."""
