@@ -18,7 +18,8 @@ all-int8 ViT-S/16 with it against PT2E + Inductor.
     int8 paths output float32 so their error against SDPA is measured: cosine and max abs error, and how many P codes
     the fused softmax changes against ``torch.softmax`` quantized.
 (b) End to end: timm ``vit_small_patch16_224`` (random weights, no download), batch 1, 1 and 2 threads: fp32 eager,
-    fp32 + Inductor, PT2E int8 + Inductor (freezing), and qlab's ``quantize_vit`` in eager mode with each softmax
+    fp32 + Inductor, bf16 autocast (where the CPU has bf16 dot products), PT2E int8 + Inductor (freezing), and qlab's
+    ``quantize_vit`` in eager mode with each softmax
     ("torch": unfused, "float" and "int": fused), the GELU as a table in fc1's epilogue (the default) and, once, in
     float32 between two quantizations (``gelu="float"``), P's codes of a calibrated scale (the default) and, once, of
     1/255 (``prob_scale="fixed"``); every qlab weight prepacked; cosine of the logits to fp32;
@@ -151,6 +152,18 @@ def attention_section(tokens: list[int], rounds: int) -> dict:
     return out
 
 
+class Bf16Autocast(torch.nn.Module):
+    """The fp32 model under ``torch.autocast("cpu", torch.bfloat16)`` (oneDNN's bf16 matmuls), float32 logits out."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.model(x).float()
+
+
 def vit_section(rounds: int, compile_variants: bool) -> dict:
     import timm
 
@@ -163,6 +176,8 @@ def vit_section(rounds: int, compile_variants: bool) -> dict:
     explicit = vit.set_fused_attn(timm.create_model("vit_small_patch16_224", pretrained=False).eval(), False)
     explicit.load_state_dict(fp32.state_dict())
     variants = {"fp32 eager": fp32}
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # the CPU has bf16 dot products (AVX-512 BF16, AMX)
+        variants["fp32 model, bf16 autocast (eager)"] = Bf16Autocast(fp32)
     if compile_variants:
         variants["fp32 + Inductor (freezing)"] = pt2e.lower(explicit, x, freezing=True)
         variants["PT2E int8 + Inductor (freezing)"] = pt2e.lower(vit.pt2e_quantize(explicit, cal), x, freezing=True)

@@ -77,3 +77,35 @@ def test_integer_only_swaps_modules_and_stays_close_at_16_bits():
         inside.integer_only(model, None)
     with pytest.raises(ValueError, match="bits"):
         inside.integer_only(model, lambda mm: mm(x), bits=2)
+
+
+def test_linear_recording_reads_as_speeds_over_onednn(tmp_path):
+    rec = inside.load_linear_results()
+    for threads in (1, 2):
+        rows = inside.linear_vs_onednn(rec, threads)
+        assert set(rows) == {f"{n}, out {d}" for n in ("qkv", "proj", "fc1", "fc2") for d in ("uint8", "float32")}
+        for r in rows.values():
+            assert set(r) == {"qlab int8_linear", "qlab int8_linear_packed"} and all(v > 0 for v in r.values())
+    with pytest.raises(ValueError, match="no results at threads=3"):
+        inside.linear_vs_onednn(rec, 3)
+    with pytest.raises(ValueError, match="no rows with M=5"):
+        inside.linear_vs_onednn(rec, 1, tokens=5)
+    with pytest.raises(FileNotFoundError, match="bench_linear.py"):
+        inside.load_linear_results(tmp_path / "none.json")
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a bench_linear.py results file"):
+        inside.load_linear_results(tmp_path / "x.json")
+
+
+def test_int8_mlp_refuses_what_it_cannot_convert():
+    from timm.layers import Mlp
+
+    from qlab import int8_mlp
+
+    ok = Mlp(16, 32)
+    assert int8_mlp.supported_mlp(ok)
+    for bad in (Mlp(16, 32, act_layer=nn.ReLU), Mlp(16, 32, act_layer=lambda: nn.GELU(approximate="tanh")),
+                Mlp(16, 32, norm_layer=nn.LayerNorm), nn.Linear(16, 16)):
+        assert not int8_mlp.supported_mlp(bad)
+        with pytest.raises(TypeError, match="mlp must be a timm Mlp with fc1, an exact nn.GELU"):
+            int8_mlp.ObservedMlp(bad)

@@ -15,11 +15,13 @@ bit-exact with ``torch.ao.nn.quantized.Linear`` on the x86 engine);
 and shift), identical on every machine. :mod:`qlab.kernels.reference` spells both
 out in plain PyTorch.
 
-The ops are ``torch.ops.qlab.int8_bmm``, ``torch.ops.qlab.int8_linear`` and
-``torch.ops.qlab.quantize_per_tensor`` (the float32 -> uint8/int8 step between int8 ops;
-custom ops with fake kernels: they work in eager mode, ``torch.compile`` and
-``torch.export``); :func:`int8_bmm`, :func:`int8_linear` and :func:`quantize_per_tensor`
-are their typed wrappers.
+The ops are ``torch.ops.qlab.int8_bmm``, ``torch.ops.qlab.int8_linear``,
+``torch.ops.qlab.pack_linear_weight`` + ``torch.ops.qlab.int8_linear_packed`` (the same linear on a
+weight packed once, with a 256-entry table epilogue; notebook 12), ``torch.ops.qlab.int8_attention``
+(the fused attention, :mod:`qlab.kernels.attention_reference`) and ``torch.ops.qlab.quantize_per_tensor``
+(the float32 -> uint8/int8 step between int8 ops); custom ops with fake kernels: they work in eager
+mode, ``torch.compile`` and ``torch.export``. :func:`int8_bmm`, :func:`int8_linear`,
+:func:`pack_linear_weight`, :func:`int8_linear_packed` and :func:`quantize_per_tensor` are typed wrappers.
 
 Backends. Importing this module loads the C++ extension (``qlab/csrc/``), compiling
 it on first use (about a minute; ``python -m qlab.kernels`` does it ahead of time)
