@@ -10,7 +10,7 @@ After ``convert_pt2e`` a quantized op is a *pattern* in a float graph::
     y_q = quantize_per_tensor(y, so, zo)            (when the next op is quantized)
 
 Inductor fuses such patterns into its own kernels; :func:`lower_to_qlab` rewrites
-them into calls of ``torch.ops.qlab.int8_bmm`` / ``int8_linear`` instead, in the
+them into calls of ``torch.ops.qlab.int8_bmm`` / ``int8_linear_packed`` instead, in the
 ``GraphModule`` itself (which then runs eagerly, or under ``torch.compile``, as the
 ops have fake kernels). Four rewrites, each counted in the returned report:
 
@@ -26,8 +26,9 @@ ops have fake kernels). Four rewrites, each counted in the returned report:
   requantized in the kernel when a chain of view-like ops ends in a quantize,
   which the codes then pass through instead.
 * ``linear`` -- ``linear(dequantize(x_q), dequantize_per_channel(w_q), bias)`` with
-  symmetric int8 weights becomes ``int8_linear`` (float32 out; requantized when
-  a quantize follows directly).
+  symmetric int8 weights becomes ``int8_linear_packed`` on the weight packed once
+  (``packed=False``: ``int8_linear``; float32 out; requantized when a quantize follows
+  directly).
 
 Two clean-ups make the rewritten graph quick to run eagerly:
 
@@ -235,7 +236,7 @@ def _lower_matmuls(gm, requant, report) -> None:
         report["matmul_requantized"] += 1
 
 
-def _lower_linears(gm, requant, report) -> None:
+def _lower_linears(gm, requant, report, packed) -> None:
     qd = _qd()
     ops = torch.ops.qlab
     for lin in list(gm.graph.nodes):
@@ -271,10 +272,21 @@ def _lower_linears(gm, requant, report) -> None:
         else:
             q, out = None, (1.0, 0, torch.float32)
         with gm.graph.inserting_before(lin):
-            new = gm.graph.call_function(
-                ops.int8_linear.default,
-                (x_codes, w_codes, w_scale, bias, sx, zx, out[0], out[1], out[2], False, requant),
-            )
+            if packed:  # the weight packed once, here: a constant of the graph beside the codes
+                codes = _attr(gm, w_codes.target)
+                name = f"{w_codes.target}_packed".replace(".", "_")
+                if not hasattr(gm, name):
+                    gm.register_buffer(name, ops.pack_linear_weight(codes))
+                new = gm.graph.call_function(
+                    ops.int8_linear_packed.default,
+                    (x_codes, gm.graph.get_attr(name), codes.shape[0], w_scale, bias, sx, zx, out[0], out[1], out[2],
+                     False, None, requant),
+                )
+            else:
+                new = gm.graph.call_function(
+                    ops.int8_linear.default,
+                    (x_codes, w_codes, w_scale, bias, sx, zx, out[0], out[1], out[2], False, requant),
+                )
         if q is None:
             new.meta = dict(lin.meta)
             lin.replace_all_uses_with(new)
@@ -321,13 +333,17 @@ def lower_to_qlab(
     fold_scale_mul: bool = True,
     cleanup: bool = True,
     requant: str = "float",
+    packed: bool = True,
 ) -> tuple[fx.GraphModule, dict]:
     """Rewrite ``gm`` (a ``convert_pt2e`` result) in place; return ``(gm, report)``.
 
     ``report`` counts each rewrite (see the module docstring) and lists what was ``skipped``.
     ``cleanup``: the two clean-ups. ``requant``: the rounding of requantized outputs,
-    ``"float"`` (PyTorch's) or ``"fixed"`` (integer-only).
+    ``"float"`` (PyTorch's) or ``"fixed"`` (integer-only). ``packed``: linears become ``int8_linear_packed`` on a
+    weight packed once here (a buffer of ``gm``; notebook 12), else ``int8_linear`` (packing inside every call).
     """
+    if not isinstance(packed, bool):
+        raise TypeError(f"packed must be a bool, got {type(packed).__name__}")
     if not isinstance(gm, fx.GraphModule):
         raise TypeError(f"gm must be a torch.fx.GraphModule (the result of convert_pt2e), got {type(gm).__name__}")
     check_choice("requant", requant, ["float", "fixed"])
@@ -349,7 +365,7 @@ def lower_to_qlab(
     if matmul:
         _lower_matmuls(gm, requant, report)
     if linear:
-        _lower_linears(gm, requant, report)
+        _lower_linears(gm, requant, report, packed)
     if cleanup:
         _fast_quantize(gm, report)
         _drop_dropouts(gm, report)

@@ -48,7 +48,8 @@ PLAN = {
     ),
     "12": (
         "45 min",
-        "inside an int8 kernel: VNNI and AMX, the peak, the GELU table, fused attention, integer-only; exercise 12.1",
+        "inside an int8 kernel: VNNI and AMX, the peak, prepacked weights, the GELU table, fused attention, "
+        "integer-only; exercise 12.1",
     ),
     "13": ("60 min", "the capstone: a held-out model to int8 within a budget, faster than fp32"),
 }

@@ -140,6 +140,10 @@ def test_bmm_extreme_values_and_saturation(a_dtype, a_fill, b_fill):
                     # multiplier < 2^-32 (fixed mode: the product is 0)
                     for sa, sb, so in ((0.05, 0.05, 1e-4), (1.0, 1.0, 1e-4), (1e-10, 1e-10, 10.0), (0.02, 0.01, 3.0)):
                         for requant in ("float", "fixed"):
+                            if out_dtype not in QRANGE and requant == "fixed":
+                                continue  # int32/float32 outputs: requant and out_scale change nothing
+                            if out_dtype == torch.int32 and sa != 0.05:
+                                continue  # int32: the input scales change nothing either
                             so_, zo = out_qparams(out_dtype, scale=so)
                             check_all_paths("int8_bmm", (a, b, sa, za, sb, zb, so_, zo, out_dtype, False, requant))
 

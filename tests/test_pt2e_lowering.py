@@ -53,16 +53,22 @@ def test_lowering_replaces_every_matmul_and_linear(converted):
         "skipped": [],
     }
     targets = pl.count_targets(low)
-    assert targets["qlab.int8_bmm.default"] == 4 and targets["qlab.int8_linear.default"] == 9
+    assert targets["qlab.int8_bmm.default"] == 4 and targets["qlab.int8_linear_packed.default"] == 9
     assert "aten.matmul.default" not in targets and "aten.linear.default" not in targets
     assert "aten.mul.Tensor" not in targets  # the softmax scale is folded into a quantize
     assert not any(k.startswith("quantized_decomposed") for k in targets) and "aten.dropout.default" not in targets
     assert targets["qlab.quantize_per_tensor.default"] == 15
     after = low(x)
     torch.testing.assert_close(after, before, rtol=0, atol=1e-4)  # the same codes, exact integer accumulation
-    assert vit_inspect.check_int8_calls(low, x[:2]) == {"int8_bmm": 4, "int8_linear": 9, "all_equal": True}
+    assert vit_inspect.check_int8_calls(low, x[:2]) == {"int8_bmm": 4, "int8_linear_packed": 9, "all_equal": True}
     # any batch size still works (the graph was exported with a dynamic batch)
     assert low(cal[0][:1]).shape == (1, 10)
+    # packed=False: int8_linear on the plain codes, the same outputs bit for bit
+    plain, _ = pl.lower_to_qlab(copy.deepcopy(g), packed=False)
+    assert pl.count_targets(plain)["qlab.int8_linear.default"] == 9
+    assert torch.equal(plain(x), after)
+    with pytest.raises(TypeError, match="packed must be a bool"):
+        pl.lower_to_qlab(copy.deepcopy(g), packed="yes")
 
 
 def test_lowering_only_matmuls(converted):
