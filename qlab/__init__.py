@@ -63,8 +63,9 @@ module                                    what it holds                         
 :mod:`qlab.debug_figures`                 notebook 11's figures and its recorded benchmark             11
 :mod:`qlab.intonly`                       integer-only softmax, GELU, LayerNorm (I-BERT): references   12
                                           for the fused kernels
-:mod:`qlab.inside`                        VNNI instructions in PyTorch, the GELU table, integer-only   12
-                                          GELU/LayerNorm in a model, notebook 12's recordings
+:mod:`qlab.inside`                        VNNI instructions in PyTorch, integer-only GELU/LayerNorm in 12
+                                          a model, notebook 12's recordings
+:mod:`qlab.int8_mlp`                      timm's Mlp in int8: the exact GELU table in fc1's epilogue   12
 :mod:`qlab.capstone`                      the capstone: the held-out model, the checker's measurements 13
                                           (accuracy, int8 kernels, speed-up with its noise rule) and
                                           its diagnoses

@@ -37,6 +37,8 @@ def problems():
         ("pack_linear_weight", (w,)),
         ("int8_linear_packed", (x, reference.pack_linear_weight(w), 13, ws, bias, 0.03, -5, 0.1, 3, torch.uint8, False,
                                 torch.arange(256).flip(0).to(torch.uint8), "float")),
+        ("int8_linear_packed", (x, reference.pack_linear_weight(w), 13, ws, bias, 0.03, -5, 1.0, 0, torch.float32,
+                                True, None, "float", torch.randn(7, 13, generator=g))),
     ]
 def digests(run):
     import hashlib

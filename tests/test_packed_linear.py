@@ -105,6 +105,24 @@ def test_table_epilogue_is_a_lookup_on_the_codes(out_dtype, table_dtype):
     assert got.dtype == table_dtype and torch.equal(got, want)
 
 
+@pytest.mark.parametrize("shape", [(37, 70, 100), (1, 5, 3), (2, 3, 64, 48)])
+def test_residual_epilogue_adds_the_skip_connection(shape):
+    """``residual`` (float32 out): ``int8_linear(...) + residual``, one float32 add, the same bits on every path."""
+    *lead, K, N = shape
+    x, w, ws, b, g = _problem(int(torch.tensor(lead).prod()), K, N, seed=K + N)
+    x = x.reshape(*lead, K)
+    residual = torch.randn(*lead, N, generator=g) * 3
+    want = R.int8_linear(x, w, ws, b, 0.02, 131, 1.0, 0, torch.float32, True, "float") + residual
+    packed = qk.pack_linear_weight(w)
+    got = _every_path(lambda: qk.int8_linear_packed(x, packed, N, ws, b, x_scale=0.02, x_zero_point=131,
+                                                    out_dtype=torch.float32, relu=True, residual=residual))
+    assert torch.equal(got, want)
+    strided = torch.stack([residual, -residual], -1)[..., 0]  # a strided view (stride 2) is read as it is
+    assert not strided.is_contiguous() and torch.equal(strided, residual)
+    assert torch.equal(torch.ops.qlab.int8_linear_packed(x, packed, N, ws, b, 0.02, 131, 1.0, 0, torch.float32, True,
+                                                         None, "float", strided), want)
+
+
 def test_gelu_table_epilogue_equals_float_gelu_between_quantizations():
     """Equation (3) inside the kernel: fc1 -> uint8 codes -> table equals dequantize -> GELU -> quantize."""
     x, w, ws, b, _ = _problem(20, 64, 96, seed=6)
@@ -145,7 +163,8 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.qlab.pack_linear_weight.default, (w,))
     packed = qk.pack_linear_weight(w)
     for args in ((x, packed, 50, ws, b, 0.02, 128, 0.1, 3, torch.uint8, True, table, "float"),
-                 (x.reshape(2, 3, 21), packed, 50, ws, None, 0.02, 128, 1.0, 0, torch.float32, False, None, "float")):
+                 (x.reshape(2, 3, 21), packed, 50, ws, None, 0.02, 128, 1.0, 0, torch.float32, False, None, "float"),
+                 (x, packed, 50, ws, b, 0.02, 128, 1.0, 0, torch.float32, False, None, "float", torch.randn(6, 50))):
         torch.library.opcheck(torch.ops.qlab.int8_linear_packed.default, args)
 
 
@@ -183,7 +202,7 @@ def _kw(**over):
     x, w, ws, b, _ = _problem(4, 10, 20, seed=11)
     kw = dict(x=x, packed_weight=qk.pack_linear_weight(w), out_features=20, weight_scale=ws, bias=b, x_scale=0.02,
               x_zero_point=128, out_scale=0.1, out_zero_point=0, out_dtype=torch.uint8, relu=False, table=None,
-              requant="float")
+              requant="float", residual=None)
     kw.update(over)
     return kw
 
@@ -204,6 +223,11 @@ def _kw(**over):
         ({"x": torch.zeros(4, 10)}, TypeError, "x must have dtype torch.uint8 or torch.int8"),
         ({"x_zero_point": 300}, ValueError, r"x_zero_point must lie in \[0, 255\]"),
         ({"weight_scale": torch.zeros(20)}, ValueError, "weight_scale must be positive and finite"),
+        ({"residual": torch.zeros(4, 20)}, ValueError, "residual is added to a float32 output"),
+        ({"residual": torch.zeros(4, 21), "out_dtype": torch.float32, "out_scale": 1.0}, ValueError,
+         r"residual must have the output's shape \[..., out_features\] = \[4, 20\]"),
+        ({"residual": torch.zeros(4, 20, dtype=torch.float64), "out_dtype": torch.float32, "out_scale": 1.0},
+         TypeError, "residual must have dtype torch.float32"),
     ],
 )
 @pytest.mark.parametrize("impl", ["op", "reference"])

@@ -162,8 +162,8 @@ QLAB_AVX2 void pack_b_prepacked(const Task& t, int64_t n, int64_t kp4, int16_t* 
   const int64_t W = (std::min<int64_t>(kPackedPanel, t.packed_n - p * kPackedPanel) + 15) / 16 * 16;
   const int8_t* src = t.packed + p * t.packed_stride + 64 * g;
   for (int64_t k4 = 0; k4 < kp4 / 4; ++k4, src += 4 * W) {
-    for (int h = 0; h < 2; ++h) {  // columns 0-7, then 8-15
-      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 32 * h));        // columns 0-3
+    for (int h = 0; h < 2; ++h) {                                                             // columns 0-7, then 8-15
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 32 * h));  // columns 0-3
       const __m128i bytes2 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 32 * h + 16));  // columns 4-7
       const __m256 x = _mm256_castsi256_ps(_mm256_cvtepi8_epi16(bytes));   // c0lo c0hi c1lo c1hi | c2lo ... c3hi
       const __m256 y = _mm256_castsi256_ps(_mm256_cvtepi8_epi16(bytes2));  // c4lo c4hi c5lo c5hi | c6lo ... c7hi

@@ -121,8 +121,8 @@ void gemm_avx512_vnni(const Task& t, const Epilogue& e) {
     std::vector<const int8_t*> bp(static_cast<size_t>(npanels));
     std::vector<int32_t> col_off(static_cast<size_t>(npanels * NR));
     for (int64_t p = 0; p < npanels; ++p) {
-      bp[p] = panel_at(t, e, s, t.n0 + p * NR, bpack ? bpack->data() + p * panel_bytes : nullptr,
-                       col_off.data() + p * NR);
+      bp[p] =
+          panel_at(t, e, s, t.n0 + p * NR, bpack ? bpack->data() + p * panel_bytes : nullptr, col_off.data() + p * NR);
     }
     for (int64_t mt = 0; mt < M; mt += MR) {
       for (int64_t p = 0; p < npanels; ++p) run_tile(p, mt, bp[p], col_off.data() + p * NR);

@@ -4,6 +4,7 @@
 //   torch.ops.qlab.int8_linear  int8 linear, per-channel weights, int32 or float bias, ReLU
 //   torch.ops.qlab.pack_linear_weight / int8_linear_packed  the same linear on a weight packed once (the VNNI and
 //                               AMX paths read its panels and column sums in place), plus a 256-entry table epilogue
+//                               (8-bit outputs) or a residual add (float32 outputs)
 //   torch.ops.qlab.int8_attention  the fused attention (q·kᵀ, softmax, P·v per block of rows)
 //   torch.ops.qlab.quantize_per_tensor  float32 -> uint8/int8 codes, PyTorch's arithmetic (quantize.cpp)
 //
@@ -303,11 +304,12 @@ void make_epilogue(EpilogueData& d, OutKind kind, Requant mode, bool relu, int64
 // ---------------------------------------------------------------------------------------------
 // The driver: split batch x rows x columns into tasks, run them on ATen's thread pool.
 
+// residual: float32 [M, N] added to a float32 output after the epilogue (out = epilogue(acc) + residual), or null.
 // packed: a prepacked weight (linear only, batch 1; the VNNI and AMX paths), or null. table: 256 codes applied to
 // every 8-bit output code (index = the code's byte, top bit flipped for int8), or null.
 void run(int64_t batch, const std::vector<int64_t>& a_off, const std::vector<int64_t>& b_off, const MatA& a,
          const MatB& b, int64_t M, int64_t N, int64_t K, const Epilogue& e, at::Tensor& out,
-         const int8_t* packed = nullptr, const uint8_t* table = nullptr) {
+         const int8_t* packed = nullptr, const uint8_t* table = nullptr, const float* residual = nullptr) {
   if (batch == 0 || M == 0 || N == 0) return;
   const Isa isa = active_isa();
   void (*gemm)(const Task&, const Epilogue&) =
@@ -362,6 +364,12 @@ void run(int64_t batch, const std::vector<int64_t>& a_off, const std::vector<int
         t.packed_n = N;
       }
       gemm(t, e);
+      if (residual) {  // one float32 add per element, in any order the same bits; the output is still in cache
+        float* o = static_cast<float*>(t.out);
+        for (int64_t m = t.m0; m < t.m1; ++m) {
+          for (int64_t n = t.n0; n < t.n1; ++n) o[m * N + n] = o[m * N + n] + residual[m * N + n];
+        }
+      }
       if (table) {  // the codes just written are still in cache
         (vbmi ? table_rows_vbmi : table_rows_scalar)(static_cast<uint8_t*>(t.out) + t.m0 * N + t.n0, N, t.m1 - t.m0,
                                                      t.n1 - t.n0, table, e.kind == OutKind::Int8 ? 0x80 : 0x00);
@@ -500,7 +508,8 @@ at::Tensor unpack_linear_weight(const at::Tensor& packed, int64_t N, int64_t K) 
 at::Tensor linear_impl(const at::Tensor& x, const at::Tensor* weight, const at::Tensor* packed, int64_t N,
                        const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias, double x_scale,
                        int64_t x_zero_point, double out_scale, int64_t out_zero_point, at::ScalarType out_dtype,
-                       bool relu, c10::string_view requant, const std::optional<at::Tensor>& table) {
+                       bool relu, c10::string_view requant, const std::optional<at::Tensor>& table,
+                       const std::optional<at::Tensor>& residual) {
   check_cpu(x, "x");
   check_cpu(weight_scale, "weight_scale");
   TORCH_CHECK_TYPE(x.scalar_type() == at::kByte || x.scalar_type() == at::kChar,
@@ -515,8 +524,8 @@ at::Tensor linear_impl(const at::Tensor& x, const at::Tensor* weight, const at::
                       weight->sizes());
     N = weight->size(0);
     K = weight->size(1);
-    TORCH_CHECK_VALUE(x.size(-1) == K, "x must have shape [..., in_features] with in_features = weight.shape[1] = ",
-                      K, ", got shape ", x.sizes());
+    TORCH_CHECK_VALUE(x.size(-1) == K, "x must have shape [..., in_features] with in_features = weight.shape[1] = ", K,
+                      ", got shape ", x.sizes());
   } else {
     check_cpu(*packed, "packed_weight");
     TORCH_CHECK_TYPE(packed->scalar_type() == at::kChar, "packed_weight must have dtype torch.int8, got ",
@@ -526,13 +535,12 @@ at::Tensor linear_impl(const at::Tensor& x, const at::Tensor* weight, const at::
     int32_t header[3] = {0, 0, 0};
     const bool shaped = packed->dim() == 1 && packed->size(0) == bytes && packed->is_contiguous();
     if (shaped) std::memcpy(header, packed->data_ptr<int8_t>(), sizeof(header));
-    TORCH_CHECK_VALUE(shaped && header[0] == kPackedMagic && header[1] == N && header[2] == K,
-                      "packed_weight must be pack_linear_weight(weight) of a weight [out_features, in_features] = [",
-                      N, ", ", K, "] (in_features = x.shape[-1]): a contiguous 1-D int8 tensor of ", bytes,
-                      " bytes whose header says [", N, ", ", K, "]; got shape ", packed->sizes(),
-                      packed->is_contiguous() ? "" : " (not contiguous)",
-                      shaped ? " packed for [" + std::to_string(header[1]) + ", " + std::to_string(header[2]) + "]"
-                             : std::string());
+    TORCH_CHECK_VALUE(
+        shaped && header[0] == kPackedMagic && header[1] == N && header[2] == K,
+        "packed_weight must be pack_linear_weight(weight) of a weight [out_features, in_features] = [", N, ", ", K,
+        "] (in_features = x.shape[-1]): a contiguous 1-D int8 tensor of ", bytes, " bytes whose header says [", N, ", ",
+        K, "]; got shape ", packed->sizes(), packed->is_contiguous() ? "" : " (not contiguous)",
+        shaped ? " packed for [" + std::to_string(header[1]) + ", " + std::to_string(header[2]) + "]" : std::string());
   }
   TORCH_CHECK_TYPE(weight_scale.scalar_type() == at::kFloat, "weight_scale must have dtype torch.float32, got ",
                    dtype_name(weight_scale.scalar_type()));
@@ -552,13 +560,29 @@ at::Tensor linear_impl(const at::Tensor& x, const at::Tensor* weight, const at::
   at::Tensor table_c;
   if (table.has_value()) {
     check_cpu(*table, "table");
-    TORCH_CHECK_VALUE(quantized_out, "table maps 8-bit output codes: it needs out_dtype torch.uint8 or torch.int8, got ",
+    TORCH_CHECK_VALUE(quantized_out,
+                      "table maps 8-bit output codes: it needs out_dtype torch.uint8 or torch.int8, got ",
                       dtype_name(out_dtype));
     TORCH_CHECK_TYPE(table->scalar_type() == at::kByte || table->scalar_type() == at::kChar,
                      "table must have dtype torch.uint8 or torch.int8, got ", dtype_name(table->scalar_type()));
     TORCH_CHECK_VALUE(table->dim() == 1 && table->size(0) == 256, "table must have shape [256], got shape ",
                       table->sizes());
     table_c = table->contiguous();
+  }
+  at::Tensor residual_c;
+  if (residual.has_value()) {
+    check_cpu(*residual, "residual");
+    TORCH_CHECK_VALUE(kind == OutKind::Float32,
+                      "residual is added to a float32 output: it needs out_dtype "
+                      "torch.float32, got ",
+                      dtype_name(out_dtype));
+    TORCH_CHECK_TYPE(residual->scalar_type() == at::kFloat, "residual must have dtype torch.float32, got ",
+                     dtype_name(residual->scalar_type()));
+    std::vector<int64_t> want(x.sizes().begin(), x.sizes().end() - 1);
+    want.push_back(N);
+    TORCH_CHECK_VALUE(residual->sizes() == at::IntArrayRef(want), "residual must have the output's shape [..., ",
+                      "out_features] = ", at::IntArrayRef(want), ", got shape ", residual->sizes());
+    residual_c = residual->contiguous();
   }
   const at::Tensor ws = weight_scale.contiguous();
   const float* wsp = ws.data_ptr<float>();
@@ -617,7 +641,7 @@ at::Tensor linear_impl(const at::Tensor& x, const at::Tensor* weight, const at::
   }
   MatB mb{pk ? nullptr : static_cast<const int8_t*>(plain.data_ptr()), pk ? 1 : plain.stride(1),
           pk ? K : plain.stride(0), 0};
-  run(1, {0}, {0}, ma, mb, M, N, K, ed.e, out, pk, tp);
+  run(1, {0}, {0}, ma, mb, M, N, K, ed.e, out, pk, tp, residual.has_value() ? residual_c.data_ptr<float>() : nullptr);
   return out;
 }
 
@@ -626,16 +650,16 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
                            double out_scale, int64_t out_zero_point, at::ScalarType out_dtype, bool relu,
                            c10::string_view requant) {
   return linear_impl(x, &weight, nullptr, 0, weight_scale, bias, x_scale, x_zero_point, out_scale, out_zero_point,
-                     out_dtype, relu, requant, std::nullopt);
+                     out_dtype, relu, requant, std::nullopt, std::nullopt);
 }
 
 at::Tensor int8_linear_packed_cpu(const at::Tensor& x, const at::Tensor& packed_weight, int64_t out_features,
-                                  const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
-                                  double x_scale, int64_t x_zero_point, double out_scale, int64_t out_zero_point,
+                                  const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias, double x_scale,
+                                  int64_t x_zero_point, double out_scale, int64_t out_zero_point,
                                   at::ScalarType out_dtype, bool relu, const std::optional<at::Tensor>& table,
-                                  c10::string_view requant) {
+                                  c10::string_view requant, const std::optional<at::Tensor>& residual) {
   return linear_impl(x, nullptr, &packed_weight, out_features, weight_scale, bias, x_scale, x_zero_point, out_scale,
-                     out_zero_point, out_dtype, relu, requant, table);
+                     out_zero_point, out_dtype, relu, requant, table, residual);
 }
 
 // The fused attention (issue 15): q·kᵀ -> (+ bias, mask) -> softmax -> uint8 P -> P·v, a block of query rows at a
@@ -847,7 +871,7 @@ TORCH_LIBRARY(qlab, m) {
   m.def(
       "int8_linear_packed(Tensor x, Tensor packed_weight, int out_features, Tensor weight_scale, Tensor? bias, "
       "float x_scale, int x_zero_point, float out_scale, int out_zero_point, ScalarType out_dtype, bool relu, "
-      "Tensor? table, str requant) -> Tensor");
+      "Tensor? table, str requant, Tensor? residual=None) -> Tensor");
   m.def("quantize_per_tensor(Tensor x, float scale, int zero_point, ScalarType dtype) -> Tensor");
   m.def(
       "int8_attention(Tensor q, Tensor k, Tensor v, float q_scale, int q_zero_point, float k_scale, "

@@ -87,9 +87,9 @@ struct Task {
   void* out;
   int64_t ldc;
   // A weight packed ahead of time (torch.ops.qlab.pack_linear_weight), read by the VNNI and AMX paths
-  // instead of packing b (the AVX2 path widens its panels to int16): panel p (columns [48p, 48p + 48)) starts at packed + p * packed_stride and holds
-  // [kp/4][16 * ceil(w / 16)][4] int8 (kp = K rounded up to 64, w the panel's columns), then, at byte
-  // packed_colsum, the 48 column sums as int32. null: pack b per call.
+  // instead of packing b (the AVX2 path widens its panels to int16): panel p (columns [48p, 48p + 48)) starts at packed
+  // + p * packed_stride and holds [kp/4][16 * ceil(w / 16)][4] int8 (kp = K rounded up to 64, w the panel's columns),
+  // then, at byte packed_colsum, the 48 column sums as int32. null: pack b per call.
   const int8_t* packed = nullptr;
   int64_t packed_stride = 0, packed_colsum = 0;
   int64_t packed_n = 0;  // all the weight's columns (the last panel's width, for paths whose tasks split elsewhere)

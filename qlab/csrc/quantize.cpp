@@ -94,8 +94,8 @@ void table_rows_scalar(uint8_t* o, int64_t ld, int64_t rows, int64_t cols, const
 
 #if defined(__x86_64__) || defined(__i386__)
 __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void table_rows_vbmi(uint8_t* o, int64_t ld, int64_t rows,
-                                                                          int64_t cols, const uint8_t* table,
-                                                                          uint8_t flip) {
+                                                                            int64_t cols, const uint8_t* table,
+                                                                            uint8_t flip) {
   const __m512i t0 = _mm512_loadu_si512(table), t1 = _mm512_loadu_si512(table + 64);
   const __m512i t2 = _mm512_loadu_si512(table + 128), t3 = _mm512_loadu_si512(table + 192);
   const __m512i f = _mm512_set1_epi8(static_cast<char>(flip));

@@ -208,6 +208,14 @@ def _out_qparams(out_dtype, out_scale, out_zero_point):
     return 1.0, 0
 
 
+def _weight_scale(weight_scale) -> torch.Tensor:
+    """A float or 0-d tensor (per-tensor) or a ``[out_features]`` tensor (per-channel) as the ops take it: float32
+    (float64 is rounded to float32, as PyTorch does)."""
+    if isinstance(weight_scale, torch.Tensor):
+        return weight_scale.to(torch.float32) if weight_scale.dtype == torch.float64 else weight_scale
+    return torch.tensor(check_positive_scale("weight_scale", weight_scale), dtype=torch.float32)
+
+
 def int8_bmm(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -284,11 +292,7 @@ def int8_linear(
     ``requant="float"`` the result equals ``torch.ao.nn.quantized.Linear`` (x86 engine) bit for bit.
     Notebook: ``notebooks/08-vit-attention-int8.ipynb``.
     """
-    if isinstance(weight_scale, torch.Tensor):
-        if weight_scale.dtype == torch.float64:
-            weight_scale = weight_scale.to(torch.float32)
-    else:
-        weight_scale = torch.tensor(check_positive_scale("weight_scale", weight_scale), dtype=torch.float32)
+    weight_scale = _weight_scale(weight_scale)
     out_scale, out_zero_point = _out_qparams(out_dtype, out_scale, out_zero_point)
     _validate.python_types(
         x=(x, "tensor"),
@@ -328,17 +332,16 @@ def int8_linear_packed(
     relu: bool = False,
     table: torch.Tensor | None = None,
     requant: str = "float",
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`int8_linear` on a weight packed once by :func:`pack_linear_weight` (same results bit for bit), with
     one more epilogue: ``table``, 256 codes applied to the 8-bit output (``out = table[code − min(out_dtype)]``, the
     result of the table's dtype): a GELU between two per-tensor-quantized activations, exactly
-    (:func:`qlab.inside.gelu_table`). The AVX2 and scalar paths unpack the weight per call. Notebook 12.
+    (:func:`qlab.int8_mlp.gelu_table`). The VNNI and AMX paths read the packed panels in place, the AVX2 path widens
+    them to int16 as it goes, the scalar path unpacks the weight per call. ``residual`` (float32 output only): added
+    to the output in the same pass (``out + residual``, a skip connection). Notebook 12.
     """
-    if isinstance(weight_scale, torch.Tensor):
-        if weight_scale.dtype == torch.float64:
-            weight_scale = weight_scale.to(torch.float32)
-    else:
-        weight_scale = torch.tensor(check_positive_scale("weight_scale", weight_scale), dtype=torch.float32)
+    weight_scale = _weight_scale(weight_scale)
     out_scale, out_zero_point = _out_qparams(out_dtype, out_scale, out_zero_point)
     _validate.python_types(
         x=(x, "tensor"),
@@ -352,10 +355,11 @@ def int8_linear_packed(
         relu=(relu, "bool"),
         table=(table, "tensor?"),
         requant=(requant, "str"),
+        residual=(residual, "tensor?"),
     )
     return torch.ops.qlab.int8_linear_packed(
         x, packed_weight, out_features, weight_scale, bias, x_scale, x_zero_point, out_scale, out_zero_point,
-        out_dtype, relu, table, requant
+        out_dtype, relu, table, requant, residual
     )
 
 

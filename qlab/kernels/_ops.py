@@ -28,7 +28,7 @@ SCHEMAS = {
     "int8_linear_packed": (
         "int8_linear_packed(Tensor x, Tensor packed_weight, int out_features, Tensor weight_scale, Tensor? bias, "
         "float x_scale, int x_zero_point, float out_scale, int out_zero_point, ScalarType out_dtype, bool relu, "
-        "Tensor? table, str requant) -> Tensor"
+        "Tensor? table, str requant, Tensor? residual=None) -> Tensor"
     ),
     "quantize_per_tensor": "quantize_per_tensor(Tensor x, float scale, int zero_point, ScalarType dtype) -> Tensor",
     "int8_attention": (
@@ -98,8 +98,8 @@ def _pack_fake(weight):
 
 
 def _linear_packed_fake(x, packed_weight, out_features, weight_scale, bias, x_scale, x_zero_point, out_scale,
-                        out_zero_point, out_dtype, relu, table, requant):
-    _validate.packed_linear_args(x, packed_weight, out_features, out_dtype, table)
+                        out_zero_point, out_dtype, relu, table, requant, residual=None):
+    _validate.packed_linear_args(x, packed_weight, out_features, out_dtype, table, residual)
     return x.new_empty((*x.shape[:-1], out_features), dtype=out_dtype if table is None else table.dtype)
 
 

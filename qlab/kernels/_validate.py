@@ -310,14 +310,28 @@ def table_arg(table, out_dtype) -> None:
         raise ValueError(f"table must have shape [256], got shape {list(table.shape)}")
 
 
-def packed_linear_args(x, packed, out_features, out_dtype, table) -> None:
-    """What ``int8_linear_packed`` adds to ``int8_linear``'s checks: x, the packed weight, the table."""
+def packed_linear_args(x, packed, out_features, out_dtype, table, residual=None) -> None:
+    """What ``int8_linear_packed`` adds to ``int8_linear``'s checks: x, the packed weight, the table, the residual."""
     _activation("x", x)
     if x.dim() < 1:
         raise ValueError("x must have at least 1 dimension [..., in_features]")
     packed_args(packed, out_features, x.shape[-1])
     check_choice("out_dtype", out_dtype, OUT_DTYPES)
     table_arg(table, out_dtype)
+    if residual is not None:
+        check_tensor("residual", residual)
+        _cpu("residual", residual)
+        if out_dtype != torch.float32:
+            raise ValueError(
+                f"residual is added to a float32 output: it needs out_dtype torch.float32, got {out_dtype}"
+            )
+        if residual.dtype != torch.float32:
+            raise TypeError(f"residual must have dtype torch.float32, got {residual.dtype}")
+        want = [*x.shape[:-1], out_features]
+        if list(residual.shape) != want:
+            raise ValueError(
+                f"residual must have the output's shape [..., out_features] = {want}, got shape {list(residual.shape)}"
+            )
 
 
 def quantize_args(x, scale, zero_point, dtype) -> None:

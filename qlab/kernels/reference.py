@@ -261,14 +261,18 @@ def int8_linear_packed(
     relu: bool,
     table: torch.Tensor | None,
     requant: str,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`int8_linear` with the weight packed by :func:`pack_linear_weight`, then (optionally) a 256-entry
     ``table`` on the 8-bit output codes: ``out = table[code - min(out_dtype)]``, of the table's dtype (a GELU
-    evaluated exactly on per-tensor codes, notebook 12's equation (3))."""
-    _validate.packed_linear_args(x, packed_weight, out_features, out_dtype, table)
+    evaluated exactly on per-tensor codes, notebook 12's equation (3)), or a float32 ``residual`` added to a float32
+    output (``out + residual``: a transformer block's skip connection, one float32 add per element)."""
+    _validate.packed_linear_args(x, packed_weight, out_features, out_dtype, table, residual)
     weight = unpack_linear_weight(packed_weight, out_features, x.shape[-1])
     out = int8_linear(x, weight, weight_scale, bias, x_scale, x_zero_point, out_scale, out_zero_point, out_dtype,
                       relu, requant)
+    if residual is not None:
+        return out + residual
     if table is None:
         return out
     return table.contiguous()[out.to(torch.int64) - _QRANGE[out_dtype][0]]
