@@ -115,6 +115,13 @@ __attribute__((target("avx512f"))) inline __m512 exp16(__m512 x) {
   const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
   return _mm512_maskz_mul_ps(keep, p, _mm512_castsi512_ps(bits));
 }
+// codes of 16 probabilities: round((e · inv) · pinv), clamped to [0, 255]
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m128i codes16(__m512 e, __m512 inv, __m512 pinv) {
+  const __m512 r =
+      _mm512_roundscale_ps(_mm512_mul_ps(_mm512_mul_ps(e, inv), pinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 c = _mm512_min_ps(_mm512_max_ps(r, _mm512_setzero_ps()), _mm512_set1_ps(255.0f));
+  return _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(c));
+}
 }  // namespace
 
 __attribute__((target("avx2"))) void softmax_row_u8_avx2(const float* logits, int64_t S, float pinv, float* e,
@@ -165,32 +172,41 @@ __attribute__((target("avx2"))) void softmax_row_u8_avx2(const float* logits, in
 
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void softmax_row_u8_avx512(const float* logits, int64_t S,
                                                                                 float pinv, float* e, uint8_t* out) {
-  __m512 vmax = _mm512_set1_ps(-INFINITY);
-  for (int64_t j = 0; j < S; j += 16) {
-    const __mmask16 mk = S - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (S - j)) - 1);
-    vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mk, logits + j));
-  }
+  // Whole registers in the loops, a mask only for the last partial one: masked stores are slow on some CPUs
+  const int64_t full = S / 16 * 16;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (S - full)) - 1);
+  const __m512 ninf = _mm512_set1_ps(-INFINITY);
+  __m512 vmax = ninf;
+  for (int64_t j = 0; j < full; j += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(logits + j));
+  if (tail) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(ninf, tail, logits + full));
   float m = _mm512_reduce_max_ps(vmax);
   if (!std::isfinite(m)) m = 0.0f;
   const __m512 vm = _mm512_set1_ps(m);
   __m512 acc = _mm512_setzero_ps();
-  for (int64_t j = 0; j < S; j += 16) {
-    const __mmask16 mk = S - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (S - j)) - 1);
-    const __m512 x = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mk, logits + j);
-    const __m512 ej = exp16(_mm512_sub_ps(x, vm));  // 0 past the row
+  int64_t j = 0;
+  for (; j + 32 <= full; j += 32) {  // two independent exps per step; the lane sums still add in order of j
+    const __m512 e0 = exp16(_mm512_sub_ps(_mm512_loadu_ps(logits + j), vm));
+    const __m512 e1 = exp16(_mm512_sub_ps(_mm512_loadu_ps(logits + j + 16), vm));
+    acc = _mm512_add_ps(_mm512_add_ps(acc, e0), e1);
+    _mm512_storeu_ps(e + j, e0);
+    _mm512_storeu_ps(e + j + 16, e1);
+  }
+  for (; j < full; j += 16) {
+    const __m512 ej = exp16(_mm512_sub_ps(_mm512_loadu_ps(logits + j), vm));
     acc = _mm512_add_ps(acc, ej);
-    _mm512_mask_storeu_ps(e + j, mk, ej);
+    _mm512_storeu_ps(e + j, ej);
+  }
+  if (tail) {  // -inf past the row: exp gives 0, adding +0 to a lane sum (>= +0) changes no bit
+    const __m512 ej = exp16(_mm512_sub_ps(_mm512_mask_loadu_ps(ninf, tail, logits + full), vm));
+    acc = _mm512_add_ps(acc, ej);
+    _mm512_mask_storeu_ps(e + full, tail, ej);
   }
   float lanes[16];
   _mm512_storeu_ps(lanes, acc);
-  const __m512 inv = _mm512_set1_ps(fold_inverse(lanes)), c255 = _mm512_set1_ps(255.0f), vp = _mm512_set1_ps(pinv);
-  for (int64_t j = 0; j < S; j += 16) {
-    const __mmask16 mk = S - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (S - j)) - 1);
-    __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, e + j), inv), vp),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    r = _mm512_min_ps(_mm512_max_ps(r, _mm512_setzero_ps()), c255);
-    _mm_mask_storeu_epi8(out + j, mk, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(r)));
-  }
+  const __m512 inv = _mm512_set1_ps(fold_inverse(lanes)), vp = _mm512_set1_ps(pinv);
+  for (j = 0; j < full; j += 16)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), codes16(_mm512_loadu_ps(e + j), inv, vp));
+  if (tail) _mm_mask_storeu_epi8(out + full, tail, codes16(_mm512_maskz_loadu_ps(tail, e + full), inv, vp));
 }
 
 #else
