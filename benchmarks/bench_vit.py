@@ -76,7 +76,7 @@ def accuracy_section(calib_images: int) -> dict:
     }
     bar.update()
     bar.set_postfix_str("fix4 lowered / eager")
-    g4, report = pt2e_lowering.lower_to_qlab(vit.pt2e_quantize(model, cal))
+    g4, report = pt2e_lowering.lower_to_qlab(vit.pt2e_quantize(model, cal), softmax="torch")
     out["fix4 PT2E lowered to qlab"] = vit.compare(vit.predict(g4, x), ref, y) | {"lowering": report}
     out["fix4 PT2E lowered to qlab"]["int8_calls"] = vit_inspect.check_int8_calls(g4, x[:8])
     bar.update()
@@ -122,7 +122,8 @@ def latency_section(rounds: int, calib: int, compile_variants: bool) -> dict:
             setup_s[name] = time.perf_counter() - t0
             bar.update()
     bar.set_postfix_str("fix 4")
-    variants["fix4 PT2E lowered to qlab"] = pt2e_lowering.lower_to_qlab(vit.pt2e_quantize(explicit, cal))[0]
+    variants["fix4 PT2E lowered to qlab"] = pt2e_lowering.lower_to_qlab(vit.pt2e_quantize(explicit, cal),
+                                                                        softmax="torch")[0]
     variants["fix4 eager qlab (quantize_vit)"] = vit.quantize_vit(explicit, cal, softmax="torch", gelu="float",
                                                                 prob_scale="fixed")
     bar.update()

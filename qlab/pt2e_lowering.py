@@ -10,9 +10,9 @@ After ``convert_pt2e`` a quantized op is a *pattern* in a float graph::
     y_q = quantize_per_tensor(y, so, zo)            (when the next op is quantized)
 
 Inductor fuses such patterns into its own kernels; :func:`lower_to_qlab` rewrites
-them into calls of ``torch.ops.qlab.int8_bmm`` / ``int8_linear_packed`` instead, in the
+them into calls of ``torch.ops.qlab.int8_bmm`` / ``int8_attention`` / ``int8_linear_packed`` instead, in the
 ``GraphModule`` itself (which then runs eagerly, or under ``torch.compile``, as the
-ops have fake kernels). Four rewrites, each counted in the returned report:
+ops have fake kernels). Five rewrites, each counted in the returned report:
 
 * ``scale_mul`` -- ``quantize(x * c, s, z)`` becomes ``quantize(x, s / c, z)``
   (``c > 0`` a Python number, ``x * c`` used only there): the same codes,
@@ -25,6 +25,10 @@ ops have fake kernels). Four rewrites, each counted in the returned report:
   batch dimensions becomes ``int8_bmm``; float32 out, or (``matmul_requantized``)
   requantized in the kernel when a chain of view-like ops ends in a quantize,
   which the codes then pass through instead.
+* ``attention`` -- (``softmax="float"``) two such ``int8_bmm`` around a last-dim softmax whose output is quantized
+  to uint8 with zero point 0 become one fused ``int8_attention`` (notebook 12): the float scores never reach
+  memory; P's codes are ``round(softmax · 1/s_P)`` from qlab's fixed-order ``exp``, within an ULP or two of
+  ``torch.softmax``'s, so a code can differ where a probability sits on a rounding boundary.
 * ``linear`` -- ``linear(dequantize(x_q), dequantize_per_channel(w_q), bias)`` with
   symmetric int8 weights becomes ``int8_linear_packed`` on the weight packed once
   (``packed=False``: ``int8_linear``; float32 out; requantized when a quantize follows
@@ -236,6 +240,53 @@ def _lower_matmuls(gm, requant, report) -> None:
         report["matmul_requantized"] += 1
 
 
+def _fuse_attention(gm, requant, report) -> None:
+    """``int8_bmm(q, kᵀ) -> softmax(-1) -> quantize(uint8, zero point 0) -> int8_bmm(P, v)`` (what ``_lower_matmuls``
+    leaves of an attention) becomes one ``int8_attention`` with the float softmax and ``p_scale`` = P's scale."""
+    qd, ops = _qd(), torch.ops.qlab
+    gm.graph.eliminate_dead_code()  # the dequantizes the matmul rewrite left unused
+    for sm in list(gm.graph.nodes):
+        if not _is(sm, aten.softmax.int) and not _is(sm, aten._softmax.default):
+            continue
+        scores = sm.args[0]
+        if not _is(scores, ops.int8_bmm.default):
+            continue
+        why = None
+        qa = scores.args
+        rank = len(_shape(scores) or ())
+        dim = sm.args[1]
+        users, drops = list(sm.users), []
+        while len(users) == 1 and _is_dropout_identity(users[0]):
+            drops.append(users[0])
+            users = list(users[0].users)
+        pq = users[0] if len(users) == 1 and _is(users[0], qd.quantize_per_tensor.default) else None
+        pv = next(iter(pq.users)) if pq is not None and len(pq.users) == 1 else None
+        if len(scores.users) != 1 or qa[6:9] != (1.0, 0, torch.float32) or qa[9]:
+            why = "the scores are not a float32 int8_bmm used only by the softmax"
+        elif dim not in (-1, rank - 1) or (_is(sm, aten._softmax.default) and sm.args[2]):
+            why = f"softmax over dim {dim}, not the last"
+        elif pq is None or tuple(pq.args[2:6]) != (0, 0, 255, torch.uint8) or not isinstance(pq.args[1], float):
+            why = "the probabilities are not quantized to uint8 with zero point 0"
+        elif not _is(pv, ops.int8_bmm.default) or pv.args[0] is not pq or pv.args[9]:
+            why = "the probabilities do not feed an int8_bmm as its left operand"
+        if why is not None:
+            report["skipped"].append(f"{sm.name}: not fused into int8_attention ({why})")
+            continue
+        pa = pv.args
+        with gm.graph.inserting_before(pv):
+            k = gm.graph.call_function(aten.transpose.int, (qa[1], -2, -1))  # the codes of k, [..., S, D]
+            new = gm.graph.call_function(
+                ops.int8_attention.default,
+                (qa[0], k, pa[1], qa[2], qa[3], qa[4], qa[5], pa[4], pa[5], None, pa[6], pa[7], pa[8], "float",
+                 requant, pq.args[1]),
+            )
+        new.meta = dict(pv.meta)
+        pv.replace_all_uses_with(new)
+        for n in (pv, pq, *reversed(drops), sm, scores):
+            gm.graph.erase_node(n)
+        report["attention"] += 1
+
+
 def _lower_linears(gm, requant, report, packed) -> None:
     qd = _qd()
     ops = torch.ops.qlab
@@ -334,6 +385,7 @@ def lower_to_qlab(
     cleanup: bool = True,
     requant: str = "float",
     packed: bool = True,
+    softmax: str = "float",
 ) -> tuple[fx.GraphModule, dict]:
     """Rewrite ``gm`` (a ``convert_pt2e`` result) in place; return ``(gm, report)``.
 
@@ -341,12 +393,16 @@ def lower_to_qlab(
     ``cleanup``: the two clean-ups. ``requant``: the rounding of requantized outputs,
     ``"float"`` (PyTorch's) or ``"fixed"`` (integer-only). ``packed``: linears become ``int8_linear_packed`` on a
     weight packed once here (a buffer of ``gm``; notebook 12), else ``int8_linear`` (packing inside every call).
+    ``softmax``: ``"float"`` fuses each lowered attention (``int8_bmm -> softmax -> quantize -> int8_bmm``) into one
+    ``int8_attention`` call with its fixed-order float softmax and P's scale from the graph (notebook 12);
+    ``"torch"`` keeps the two ``int8_bmm`` calls around ``torch.softmax`` (notebook 08).
     """
     if not isinstance(packed, bool):
         raise TypeError(f"packed must be a bool, got {type(packed).__name__}")
     if not isinstance(gm, fx.GraphModule):
         raise TypeError(f"gm must be a torch.fx.GraphModule (the result of convert_pt2e), got {type(gm).__name__}")
     check_choice("requant", requant, ["float", "fixed"])
+    check_choice("softmax", softmax, ["float", "torch"])
     import qlab.kernels  # noqa: F401 -- registers torch.ops.qlab.*
 
     report = {
@@ -354,6 +410,7 @@ def lower_to_qlab(
         "b_int8": 0,
         "matmul": 0,
         "matmul_requantized": 0,
+        "attention": 0,
         "linear": 0,
         "linear_requantized": 0,
         "quantize": 0,
@@ -364,6 +421,8 @@ def lower_to_qlab(
         _fold_scale_mul(gm, report)
     if matmul:
         _lower_matmuls(gm, requant, report)
+        if softmax == "float":
+            _fuse_attention(gm, requant, report)
     if linear:
         _lower_linears(gm, requant, report, packed)
     if cleanup:

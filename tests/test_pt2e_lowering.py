@@ -40,12 +40,13 @@ def test_lowering_replaces_every_matmul_and_linear(converted):
     model, g, cal = converted
     x = cal[1][:16]
     before = g(x)
-    low, report = pl.lower_to_qlab(copy.deepcopy(g))
+    low, report = pl.lower_to_qlab(copy.deepcopy(g), softmax="torch")
     assert report == {
         "scale_mul": 2,
         "b_int8": 4,
         "matmul": 2,
         "matmul_requantized": 2,
+        "attention": 0,
         "linear": 9,
         "linear_requantized": 0,
         "quantize": 15,
@@ -64,11 +65,75 @@ def test_lowering_replaces_every_matmul_and_linear(converted):
     # any batch size still works (the graph was exported with a dynamic batch)
     assert low(cal[0][:1]).shape == (1, 10)
     # packed=False: int8_linear on the plain codes, the same outputs bit for bit
-    plain, _ = pl.lower_to_qlab(copy.deepcopy(g), packed=False)
+    plain, _ = pl.lower_to_qlab(copy.deepcopy(g), packed=False, softmax="torch")
     assert pl.count_targets(plain)["qlab.int8_linear.default"] == 9
     assert torch.equal(plain(x), after)
     with pytest.raises(TypeError, match="packed must be a bool"):
         pl.lower_to_qlab(copy.deepcopy(g), packed="yes")
+
+
+@torch.no_grad()
+def test_lowering_fuses_each_attention(converted):
+    _, g, cal = converted
+    x = cal[1][:32]
+    unfused, _ = pl.lower_to_qlab(copy.deepcopy(g), softmax="torch")
+    low, report = pl.lower_to_qlab(copy.deepcopy(g))  # softmax="float", the default
+    # each attention's int8_bmm -> softmax -> [dropout] -> quantize -> int8_bmm is one call; the P quantizes and the
+    # attention dropouts went with it
+    assert (report["attention"], report["quantize"], report["dropout"], report["skipped"]) == (2, 13, 8, [])
+    targets = pl.count_targets(low)
+    assert targets["qlab.int8_attention.default"] == 2 and "qlab.int8_bmm.default" not in targets
+    assert "aten.softmax.int" not in targets
+    # every fused call equals its pure-PyTorch definition; the model is the unfused one but for P codes that torch's
+    # exp and qlab's fixed-order exp round differently
+    assert vit_inspect.check_int8_calls(low, x[:4]) == {"int8_bmm": 0, "int8_attention": 2,
+                                                       "int8_linear_packed": 9, "all_equal": True}
+    got, want = low(x), unfused(x)
+    assert torch.equal(got.argmax(1), want.argmax(1))
+    assert float(torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)) > 0.9999
+    # P's scale comes from the graph (PT2E's observer), not the fused op's default 1/255
+    calls = [n for n in low.graph.nodes if n.target == torch.ops.qlab.int8_attention.default]
+    p_scales = {n.args[15] for n in calls}
+    quantizes = [n for n in unfused.graph.nodes if n.target == torch.ops.qlab.int8_bmm.default
+                 and n.args[0].target == torch.ops.qlab.quantize_per_tensor.default
+                 and n.args[0].args[0].target == torch.ops.aten.softmax.int]
+    assert p_scales == {n.args[2] for n in quantizes} and len(quantizes) == 2
+    # export and compile see the fused op through its fake kernel
+    assert torch.equal(torch.export.export(low, (x,)).module()(x), got)
+    assert torch.equal(torch.compile(low, fullgraph=True)(x), got)
+
+
+def _attention_graph(dim: int, p_zero_point: int) -> fx.GraphModule:
+    ops = torch.ops.qlab
+    g = fx.Graph()
+    q, k, v = g.placeholder("q"), g.placeholder("k"), g.placeholder("v")
+    s = g.call_function(ops.int8_bmm.default, (q, k, 0.01, 128, 0.02, 0, 1.0, 0, torch.float32, False, "float"))
+    sm = g.call_function(torch.ops.aten.softmax.int, (s, dim))
+    p = g.call_function(qd.quantize_per_tensor.default, (sm, 1 / 255, p_zero_point, 0, 255, torch.uint8))
+    o = g.call_function(ops.int8_bmm.default, (p, v, 1 / 255, p_zero_point, 0.03, 0, 1.0, 0, torch.float32, False,
+                                              "float"))
+    g.output(o)
+    return fx.GraphModule(torch.nn.Module(), g)
+
+
+def test_attention_fusion_checks_the_pattern():
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randint(0, 256, (2, 5, 8), dtype=torch.uint8, generator=gen)
+    k = torch.randint(-128, 128, (2, 8, 5), dtype=torch.int8, generator=gen)  # kᵀ, as the matmul rewrite leaves it
+    v = torch.randint(-128, 128, (2, 5, 3), dtype=torch.int8, generator=gen)
+    gm = _attention_graph(-1, 0)
+    want = gm(q, k, v)
+    report = {"attention": 0, "skipped": []}
+    pl._fuse_attention(gm, "float", report)
+    gm.recompile()
+    assert report == {"attention": 1, "skipped": []}
+    assert torch.equal(gm(q, k, v), want)  # logits spread well apart: the same P codes as torch.softmax's
+    for dim, zp, why in ((1, 0, "softmax over dim 1, not the last"),
+                         (-1, 3, "not quantized to uint8 with zero point 0")):
+        gm = _attention_graph(dim, zp)
+        report = {"attention": 0, "skipped": []}
+        pl._fuse_attention(gm, "float", report)
+        assert report["attention"] == 0 and why in report["skipped"][0]
 
 
 def test_lowering_only_matmuls(converted):
@@ -153,3 +218,5 @@ def test_bad_arguments():
     gm = fx.symbolic_trace(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="requant must be one of"):
         pl.lower_to_qlab(gm, requant="nearest")
+    with pytest.raises(ValueError, match="softmax must be one of"):
+        pl.lower_to_qlab(gm, softmax="int")
