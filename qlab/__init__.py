@@ -66,6 +66,8 @@ module                                    what it holds                         
 :mod:`qlab.inside`                        VNNI instructions in PyTorch, integer-only GELU/LayerNorm in 12
                                           a model, notebook 12's recordings
 :mod:`qlab.int8_mlp`                      timm's Mlp in int8: the exact GELU table in fc1's epilogue   12
+:mod:`qlab.int8_block`                    timm's Block with both skip connections added in the int8   12
+                                          epilogues of proj and fc2 (the same bits)
 :mod:`qlab.capstone`                      the capstone: the held-out model, the checker's measurements 13
                                           (accuracy, int8 kernels, speed-up with its noise rule) and
                                           its diagnoses

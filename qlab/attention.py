@@ -52,6 +52,7 @@ __all__ = [
     "ObservedAttention",
     "Int8Linear",
     "Int8Attention",
+    "add_residual",
     "packed_linear",
     "quantize_weight",
     "PROB_SCALE",
@@ -261,11 +262,22 @@ class ObservedLinear(nn.Module):
 
 
 def packed_linear(x, packed, n_out, w_scale, bias, sx, zx, requant, out_dtype=torch.float32, out=(1.0, 0),
-                  table=None):
+                  table=None, residual=None):
     """One ``int8_linear_packed`` call on a weight packed at conversion (``pack_linear_weight``): what every
-    int8 module here runs. Same integers as ``int8_linear`` on the unpacked weight."""
+    int8 module here runs. Same integers as ``int8_linear`` on the unpacked weight; ``residual`` (float32 out):
+    ``+ residual`` in the same pass."""
     return _ops().int8_linear_packed(x, packed, n_out, w_scale, bias, sx, zx, out[0], out[1], out_dtype, False,
-                                     table, requant)
+                                     table, requant, residual)
+
+
+def add_residual(layer, dropout: nn.Module, residual):
+    """``residual + dropout(layer(r))`` with the add in ``layer``'s epilogue when the dropout does nothing:
+    ``layer(r)`` computes ``y + r`` in its last pass (one float32 add, the bits of ``residual + y``)."""
+    if residual is None:
+        return dropout(layer(None))
+    if dropout.training and getattr(dropout, "p", 0.0) > 0:
+        return residual + dropout(layer(None))
+    return layer(residual)
 
 
 class Int8Linear(nn.Module):
@@ -355,6 +367,8 @@ class Int8Attention(nn.Module):
     time (a training-mode ``attn_drop`` with ``p > 0`` falls back to ``"torch"``).
     """
 
+    fuses_residual = True  # forward(..., residual=r) adds r in proj's epilogue (qlab.int8_block)
+
     def __init__(self, attn, qparams: dict[str, tuple[float, int]], requant: str = "float", softmax: str = "torch",
                  prob_scale: str = "calibrated"):
         super().__init__()
@@ -401,12 +415,14 @@ class Int8Attention(nn.Module):
                       prob_scale: str = "calibrated") -> "Int8Attention":
         return cls(obs.attn, {name: _qparams(o) for name, o in obs.ranges.items()}, requant, softmax, prob_scale)
 
-    def _linear(self, x, name, sx, zx, out_dtype=torch.float32, out=(1.0, 0)):
+    def _linear(self, x, name, sx, zx, out_dtype=torch.float32, out=(1.0, 0), residual=None):
         w = getattr(self, f"w_{name}")
         return packed_linear(x, getattr(self, f"pw_{name}"), w.shape[0], getattr(self, f"ws_{name}"),
-                             getattr(self, f"b_{name}"), sx, zx, self.requant, out_dtype, out)
+                             getattr(self, f"b_{name}"), sx, zx, self.requant, out_dtype, out, residual=residual)
 
-    def forward(self, x, attn_mask=None, is_causal=False):
+    def forward(self, x, attn_mask=None, is_causal=False, residual=None):
+        """timm's ``Attention.forward``; ``residual``: returns ``residual + attention(x)``, the add in ``proj``'s
+        epilogue (:class:`~qlab.int8_block.Int8Block`)."""
         _check_call(attn_mask, is_causal)
         ops = _ops()
         B, N, _ = x.shape
@@ -432,7 +448,7 @@ class Int8Attention(nn.Module):
             ctx = ctx.transpose(1, 2).reshape(B, N, C)
             if self.scale_norm:
                 ctx = _ops().quantize_per_tensor(self.norm(ctx), sc, zc, torch.uint8)
-            return self.proj_drop(self._linear(ctx, "proj", sc, zc))
+            return add_residual(lambda r: self._linear(ctx, "proj", sc, zc, residual=r), self.proj_drop, residual)
         logits = ops.int8_bmm(q, k, sq, zq, sk, zk, 1.0, 0, torch.float32, True, self.requant)  # [B, H, N, N]
         p = self.attn_drop(logits.softmax(dim=-1))
         p = _ops().quantize_per_tensor(p, self.p_scale, 0, torch.uint8)
@@ -443,7 +459,7 @@ class Int8Attention(nn.Module):
         else:
             ctx = ops.int8_bmm(p, v, self.p_scale, 0, sv, zv, sc, zc, torch.uint8, False, self.requant)
             ctx = ctx.transpose(1, 2).reshape(B, N, C)
-        return self.proj_drop(self._linear(ctx, "proj", sc, zc))
+        return add_residual(lambda r: self._linear(ctx, "proj", sc, zc, residual=r), self.proj_drop, residual)
 
     def extra_repr(self):
         norms = ", qk_norm" * self.qk_norm + ", scale_norm" * self.scale_norm

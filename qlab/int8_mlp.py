@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ._checks import check_positive_scale, check_tensor, check_zero_point
-from .attention import _observer, _ops, _qparams, packed_linear, quantize_weight
+from .attention import _observer, _ops, _qparams, add_residual, packed_linear, quantize_weight
 from .primitives import dequantize, qrange, quantize
 
 __all__ = ["gelu_table", "lookup", "ObservedMlp", "Int8Mlp", "supported_mlp"]
@@ -90,6 +90,8 @@ class Int8Mlp(nn.Module):
     """fc1 -> GELU -> fc2 in int8: the GELU is fc1's epilogue, a table on its requantized codes (module docstring).
     Build it with :meth:`from_observed` after calibration."""
 
+    fuses_residual = True  # forward(x, residual=r) adds r in fc2's epilogue (qlab.int8_block)
+
     def __init__(self, mlp: nn.Module, qparams: dict[str, tuple[float, int]], requant: str = "float"):
         super().__init__()
         self.qp, self.requant = dict(qparams), requant
@@ -106,13 +108,15 @@ class Int8Mlp(nn.Module):
     def from_observed(cls, obs: ObservedMlp, requant: str = "float") -> "Int8Mlp":
         return cls(obs.mlp, {name: _qparams(o) for name, o in obs.ranges.items()}, requant)
 
-    def forward(self, x):
+    def forward(self, x, residual=None):
+        """fc1 -> table -> fc2; ``residual``: returns ``residual + mlp(x)``, the add in fc2's epilogue
+        (:class:`~qlab.int8_block.Int8Block`)."""
         (sx, zx), (sg, zg), (sh, zh) = self.qp["x"], self.qp["g"], self.qp["h"]
         xq = _ops().quantize_per_tensor(x, sx, zx, torch.uint8)
         h = packed_linear(xq, self.pw_fc1, self.w_fc1.shape[0], self.ws_fc1, self.b_fc1, sx, zx, self.requant,
                           torch.uint8, (sg, zg), self.table)
-        y = packed_linear(h, self.pw_fc2, self.w_fc2.shape[0], self.ws_fc2, self.b_fc2, sh, zh, self.requant)
-        return self.drop2(y)
+        return add_residual(lambda r: packed_linear(h, self.pw_fc2, self.w_fc2.shape[0], self.ws_fc2, self.b_fc2,
+                                                    sh, zh, self.requant, residual=r), self.drop2, residual)
 
     def extra_repr(self):
         (sg, zg), (sh, zh) = self.qp["g"], self.qp["h"]

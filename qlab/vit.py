@@ -46,6 +46,7 @@ from .attention import (
     ObservedAttention,
     ObservedLinear,
 )
+from .int8_block import Int8Block, supported_block
 from .int8_mlp import Int8Mlp, ObservedMlp, supported_mlp
 
 __all__ = [
@@ -184,7 +185,8 @@ def _check_batches(calibration_batches) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def quantize_vit(model: nn.Module, calibration_batches: Iterable[torch.Tensor], requant: str = "float",
-                 softmax: str = "float", gelu: str = "table", prob_scale: str = "calibrated") -> nn.Module:
+                 softmax: str = "float", gelu: str = "table", prob_scale: str = "calibrated",
+                 fuse_residual: bool = True) -> nn.Module:
     """A copy of ``model`` with every timm ``Attention`` replaced by :class:`~qlab.attention.Int8Attention`,
     every timm ``Mlp`` by :class:`~qlab.int8_mlp.Int8Mlp` and every other ``nn.Linear`` by
     :class:`~qlab.attention.Int8Linear` (qlab.kernels, int8; every weight packed once, here).
@@ -198,8 +200,12 @@ def quantize_vit(model: nn.Module, calibration_batches: Iterable[torch.Tensor], 
     epilogue, between two uint8 activations (notebook 12, equation (3)); ``"float"`` hands fc1's float32 output to
     ``nn.GELU`` and quantizes again for fc2 (notebook 08's build). ``prob_scale``: ``"calibrated"`` (default)
     quantizes each attention's probabilities with the largest one seen while calibrating over 255 (at most 1/255),
-    ``"fixed"`` with 1/255 (see :data:`~qlab.attention.PROB_SCALES`).
+    ``"fixed"`` with 1/255 (see :data:`~qlab.attention.PROB_SCALES`). ``fuse_residual``: every timm ``Block``
+    without LayerScale or drop path becomes an :class:`~qlab.int8_block.Int8Block`, its two skip connections added
+    in the epilogues of ``attn.proj`` and ``mlp.fc2`` (the same bits; ``False`` keeps timm's separate adds).
     """
+    if not isinstance(fuse_residual, bool):
+        raise TypeError(f"fuse_residual must be a bool, got {type(fuse_residual).__name__}")
     check_choice("requant", requant, ["float", "fixed"])
     check_choice("softmax", softmax, SOFTMAXES)
     check_choice("gelu", gelu, ["table", "float"])
@@ -223,6 +229,9 @@ def quantize_vit(model: nn.Module, calibration_batches: Iterable[torch.Tensor], 
         m.set_submodule(n, Int8Mlp.from_observed(m.get_submodule(n), requant))
     for n in lin_names:
         m.set_submodule(n, Int8Linear.from_observed(m.get_submodule(n), requant))
+    if fuse_residual:
+        for n in [n for n, mod in m.named_modules() if supported_block(mod)]:
+            m.set_submodule(n, Int8Block(m.get_submodule(n)))
     return m
 
 

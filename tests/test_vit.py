@@ -11,6 +11,7 @@ from torch import nn
 
 from qlab import attention as qa
 from qlab import checkpoints, data, vit, vit_inspect
+from qlab.int8_block import Int8Block, supported_block
 from qlab.int8_mlp import Int8Mlp
 from qlab.widgets import LiveFigure
 
@@ -146,6 +147,46 @@ def test_fix4_softmax_choices(digits_model, test_set, calib, softmax):
         vit.quantize_vit(digits_model, calib, softmax="fused")
 
 
+@pytest.mark.parametrize("kw", [{}, {"gelu": "float"}, {"softmax": "torch"}, {"softmax": "int"}])
+def test_residual_in_the_epilogues_gives_the_same_bits(digits_model, test_set, calib, kw):
+    """``Int8Block`` hands each skip connection to the int8 linear before it (``attn.proj``, and ``mlp.fc2`` when the
+    MLP is an ``Int8Mlp``): one float32 add in the kernel's last pass, the bits of timm's ``x + y``."""
+    x = test_set[0][:16]
+    fused, plain = vit.quantize_vit(digits_model, calib, **kw), vit.quantize_vit(digits_model, calib,
+                                                                                fuse_residual=False, **kw)
+    blocks = [m for m in fused.modules() if isinstance(m, Int8Block)]
+    assert len(blocks) == len(digits_model.blocks) and not any(isinstance(m, Int8Block) for m in plain.modules())
+    assert all(isinstance(b.mlp, Int8Mlp) == (kw.get("gelu") != "float") for b in blocks)
+    assert torch.equal(fused(x), plain(x))
+    # a block on its own, on other tokens: the epilogue adds against timm's Block with the same int8 modules
+    h = torch.randn(3, 17, digits_model.embed_dim, generator=torch.Generator().manual_seed(0))
+    assert type(plain.blocks[0]) is timm.models.vision_transformer.Block
+    assert torch.equal(blocks[0](h), plain.blocks[0](h))
+
+
+def test_add_residual_keeps_a_live_dropout_outside_the_epilogue():
+    y, r = torch.randn(4, 8), torch.randn(4, 8)
+    layer = lambda res: y if res is None else y + res  # noqa: E731 -- a linear whose epilogue adds res
+    assert torch.equal(qa.add_residual(layer, nn.Dropout(0.5).eval(), r), y + r)
+    assert torch.equal(qa.add_residual(layer, nn.Identity(), None), y)
+
+    class Halve(nn.Dropout):  # a live dropout (training, p > 0) that draws nothing: x * 0.5
+        def forward(self, x):
+            return x * 0.5
+
+    assert torch.equal(qa.add_residual(layer, Halve(0.5).train(), r), r + y * 0.5)  # outside the epilogue
+    assert torch.equal(qa.add_residual(layer, Halve(0.5).eval(), r), y + r)  # in eval a dropout does nothing
+
+
+def test_int8_block_refuses_what_it_cannot_fuse(digits_model):
+    with pytest.raises(TypeError, match="block must be a timm Block with identity ls1/ls2"):
+        Int8Block(digits_model.blocks[0])  # a float attention takes no residual
+    scaled = _small(init_values=1e-2).blocks[0]
+    assert not supported_block(scaled) and not supported_block(nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="fuse_residual must be a bool"):
+        vit.quantize_vit(digits_model, [torch.zeros(1, 1, 32, 32)], fuse_residual="yes")
+
+
 @pytest.mark.parametrize("attention", ["dequant", "functional"])
 def test_eager_fixes(digits_model, test_set, calib, attention):
     x, y = test_set
@@ -218,6 +259,11 @@ def test_quantize_vit_on_other_timm_vits(name):
     q = vit.quantize_vit(model, cal)
     depth = len(model.blocks)
     assert sum(isinstance(m, qa.Int8Attention) for m in q.modules()) == depth
+    # the skip connections go into the epilogues of proj and fc2 unless a LayerScale sits between: the same bits
+    layer_scale = "layer scale" in name
+    assert sum(isinstance(m, Int8Block) for m in q.modules()) == (0 if layer_scale else depth)
+    if not layer_scale:
+        assert torch.equal(q(x), vit.quantize_vit(model, cal, fuse_residual=False)(x))
     assert not any(type(m) is nn.Linear for m in q.modules())
     ref, got = model(x), q(x)
     ref, got = (ref[0], got[0]) if isinstance(ref, tuple) else (ref, got)
