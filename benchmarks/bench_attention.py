@@ -23,7 +23,11 @@ all-int8 ViT-S/16 with it against PT2E + Inductor.
     ("torch": unfused, "float" and "int": fused), the GELU as a table in fc1's epilogue (the default) and, once, in
     float32 between two quantizations (``gelu="float"``), P's codes of a calibrated scale (the default) and, once, of
     1/255 (``prob_scale="fixed"``); every qlab weight prepacked; cosine of the logits to fp32;
-    the share of operator time in the fused qlab model (torch.profiler, self CPU time).
+    the share of operator time in the fused qlab model (torch.profiler, self CPU time); and once with timm's own
+    skip-connection adds (``fuse_residual=False``).
+(c) ``--grid MODEL:BATCH ...`` (e.g. ``vit_base_patch16_224:1 vit_small_patch16_224:16 vit_base_patch16_224:16``):
+    only end to end, fp32 eager, bf16 autocast, fp32 + Inductor, PT2E int8 + Inductor and qlab's default
+    ``quantize_vit``, at each thread count -> ``benchmarks/results/vit-e2e.json``.
 
 It refuses to record on a busy machine (1-minute load average above 0.5; waits ``--wait`` seconds), and records the
 load before and after, the CPU, its ISA, the int8 units each library may use and the versions.
@@ -164,16 +168,19 @@ class Bf16Autocast(torch.nn.Module):
             return self.model(x).float()
 
 
-def vit_section(rounds: int, compile_variants: bool) -> dict:
+def vit_section(rounds: int, compile_variants: bool, name: str = "vit_small_patch16_224", batch: int = 1,
+                grid: bool = False) -> dict:
+    """One model at one batch size. ``grid``: only fp32 eager, bf16 autocast, fp32 + Inductor, PT2E int8 + Inductor
+    and qlab's default ``quantize_vit`` (the vit_base and batch-16 rows), no operator profile."""
     import timm
 
     torch._dynamo.reset()  # Inductor's C++ bakes the thread count in: a fresh compile per thread count
     with qlab.scoped(seed=0):
-        fp32 = timm.create_model("vit_small_patch16_224", pretrained=False).eval()
+        fp32 = timm.create_model(name, pretrained=False).eval()
     g = torch.Generator().manual_seed(0)
     cal = [torch.randn(1, 3, 224, 224, generator=g) for _ in range(4)]
-    x = torch.randn(1, 3, 224, 224, generator=g)
-    explicit = vit.set_fused_attn(timm.create_model("vit_small_patch16_224", pretrained=False).eval(), False)
+    x = torch.randn(batch, 3, 224, 224, generator=g)
+    explicit = vit.set_fused_attn(timm.create_model(name, pretrained=False).eval(), False)
     explicit.load_state_dict(fp32.state_dict())
     variants = {"fp32 eager": fp32}
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # the CPU has bf16 dot products (AVX-512 BF16, AMX)
@@ -181,28 +188,33 @@ def vit_section(rounds: int, compile_variants: bool) -> dict:
     if compile_variants:
         variants["fp32 + Inductor (freezing)"] = pt2e.lower(explicit, x, freezing=True)
         variants["PT2E int8 + Inductor (freezing)"] = pt2e.lower(vit.pt2e_quantize(explicit, cal), x, freezing=True)
-    for softmax in ("torch", "float", "int"):
+    for softmax in ("float",) if grid else ("torch", "float", "int"):
         variants[f"qlab quantize_vit eager, softmax={softmax}"] = vit.quantize_vit(explicit, cal, softmax=softmax)
-    variants["qlab quantize_vit eager, softmax=float, gelu=float"] = vit.quantize_vit(explicit, cal, gelu="float")
-    variants["qlab quantize_vit eager, softmax=float, prob_scale=fixed"] = vit.quantize_vit(explicit, cal,
-                                                                                            prob_scale="fixed")
+    if not grid:
+        variants["qlab quantize_vit eager, softmax=float, gelu=float"] = vit.quantize_vit(explicit, cal, gelu="float")
+        variants["qlab quantize_vit eager, softmax=float, prob_scale=fixed"] = vit.quantize_vit(explicit, cal,
+                                                                                                prob_scale="fixed")
+        variants["qlab quantize_vit eager, softmax=float, fuse_residual=False"] = vit.quantize_vit(
+            explicit, cal, fuse_residual=False)
     with torch.no_grad(), qlab.scoped(inductor={"freezing": True}):
         ref = fp32(x)
         cos = {n: round(float(F.cosine_similarity(m(x).flatten(), ref.flatten(), dim=0)), 6)
                for n, m in variants.items()}
         timed = time_interleaved({n: (lambda m=m: m(x)) for n, m in variants.items()}, rounds=rounds, number=1)
     sp = speedups(timed, "fp32 eager")
-    share = op_shares(variants["qlab quantize_vit eager, softmax=float"], x)
-    print("  qlab fused ViT, share of operator time: " + ", ".join(f"{k} {v:.0%}" for k, v in share.items()))
-    for n, t in timed.items():
-        print(f"  {n:58s} {t.median:8.2f} ms  x{sp[n]:.2f}  cosine {cos[n]:.4f}", flush=True)
-    return {
-        "model": "vit_small_patch16_224 (random weights)", "batch": 1, "threads": torch.get_num_threads(),
+    out = {
+        "model": f"{name} (random weights)", "batch": batch, "threads": torch.get_num_threads(),
         "rounds": rounds, "load": list(timed.load),
         "variants": {n: t.as_dict() | {"speedup_vs_fp32": round(sp[n], 4), "cosine_to_fp32": cos[n]}
                      for n, t in timed.items()},
-        "qlab_fused_op_share": share,
     }
+    if not grid:
+        out["qlab_fused_op_share"] = share = op_shares(variants["qlab quantize_vit eager, softmax=float"], x)
+        print("  qlab fused ViT, share of operator time: " + ", ".join(f"{k} {v:.0%}" for k, v in share.items()))
+    print(f"  {name}, batch {batch}, {torch.get_num_threads()} thread(s):")
+    for n, t in timed.items():
+        print(f"  {n:58s} {t.median:8.2f} ms  x{sp[n]:.2f}  cosine {cos[n]:.4f}", flush=True)
+    return out
 
 
 def op_shares(model, x, top: int = 8) -> dict[str, float]:
@@ -227,14 +239,19 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, nargs="+", default=[197, 785])
     ap.add_argument("--smoke", action="store_true", help="3 rounds, 1 thread, 197 tokens, no compile, to /tmp")
     ap.add_argument("--wait", type=float, default=600, help="seconds to wait for the load average to drop")
-    ap.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "attention.json")
+    ap.add_argument("--out", type=pathlib.Path, default=None,
+                    help="default benchmarks/results/attention.json (vit-e2e.json with --grid)")
+    ap.add_argument("--grid", nargs="+", metavar="MODEL:BATCH", default=None,
+                    help="only end to end, these models and batch sizes, fewer variants (e.g. "
+                         "vit_base_patch16_224:1 vit_small_patch16_224:16); --rounds may go down to 7")
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = ROOT / "benchmarks" / "results" / ("vit-e2e.json" if args.grid else "attention.json")
     if args.smoke:
         args.rounds, args.threads, args.tokens = 3, [1], [197]
-        if args.out == ap.get_default("out"):
-            args.out = pathlib.Path("/tmp/attention-smoke.json")
-    elif args.rounds < 15:
-        ap.error("--rounds must be at least 15 (the interquartile range needs them)")
+        args.out = pathlib.Path("/tmp/attention-smoke.json")
+    elif args.rounds < (7 if args.grid else 15):
+        ap.error("--rounds must be at least 15 (7 with --grid: the interquartile range needs them)")
     qlab.setup(threads=args.threads[0], quiet=True)
     if qk.backend() != "native":
         ap.error(f"qlab's C++ kernels are not loaded ({qk.backend()}): nothing to measure")
@@ -245,6 +262,19 @@ def main(argv=None) -> int:
         "command": "python benchmarks/bench_attention.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     t0 = time.perf_counter()
+    if args.grid:
+        grid = {}
+        for threads in args.threads:
+            with qlab.scoped(threads=threads):
+                for item in args.grid:
+                    name, batch = item.rsplit(":", 1)
+                    grid.setdefault(str(threads), {}).setdefault(name, {})[batch] = vit_section(
+                        args.rounds, not args.smoke, name, int(batch), grid=True)
+        meta["loadavg_after"] = loadavg()
+        meta["wall_s"] = round(time.perf_counter() - t0, 1)
+        args.out.write_text(json.dumps({"meta": meta, "e2e": grid}, indent=1) + "\n")
+        print(f"wrote {args.out}")
+        return 0
     att, e2e = {}, {}
     for threads in args.threads:
         with qlab.scoped(threads=threads):
