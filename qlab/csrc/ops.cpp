@@ -780,6 +780,12 @@ at::Tensor int8_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at
   void (*row_softmax)(const float*, int64_t, float, float*, uint8_t*) =
       (isa == Isa::Avx512Vnni || isa == Isa::Amx) ? softmax_row_u8_avx512
                                                   : (isa == Isa::Avx2 ? softmax_row_u8_avx2 : softmax_row_u8_scalar);
+  // The 8-lane integer softmax needs 255 * (sum of a row's exps) far from int64's limit (its floors go through
+  // float64); logit scales so small that it is not (below ~1e-8) keep the scalar loop, whose int64 arithmetic wraps
+  // exactly as the reference's does.
+  const double qb = static_cast<double>(ic.qb), row_bound = 256.0 * static_cast<double>(S) * (qb * qb + ic.qc);
+  void (*row_isoftmax)(const int32_t*, const uint8_t*, int64_t, const ISoftmax&, int64_t*, uint8_t*) =
+      (isa == Isa::Avx512Vnni || isa == Isa::Amx) && row_bound < 0x1p62 ? isoftmax_row_u8_avx512 : isoftmax_row_u8;
   const int64_t kAttnRows = std::max<int64_t>(attention_rows(T, S), 1);
   const int64_t blocks = (T + kAttnRows - 1) / kAttnRows;
   at::parallel_for(0, batch * blocks, 1, [&](int64_t t0, int64_t t1) {
@@ -814,7 +820,7 @@ at::Tensor int8_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at
           kp = keep.data();
         }
         if (int_sm) {
-          isoftmax_row_u8(acc.data() + i * S, kp, S, ic, ei.data(), p.data() + i * S);
+          row_isoftmax(acc.data() + i * S, kp, S, ic, ei.data(), p.data() + i * S);
         } else {
           row_softmax(logits.data() + i * S, S, pinv, ef.data(), p.data() + i * S);
         }

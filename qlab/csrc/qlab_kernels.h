@@ -139,6 +139,8 @@ struct ISoftmax {
   int64_t q_ln2, qb, qc;  // floor(ln2 / s), floor(b / s), floor(c / (a s^2)) for the logits' scale s
 };
 void isoftmax_row_u8(const int32_t* acc, const uint8_t* keep, int64_t S, const ISoftmax& c, int64_t* e, uint8_t* out);
+void isoftmax_row_u8_avx512(const int32_t* acc, const uint8_t* keep, int64_t S, const ISoftmax& c, int64_t* e,
+                            uint8_t* out);  // the same integers, 8 lanes (AVX-512F/DQ)
 
 // Column-block width each path prefers (tasks split N at multiples of it).
 constexpr int64_t kPanelScalar = 16;

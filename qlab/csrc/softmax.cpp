@@ -251,4 +251,83 @@ void isoftmax_row_u8(const int32_t* acc, const uint8_t* keep, int64_t S, const I
   }
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+
+namespace {
+// lanes j..j+n-1 that are in the row and kept (keep null: all of them)
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) inline __mmask8 kept8(const uint8_t* keep, int64_t j,
+                                                                                    int64_t n) {
+  __mmask8 mk = n >= 8 ? __mmask8(0xFF) : __mmask8((1u << n) - 1);
+  if (keep) {
+    mk = _mm512_mask_test_epi64_mask(mk, _mm512_cvtepu8_epi64(_mm_maskz_loadu_epi8(mk, keep + j)),
+                                     _mm512_set1_epi64(0xFF));
+  }
+  return mk;
+}
+}  // namespace
+
+// The integer softmax on 8 int64 lanes (AVX-512F/DQ): the same integers as isoftmax_row_u8 (sums of integers do not
+// depend on their order). The two floors by a per-row constant are a float64 estimate and one exact correction: the
+// quotients here (z < 2^33, codes <= 256) leave the estimate within one of the floor.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void isoftmax_row_u8_avx512(const int32_t* acc,
+                                                                                          const uint8_t* keep,
+                                                                                          int64_t S, const ISoftmax& c,
+                                                                                          int64_t* e, uint8_t* out) {
+  __m512i vmax = _mm512_set1_epi64(INT64_MIN);
+  bool any = false;
+  for (int64_t j = 0; j < S; j += 8) {
+    const __mmask8 mk = kept8(keep, j, S - j);
+    any = any || mk != 0;
+    vmax = _mm512_mask_max_epi64(vmax, mk, vmax, _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(mk, acc + j)));
+  }
+  const int64_t m = any ? _mm512_reduce_max_epi64(vmax) : 0;
+  const __m512i vm = _mm512_set1_epi64(m), d = _mm512_set1_epi64(c.q_ln2), qb = _mm512_set1_epi64(c.qb),
+                qc = _mm512_set1_epi64(c.qc), one = _mm512_set1_epi64(1), zero = _mm512_setzero_si512();
+  const __m512d inv_d = _mm512_set1_pd(1.0 / static_cast<double>(c.q_ln2));
+  __m512i vtotal = zero;
+  for (int64_t j = 0; j < S; j += 8) {
+    const int64_t n = S - j;
+    const __mmask8 in_row = n >= 8 ? __mmask8(0xFF) : __mmask8((1u << n) - 1), mk = kept8(keep, j, n);
+    // -q = m - acc >= 0 on kept lanes; z = floor(-q / q_ln2), r = -q - z q_ln2 in [0, q_ln2): q_p = q + z q_ln2 = -r
+    const __m512i nq = _mm512_maskz_sub_epi64(mk, vm, _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(mk, acc + j)));
+    __m512i z = _mm512_cvttpd_epi64(_mm512_mul_pd(_mm512_cvtepi64_pd(nq), inv_d));
+    __m512i r = _mm512_sub_epi64(nq, _mm512_mullo_epi64(z, d));
+    const __mmask8 low = _mm512_cmplt_epi64_mask(r, zero);
+    z = _mm512_mask_sub_epi64(z, low, z, one);
+    r = _mm512_mask_add_epi64(r, low, r, d);
+    const __mmask8 high = _mm512_cmpge_epi64_mask(r, d);
+    z = _mm512_mask_add_epi64(z, high, z, one);
+    r = _mm512_mask_sub_epi64(r, high, r, d);
+    const __m512i t = _mm512_sub_epi64(qb, r);  // q_p + q_b
+    const __m512i ql = _mm512_add_epi64(_mm512_mullo_epi64(t, t), qc);
+    const __m512i ej = _mm512_maskz_srav_epi64(mk, ql, _mm512_min_epi64(z, _mm512_set1_epi64(62)));
+    vtotal = _mm512_add_epi64(vtotal, ej);
+    _mm512_mask_storeu_epi64(e + j, in_row, ej);
+  }
+  const int64_t total = _mm512_reduce_add_epi64(vtotal), div = total > 0 ? total : 1;
+  const __m512i vdiv = _mm512_set1_epi64(div), half = _mm512_set1_epi64(total / 2), c255 = _mm512_set1_epi64(255);
+  const __m512d inv_div = _mm512_set1_pd(1.0 / static_cast<double>(div));
+  for (int64_t j = 0; j < S; j += 8) {
+    const int64_t n = S - j;
+    const __mmask8 in_row = n >= 8 ? __mmask8(0xFF) : __mmask8((1u << n) - 1);
+    const __m512i num = _mm512_add_epi64(_mm512_mullo_epi64(_mm512_maskz_loadu_epi64(in_row, e + j), c255), half);
+    __m512i p = _mm512_cvttpd_epi64(_mm512_mul_pd(_mm512_cvtepi64_pd(num), inv_div));
+    __m512i r = _mm512_sub_epi64(num, _mm512_mullo_epi64(p, vdiv));
+    const __mmask8 low = _mm512_cmplt_epi64_mask(r, zero);
+    p = _mm512_mask_sub_epi64(p, low, p, one);
+    r = _mm512_mask_add_epi64(r, low, r, vdiv);
+    p = _mm512_mask_add_epi64(p, _mm512_cmpge_epi64_mask(r, vdiv), p, one);
+    _mm_mask_storeu_epi8(out + j, in_row, _mm512_cvtepi64_epi8(_mm512_min_epi64(p, c255)));
+  }
+}
+
+#else
+
+void isoftmax_row_u8_avx512(const int32_t* acc, const uint8_t* keep, int64_t S, const ISoftmax& c, int64_t* e,
+                            uint8_t* out) {
+  isoftmax_row_u8(acc, keep, S, c, e, out);
+}
+
+#endif
+
 }  // namespace qlab
