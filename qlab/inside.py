@@ -30,7 +30,8 @@ from .int8_mlp import gelu_table, lookup  # noqa: F401 -- equation (3) lives wit
 
 __all__ = [
     "vpdpbusd", "vpmaddubsw", "gelu_table", "lookup", "IntGELU", "IntLayerNorm", "integer_only",
-    "load_attention_results", "linear_peaks", "softmax_code_errors", "lost_probability", "draw_peaks", "draw_attention",
+    "load_attention_results", "load_e2e_results", "e2e_table", "load_linear_results", "linear_vs_onednn",
+    "linear_peaks", "softmax_code_errors", "lost_probability", "draw_peaks", "draw_attention",
 ]
 
 
@@ -144,19 +145,51 @@ def integer_only(model: nn.Module, calibrate: Callable[[nn.Module], object], gel
 ATTENTION_RESULTS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "attention.json"
 
 
-def load_attention_results(path=None) -> dict:
-    """``benchmarks/results/attention.json`` (``benchmarks/bench_attention.py``): ``meta`` (the machine),
-    ``attention`` (``{threads: {tokens: ...}}``) and ``vit_small`` (``{threads: ...}``)."""
-    p = pathlib.Path(path) if path is not None else ATTENTION_RESULTS
+def _load(path, default: pathlib.Path, keys: tuple[str, ...], script: str) -> dict:
+    p = pathlib.Path(path) if path is not None else default
     if not p.exists():
-        raise FileNotFoundError(f"{p} not found: run `python benchmarks/bench_attention.py`")
+        raise FileNotFoundError(f"{p} not found: run `python benchmarks/{script}`")
     data = json.loads(p.read_text())
-    for key in ("meta", "attention", "vit_small"):
+    for key in keys:
         if key not in data:
-            raise ValueError(f"{p.name} has no {key!r} section: not a bench_attention.py results file")
+            raise ValueError(f"{p.name} has no {key!r} section: not a {script} results file")
     return data
 
 
+def load_attention_results(path=None) -> dict:
+    """``benchmarks/results/attention.json`` (``benchmarks/bench_attention.py``): ``meta`` (the machine),
+    ``attention`` (``{threads: {tokens: ...}}``) and ``vit_small`` (``{threads: ...}``)."""
+    return _load(path, ATTENTION_RESULTS, ("meta", "attention", "vit_small"), "bench_attention.py")
+
+
+E2E_RESULTS = ATTENTION_RESULTS.with_name("vit-e2e.json")
+
+
+def load_e2e_results(path=None) -> dict:
+    """``benchmarks/results/vit-e2e.json`` (``bench_attention.py --grid``): ``meta`` and ``e2e``
+    (``{threads: {model: {batch: {"variants": ...}}}}``)."""
+    return _load(path, E2E_RESULTS, ("meta", "e2e"), "bench_attention.py --grid ...")
+
+
+def e2e_table(results: dict) -> list[dict]:
+    """One row per (threads, model, batch) of a ``--grid`` recording: each variant's median ms, and qlab's default
+    model's speed over fp32 eager and over PT2E int8 + Inductor (> 1: qlab is faster)."""
+    rows = []
+    for threads, models in results["e2e"].items():
+        for model, batches in models.items():
+            for batch, r in batches.items():
+                v = r["variants"]
+                ms = {n: t["median_ms"] for n, t in v.items()}
+                qlab = ms[QLAB_DEFAULT]
+                rows.append({"threads": int(threads), "model": model, "batch": int(batch), "ms": ms,
+                             "qlab_vs_fp32": ms["fp32 eager"] / qlab,
+                             "qlab_vs_pt2e": ms.get(PT2E, float("nan")) / qlab,
+                             "qlab_cosine": v[QLAB_DEFAULT]["cosine_to_fp32"]})
+    return rows
+
+
+QLAB_DEFAULT = "qlab quantize_vit eager, softmax=float"
+PT2E = "PT2E int8 + Inductor (freezing)"
 LINEAR_RESULTS = ATTENTION_RESULTS.with_name("linear.json")
 ONEDNN = "oneDNN qlinear_pointwise (prepacked)"
 
@@ -164,13 +197,7 @@ ONEDNN = "oneDNN qlinear_pointwise (prepacked)"
 def load_linear_results(path=None) -> dict:
     """``benchmarks/results/linear.json`` (``benchmarks/bench_linear.py``): ``meta`` and ``results``
     (``{threads: {"<name> K->N, M=<tokens>, out <dtype>": {"candidates": ...}}}``)."""
-    p = pathlib.Path(path) if path is not None else LINEAR_RESULTS
-    if not p.exists():
-        raise FileNotFoundError(f"{p} not found: run `python benchmarks/bench_linear.py`")
-    data = json.loads(p.read_text())
-    if "meta" not in data or "results" not in data:
-        raise ValueError(f"{p.name} has no 'meta' / 'results' section: not a bench_linear.py results file")
-    return data
+    return _load(path, LINEAR_RESULTS, ("meta", "results"), "bench_linear.py")
 
 
 def linear_vs_onednn(results: dict, threads: int = 1, tokens: int = 197) -> dict[str, dict[str, float]]:

@@ -97,6 +97,23 @@ def test_linear_recording_reads_as_speeds_over_onednn(tmp_path):
         inside.load_linear_results(tmp_path / "x.json")
 
 
+def test_e2e_grid_recording_reads_as_rows(tmp_path):
+    rec = inside.load_e2e_results()
+    rows = inside.e2e_table(rec)
+    assert {(r["model"], r["batch"]) for r in rows} >= {("vit_base_patch16_224", 1), ("vit_base_patch16_224", 16),
+                                                        ("vit_small_patch16_224", 16)}
+    assert {r["threads"] for r in rows} == {1, 2}
+    for r in rows:
+        ms = r["ms"]
+        assert r["qlab_vs_fp32"] == ms["fp32 eager"] / ms[inside.QLAB_DEFAULT]
+        assert r["qlab_vs_pt2e"] == ms[inside.PT2E] / ms[inside.QLAB_DEFAULT] and 0 < r["qlab_cosine"] <= 1
+    with pytest.raises(FileNotFoundError, match="bench_attention.py --grid"):
+        inside.load_e2e_results(tmp_path / "none.json")
+    (tmp_path / "x.json").write_text('{"meta": {}}')
+    with pytest.raises(ValueError, match="has no 'e2e' section"):
+        inside.load_e2e_results(tmp_path / "x.json")
+
+
 def test_int8_mlp_refuses_what_it_cannot_convert():
     from timm.layers import Mlp
 
