@@ -23,24 +23,29 @@ namespace qlab {
 namespace {
 
 constexpr int MR = 8;  // rows per micro-tile
+#ifndef QLAB_PF
+#define QLAB_PF 768
+#endif
+constexpr int PF = QLAB_PF;
 
 // ---------------------------------------------------------------------------------------------
-// Micro-kernel: an MR x 16*NV tile of C, accumulated in registers, finished in registers.
+// Micro-kernel: an MT x 16*NV tile of C (MT = MR, or 1, 2, 4 for the last rows: a one-token linear would
+// otherwise spend 7/8 of its vpdpbusd on padding), accumulated in registers, finished in registers.
 //   a: MR rows of A (row stride lda, 4*k4n bytes each); bp: the packed B panel;
 //   rows / w: how many rows and columns of the tile are real; (m, n): its position in C.
 
-template <int NV, class Finish>
+template <int MT, int NV, class Finish>
 QLAB_VNNI void tile(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t k4n, int64_t rows, int64_t w,
                     const int32_t* col_off, const int32_t* row_off, const FinishConsts& fin, void* out, int64_t ldc,
                     int64_t m, int64_t n) {
   // The accumulators start at the zero-point (and bias) corrections, so they end at
   // sum_k (a - za)(b - zb) + bias with no extra work after the loop.
-  __m512i acc[MR][NV];
+  __m512i acc[MT][NV];
   __m512i coff[NV];
 #pragma GCC unroll 3
   for (int v = 0; v < NV; ++v) coff[v] = _mm512_loadu_si512(col_off + 16 * v);
 #pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r) {
+  for (int r = 0; r < MT; ++r) {
     const __m512i roff = _mm512_set1_epi32(row_off ? row_off[r] : 0);
 #pragma GCC unroll 3
     for (int v = 0; v < NV; ++v) acc[r][v] = row_off ? _mm512_add_epi32(coff[v], roff) : coff[v];
@@ -51,7 +56,7 @@ QLAB_VNNI void tile(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t k4n
     for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_si512(bp + 64 * v);
     bp += 64 * NV;
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
+    for (int r = 0; r < MT; ++r) {
       int32_t quad;  // a[r, 4k .. 4k+3] as one 32-bit word, broadcast to the 16 lanes
       std::memcpy(&quad, a + r * lda + 4 * k, sizeof(quad));
       const __m512i av = _mm512_set1_epi32(quad);
@@ -67,7 +72,7 @@ QLAB_VNNI void tile(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t k4n
     mk[v] = cnt >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cnt) - 1);
   }
 #pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r) {
+  for (int r = 0; r < MT; ++r) {
     if (r >= rows) break;
     const int64_t idx = (m + r) * ldc + n;
 #pragma GCC unroll 3
@@ -78,11 +83,17 @@ QLAB_VNNI void tile(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t k4n
 using TileFn = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, int64_t, int64_t, const int32_t*,
                         const int32_t*, const FinishConsts&, void*, int64_t, int64_t, int64_t);
 
+template <int MT, class Finish>
+constexpr std::array<TileFn, NV_MAX + 1> tiles_mt = {nullptr, tile<MT, 1, Finish>, tile<MT, 2, Finish>,
+                                                     tile<MT, 3, Finish>};
+// [rows class][nv]: rows 1, 2, 3-4, 5-8
 template <class Finish>
-constexpr std::array<TileFn, NV_MAX + 1> tiles_for = {nullptr, tile<1, Finish>, tile<2, Finish>, tile<3, Finish>};
+constexpr std::array<std::array<TileFn, NV_MAX + 1>, 4> tiles_for = {tiles_mt<1, Finish>, tiles_mt<2, Finish>,
+                                                                     tiles_mt<4, Finish>, tiles_mt<MR, Finish>};
+inline int rows_class(int64_t rows) { return rows >= 5 ? 3 : rows >= 3 ? 2 : static_cast<int>(rows) - 1; }
 
-// kTiles[finisher][nv]; the finisher is chosen once per task from the Epilogue.
-constexpr std::array<TileFn, NV_MAX + 1> kTiles[] = {
+// kTiles[finisher][rows class][nv]; the finisher is chosen once per task from the Epilogue.
+constexpr std::array<std::array<TileFn, NV_MAX + 1>, 4> kTiles[] = {
     tiles_for<FinishInt32>,
     tiles_for<FinishFloat32>,
     tiles_for<FinishQ8Float>,
@@ -109,8 +120,9 @@ void gemm_avx512_vnni(const Task& t, const Epilogue& e) {
     const int64_t w = std::min<int64_t>(NR, t.n1 - n);
     int64_t ld = 0;
     const uint8_t* ab = s.rows.block(mt, &ld);
-    tiles[(w + 15) / 16](ab, ld, bp, k4n, std::min<int64_t>(MR, M - mt), w, coff, s.row_offsets(mt), s.fin, t.out,
-                         t.ldc, t.m0 + mt, n);
+    const int64_t rows = std::min<int64_t>(MR, M - mt);
+    tiles[rows_class(rows)][(w + 15) / 16](ab, ld, bp, k4n, rows, w, coff, s.row_offsets(mt), s.fin, t.out, t.ldc,
+                                           t.m0 + mt, n);
   };
 
   if (npanels * panel_bytes <= 256 * 1024) {
