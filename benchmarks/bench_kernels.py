@@ -23,7 +23,9 @@ GOP/s (2 ops per multiply-add), speed-up over fp32, and percent of the int8 peak
   peak = 2 * (multiply-adds per second of that path's instruction, measured on registers only:
   12 independent vpdpbusd for avx512_vnni, 4 tdpbusd tiles for amx, 8 vpmaddwd+vpaddd for avx2) * threads.
 It is a measured ceiling of this core, not a datasheet figure; MACs/cycle = that rate / the clock.
-The clock is measured with a chain of dependent 64-bit multiplies (3 cycles each), the best of many bursts.
+The clock is measured with a chain of dependent 64-bit multiplies (3 cycles each). Both probes are qlab's
+(qlab.roofline, qlab/csrc/probes.cpp: the same ones notebook 12 runs on the learner's CPU), each call ~10 ms
+long: shorter bursts under-read the peak on AMD EPYC (30 vs 225 G/s at 20,000 rounds).
 When the best path is amx, the AVX-512 VNNI path is timed too ("qlab-vnni"), on the same inputs.
 """
 
@@ -33,7 +35,6 @@ import argparse
 import json
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -46,53 +47,11 @@ sys.path.insert(0, str(ROOT))
 
 import qlab  # noqa: E402
 import qlab.kernels as qk  # noqa: E402
-from qlab import _env  # noqa: E402
+from qlab import _env, roofline  # noqa: E402
 from qlab.timing import time_interleaved  # noqa: E402
 
 MODELS = {"ViT-Tiny": (3, 192), "ViT-Small": (6, 384), "ViT-Base": (12, 768)}  # heads, embedding dim
 HEAD_DIM = 64
-
-
-def probes():
-    """``torch.ops.qlab_probes``: the clock and peak probes of ``benchmarks/probes.cpp`` (not part of qlab's ops),
-    compiled once into qlab's build cache."""
-    from torch.utils import cpp_extension
-
-    from qlab.kernels import _build
-
-    build = _build.cache_root() / "probes"
-    build.mkdir(parents=True, exist_ok=True)
-    cpp_extension.load(
-        name="qlab_probes",
-        sources=[str(Path(__file__).with_name("probes.cpp"))],
-        extra_cflags=["-O2"],
-        build_directory=str(build),
-        is_python_module=False,
-    )
-    return torch.ops.qlab_probes
-
-
-def measure_clock_ghz() -> float:
-    n = 150_000  # 3.6 M cycles, about 1 ms
-    best = 0.0
-    for _ in range(60):
-        t0 = time.perf_counter()
-        probes().dependent_muls(n)
-        best = max(best, 24 * n / (time.perf_counter() - t0) / 1e9)
-    return best
-
-
-def measure_peak_gmacs(isa: str) -> float:
-    """Multiply-adds per second (in G) of one core running the path's instruction on registers."""
-    if isa in ("scalar", "reference"):
-        return float("nan")
-    n = 20_000
-    best = 0.0
-    for _ in range(40):
-        t0 = time.perf_counter()
-        macs = probes().macs_burst(isa, n)
-        best = max(best, macs / (time.perf_counter() - t0) / 1e9)
-    return best
 
 
 def time_methods(methods: dict, repeats: int) -> dict:
@@ -265,8 +224,8 @@ def _run(args) -> int:
     tokens = [197] if args.quick else [197, 785]
 
     isa = qk.isa()
-    ghz = measure_clock_ghz()
-    peaks = {name: measure_peak_gmacs(name) for name in qk.available_isas() if name != "scalar"}
+    ghz = roofline.clock_ghz()
+    peaks = {name: roofline.peak_gmacs(name) for name in qk.available_isas() if name in roofline.PROBED_ISAS}
     machine = {
         "cpu": _env.cpu_name(),
         "cpu_int8_isa": _env.isa_summary(),

@@ -68,6 +68,8 @@ module                                    what it holds                         
 :mod:`qlab.int8_mlp`                      timm's Mlp in int8: the exact GELU table in fc1's epilogue   12
 :mod:`qlab.int8_block`                    timm's Block with both skip connections added in the int8   12
                                           epilogues of proj and fc2 (the same bits)
+:mod:`qlab.roofline`                      this CPU's roofline: the peak of its int8 instruction, its   12
+                                          memory bandwidth, int8 linears measured between the two
 :mod:`qlab.capstone`                      the capstone: the held-out model, the checker's measurements 13
                                           (accuracy, int8 kernels, speed-up with its noise rule) and
                                           its diagnoses

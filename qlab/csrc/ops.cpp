@@ -126,6 +126,26 @@ std::string get_isa_op() { return kIsaNames[static_cast<int>(active_isa())]; }
 
 std::vector<std::string> supported_isas_op() { return supported_isas(); }
 
+// The probes behind notebook 12's roofline (probes.cpp). n is capped so one call stays under about a second.
+int64_t peak_burst_op(std::string name, int64_t n) {
+  TORCH_CHECK_VALUE(n >= 1 && n <= (int64_t{1} << 26), "n must be in [1, 2**26], got ", n);
+  for (int i = 1; i < kNumIsas; ++i) {
+    if (name == kIsaNames[i]) {
+      TORCH_CHECK_VALUE(cpu_supports(static_cast<Isa>(i)), "isa '", name,
+                        "' is not supported by this CPU; supported: ", join(supported_isas()));
+      return peak_burst(static_cast<Isa>(i), n);
+    }
+  }
+  TORCH_CHECK_VALUE(false, "isa must be one of 'avx2', 'avx512_vnni', 'amx' (the scalar path has no one ",
+                    "multiply-add instruction), got '", name, "'");
+  return 0;
+}
+
+int64_t clock_burst_op(int64_t n) {
+  TORCH_CHECK_VALUE(n >= 1 && n <= (int64_t{1} << 26), "n must be in [1, 2**26], got ", n);
+  return clock_burst(n);
+}
+
 std::tuple<int64_t, int64_t> quantize_multiplier_op(double m) {
   TORCH_CHECK_VALUE(std::isfinite(m) && m >= 0.0, "m must be a finite non-negative float, got ", m);
   int32_t q = 0, s = 0;
@@ -888,6 +908,8 @@ TORCH_LIBRARY(qlab, m) {
   m.def("_supported_isas() -> str[]", &supported_isas_op);
   m.def("_quantize_multiplier(float m) -> (int, int)", &quantize_multiplier_op);
   m.def("_build_info() -> str", &build_info_op);
+  m.def("_peak_burst(str isa, int n) -> int", &peak_burst_op);
+  m.def("_clock_burst(int n) -> int", &clock_burst_op);
 }
 
 TORCH_LIBRARY_IMPL(qlab, CPU, m) {

@@ -142,6 +142,12 @@ void isoftmax_row_u8(const int32_t* acc, const uint8_t* keep, int64_t S, const I
 void isoftmax_row_u8_avx512(const int32_t* acc, const uint8_t* keep, int64_t S, const ISoftmax& c, int64_t* e,
                             uint8_t* out);  // the same integers, 8 lanes (AVX-512F/DQ)
 
+// The core's probes (probes.cpp): n rounds of the path's multiply-add instruction on registers, returning the
+// multiply-adds done (the path must be one cpu_supports() and not scalar); n rounds of 8 dependent imul r64,
+// returning the cycles they take (3 each).
+int64_t peak_burst(Isa isa, int64_t n);
+int64_t clock_burst(int64_t n);
+
 // Column-block width each path prefers (tasks split N at multiples of it).
 constexpr int64_t kPanelScalar = 16;
 constexpr int64_t kPanelAvx2 = 16;
