@@ -7,7 +7,7 @@
 (3) the GELU table: when GELU's input x = s_x (c − z_x) is an 8-bit code c and its output is requantized,
         table[c] = clamp(round(GELU(s_x (c − z_x)) / s_y) + z_y),   y_codes = table[x_codes]
     is the whole op, exact: 256 entries computed once per tensor scale (per channel: one table per channel)
-(4) integer-only GELU / LayerNorm inside a float model: the input is quantized per tensor (symmetric, ``bits``),
+Integer-only GELU / LayerNorm inside a float model: the input is quantized per tensor (symmetric, ``bits``),
     :func:`qlab.intonly.i_gelu` / :func:`qlab.intonly.i_layernorm` run on the codes, the result is dequantized;
     LayerNorm's affine γ, β stay float (they fold into the next requantization). The scale comes from the largest
     |x| seen while calibrating.

@@ -31,7 +31,7 @@ from .timing import time_interleaved
 
 __all__ = [
     "PROBED_ISAS", "peak_gmacs", "clock_ghz", "last_level_cache_bytes", "read_bandwidth_gbs", "linear_intensity",
-    "attainable_gmacs", "VIT_B_LINEARS", "time_linears", "draw_roofline",
+    "attainable_gmacs", "VIT_B_LINEARS", "time_linears", "recorded_roofline", "draw_roofline",
 ]
 
 #: The paths with one multiply-add instruction to probe (the scalar path has none).
@@ -176,13 +176,38 @@ def time_linears(shapes: dict[str, tuple[int, int, int]], *, rounds: int = 7, co
                               "intensity": intensity} for name, (_, macs, intensity) in calls.items()}}
 
 
+def recorded_roofline(results: dict) -> dict:
+    """From ``kernels.json`` (:func:`qlab.perf.load_kernel_results`): the recorded machine's probed peaks and qlab's
+    ViT-B linears at 197 tokens on each path, as :func:`draw_roofline`'s ``recorded``."""
+    from .inside import linear_peaks
+
+    points = {}
+    for shape, row in linear_peaks(results).items():
+        k, n = (int(v) for v in shape.split()[1].split("->"))
+        for path, v in row.items():
+            points[f"{shape.split()[0]} {path}"] = (linear_intensity(197, k, n), v["gmacs"])
+    peaks = {p: v["gmacs_per_s"] for p, v in results["assumptions"]["measured_peak_per_core"].items()}
+    return {"label": f"recorded on {results['machine']['cpu']}", "peaks": peaks, "points": points}
+
+
+def _clusters(points: dict[str, dict[str, float]]) -> list[list[str]]:
+    """Names grouped by intensity, neighbours within a factor 1.3 in one group."""
+    groups: list[list[str]] = []
+    for name in sorted(points, key=lambda n: points[n]["intensity"]):
+        if groups and points[name]["intensity"] < 1.3 * points[groups[-1][-1]]["intensity"]:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    return groups
+
+
 def draw_roofline(fig: Figure, peak: float, bandwidth: float, points: dict[str, dict[str, float]],
                   recorded: dict | None = None) -> dict[str, float]:
     """Equation (4) on log-log axes with ``points`` (from :func:`time_linears`) on it; ``recorded``: optional
     ``{"label": str, "peaks": {path: G/s}, "points": {name: (intensity, G/s)}}`` drawn dashed / hollow beside.
     Returns each point's share of the roof above it (1.0 = on the roof)."""
     intensities = [p["intensity"] for p in points.values()]
-    xs = [min(intensities + [1.0]) / 2, max(intensities + [peak / bandwidth]) * 2]
+    xs = [min(intensities + [1.0]) / 2, max(intensities + [peak / bandwidth]) * 8]  # room for the labels
     grid = [xs[0] * (xs[1] / xs[0]) ** (i / 200) for i in range(201)]
     ax = fig.add_subplot(1, 1, 1)
     ax.plot(grid, [attainable_gmacs(i, peak, bandwidth) for i in grid], color="k",
@@ -191,15 +216,22 @@ def draw_roofline(fig: Figure, peak: float, bandwidth: float, points: dict[str, 
     share = {}
     for name, p in points.items():
         ax.scatter([p["intensity"]], [p["gmacs"]], zorder=3)
-        ax.annotate(name, (p["intensity"], p["gmacs"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
         share[name] = p["gmacs"] / attainable_gmacs(p["intensity"], peak, bandwidth)
+    for group in _clusters(points):  # one label per cluster of nearby intensities ("qkv/proj/fc1/fc2, 197 tokens")
+        heads = [n.split(",")[0] for n in group]
+        tails = {n.partition(",")[2] for n in group}
+        label = "/".join(heads) + ("," + tails.pop() if len(tails) == 1 else "") if len(group) > 1 else group[0]
+        p = points[group[0]]
+        ax.annotate(label, (p["intensity"], min(points[n]["gmacs"] for n in group)), textcoords="offset points",
+                    xytext=(4, -12), fontsize=7)
     if recorded:
         for path, pk in recorded["peaks"].items():
             ax.axhline(pk, ls="--", lw=0.8, color="gray")
-            ax.annotate(f"{recorded['label']} {path} peak", (xs[0], pk), fontsize=7, color="gray",
-                        textcoords="offset points", xytext=(2, 2))
-        for i, gm in recorded["points"].values():
-            ax.scatter([i], [gm], facecolors="none", edgecolors="gray", zorder=3)
+            ax.annotate(f"{path} peak", (xs[0], pk), fontsize=7, color="gray", textcoords="offset points",
+                        xytext=(2, 2))
+        i_g = list(recorded["points"].values())
+        ax.scatter([i for i, _ in i_g], [g for _, g in i_g], facecolors="none", edgecolors="gray", zorder=3,
+                   label=f"{recorded['label']}: its peaks (dashed), qlab's linears")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("multiply-adds per byte moved (5)")

@@ -107,3 +107,13 @@ def test_time_linears_and_the_plot():
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     for name, p in pts.items():
         assert share[name] == pytest.approx(p["gmacs"] / min(100.0, 20.0 * p["intensity"]))
+
+
+def test_recorded_roofline_reads_the_committed_kernel_recording():
+    from qlab import perf
+
+    rec = rl.recorded_roofline(perf.load_kernel_results())
+    assert set(rec["peaks"]) >= {"avx512_vnni"}
+    fc1 = [v for k, v in rec["points"].items() if k.startswith("fc1 ")]
+    assert fc1 and all(i == pytest.approx(rl.linear_intensity(197, 768, 3072)) for i, _ in fc1)
+    assert all(0 < g < max(rec["peaks"].values()) for _, g in rec["points"].values())
