@@ -27,7 +27,7 @@ import torch
 from ._checks import check_int, check_positive_scale, check_tensor
 from .bert_attention import MASK_VALUE
 
-__all__ = ["i_poly", "i_exp", "i_softmax", "i_erf", "i_gelu", "isqrt", "i_layernorm"]
+__all__ = ["i_poly", "i_exp", "check_sum_fits", "i_softmax", "i_erf", "i_gelu", "isqrt", "i_layernorm"]
 
 EXP_COEFFS = (0.3585, 1.353, 0.344)  # exp(p) on (-ln2, 0]
 ERF_COEFFS = (-0.2888, -1.769, 1.0)  # erf(x) on [0, 1.769]
@@ -75,6 +75,18 @@ def i_exp(q: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
     return ql >> z.clamp(max=62), sl
 
 
+def check_sum_fits(scale: float, keys: int) -> None:
+    """Equation (3) computes ``255 · e + Σe // 2`` in int64, and each ``e`` is at most ``qb² + qc`` (equation (1) at
+    its vertex). A logit scale so small that ``256 · keys · (qb² + qc)`` reaches 2⁶³ would wrap: refuse it. (In float64,
+    the order the C++ op checks it in, so both refuse the same scales; realistic scales are above 1e-5, the limit
+    is near 1e-7 for a few hundred keys.)"""
+    a, b, c = EXP_COEFFS
+    qb, qc = math.floor(b / scale), math.floor(c / (a * scale * scale))
+    if 256.0 * keys * (float(qb) * float(qb) + float(qc)) >= 2.0**63:
+        raise ValueError(f"scale (the logits' scale, q_scale * k_scale) = {scale:.3g} is too small for the integer "
+                         f"softmax over {keys} keys: 255 x the row's sum of integer exps would overflow int64")
+
+
 def i_softmax(q: torch.Tensor, scale: float, bias: torch.Tensor | None = None, dim: int = -1) -> torch.Tensor:
     """Equation (3): softmax along ``dim`` as uint8 codes of scale 1/255 (the probabilities int8_bmm takes).
 
@@ -90,6 +102,7 @@ def i_softmax(q: torch.Tensor, scale: float, bias: torch.Tensor | None = None, d
             raise ValueError(f"bias must hold only 0 (attend) and {MASK_VALUE:.4g} or -inf (masked), as "
                              "qlab.bert_attention.additive_mask makes: integer softmax cannot add other float biases")
         keep = torch.broadcast_to(~masked, q.shape)
+    check_sum_fits(s, q.shape[dim] if q.dim() else 1)
     lowest = torch.iinfo(torch.int64).min
     qmax = torch.where(keep, q, lowest).amax(dim=dim, keepdim=True)
     qmax = torch.where(qmax == lowest, 0, qmax)  # fully masked rows

@@ -3,6 +3,8 @@ unfused qlab path it will replace (notebook 10's BERT attention, notebook 08's V
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -223,6 +225,14 @@ def test_property_kernel_equals_reference(T, S, D, Dv, zq, zk, zv, scale, softma
             bias, 0.05, 3, torch.uint8, softmax, "float")
     if softmax == "int" and args[3] * args[5] >= 0.69:
         return
+    try:
+        if softmax == "int":
+            intonly.check_sum_fits(float(args[3]) * float(args[5]), S)
+    except ValueError:  # a logit scale whose integer sums would wrap int64: both refuse it, with the same words
+        for impl in (A.int8_attention, torch.ops.qlab.int8_attention):
+            with pytest.raises(ValueError, match="too small for the integer softmax"):
+                impl(*args)
+        return
     want = A.int8_attention(*args)
     for isa in qk.available_isas():
         for threads in (1, 2):
@@ -230,11 +240,22 @@ def test_property_kernel_equals_reference(T, S, D, Dv, zq, zk, zv, scale, softma
                 assert torch.equal(torch.ops.qlab.int8_attention(*args), want), (isa, threads)
 
 
-@pytest.mark.parametrize("logit_scale", [0.6, 1e-3, 1e-6, 1e-9])
+def _edge_scale(S: int) -> float:
+    """A logit scale whose integer softmax sums reach [2^62, 2^63): the scalar loop's range, just below the limit."""
+    from qlab import intonly
+
+    a, b, c = intonly.EXP_COEFFS
+    s = math.sqrt(256 * S * (b * b + c / a) / (0.75 * 2.0**63))
+    bound = 256.0 * S * (math.floor(b / s) ** 2 + math.floor(c / (a * s * s)))
+    assert 2.0**62 <= bound < 2.0**63
+    return s
+
+
+@pytest.mark.parametrize("logit_scale", [0.6, 1e-3, 1e-6, "edge"])
 def test_integer_softmax_lanes_equal_the_scalar_loop(logit_scale):
     """The 8-lane integer softmax (AVX-512) floors through float64 with one exact correction; rows of 1, 8, 9 and
-    300 keys, some or all keys masked, logit scales from near ln 2 (z large) down to 1e-9 (where the exps' sum
-    nears int64's limit and the scalar loop takes over): every path equals the reference."""
+    300 keys, some or all keys masked, logit scales from near ln 2 (z large) down to the edge where the exps' sum
+    nears int64's limit and the scalar loop takes over: every path equals the reference."""
     import qlab.kernels as qk
 
     g = torch.Generator().manual_seed(0)
@@ -245,9 +266,26 @@ def test_integer_softmax_lanes_equal_the_scalar_loop(logit_scale):
             v = torch.randint(-128, 128, (1, 2, S, 8), dtype=torch.int8, generator=g)
             keep = (torch.rand(5, S, generator=g) > 0.5) if masked == "some" else torch.full((5, S), masked is None)
             bias = None if masked is None else torch.where(keep, 0.0, float("-inf"))
-            s = logit_scale**0.5
+            s = (_edge_scale(S) if logit_scale == "edge" else logit_scale) ** 0.5
             args = (q, k, v, s, 0, s, 0, 0.03, 0, bias, 0.05, 3, torch.uint8, "int", "float")
             want = A.int8_attention(*args)
             for isa in qk.available_isas():
                 with qk.use_isa(isa):
                     assert torch.equal(torch.ops.qlab.int8_attention(*args), want), (S, masked, isa)
+
+
+@pytest.mark.parametrize("S", [1, 197])
+def test_integer_softmax_refuses_a_logit_scale_whose_sums_would_wrap(S):
+    """Below the edge, 255 x a row's exp-sum overflows int64: the reference and the op both refuse the scale."""
+    import qlab.kernels as qk
+
+    s = (_edge_scale(S) / 1.5) ** 0.5
+    q = torch.zeros(1, 1, 2, 4, dtype=torch.uint8)
+    k = torch.zeros(1, 1, S, 4, dtype=torch.int8)
+    v = torch.zeros(1, 1, S, 4, dtype=torch.int8)
+    args = (q, k, v, s, 0, s, 0, 0.03, 0, None, 0.05, 3, torch.uint8, "int", "float")
+    impls = [A.int8_attention] + ([torch.ops.qlab.int8_attention] if qk.backend() == "native" else [])
+    for impl in impls:
+        with pytest.raises(ValueError, match=rf"too small for the integer softmax over {S} keys"):
+            impl(*args)
+    A.int8_attention(*args[:3], s * 1.5, *args[4:])  # a little coarser: accepted

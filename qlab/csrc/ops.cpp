@@ -782,6 +782,12 @@ at::Tensor int8_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at
                 &skf, false, 1.0f, 0, nullptr, nullptr, "q_scale", "k_scale");
   make_epilogue(e2, kind, mode, false, Dv, p_scale_f, &svf, false, static_cast<float>(out_scale), out_zero_point,
                 nullptr, nullptr, "p_scale", "v_scale");
+  // The integer softmax's int64 sums (255 * e + sum / 2, each e <= qb^2 + qc) must not wrap: the same float64 test as
+  // qlab.intonly.check_sum_fits, so the reference and this op refuse the same logit scales.
+  const double qb = static_cast<double>(ic.qb), row_bound = 256.0 * static_cast<double>(S) * (qb * qb + ic.qc);
+  TORCH_CHECK_VALUE(!int_sm || row_bound < 0x1p63, "scale (the logits' scale, q_scale * k_scale) = ", q_scale * k_scale,
+                    " is too small for the integer softmax over ", S,
+                    " keys: 255 x the row's sum of integer exps would overflow int64");
   shape.push_back(Dv);
   at::Tensor out = at::empty(shape, q.options().dtype(out_dtype));
   if (batch == 0 || T == 0 || Dv == 0) return out;
@@ -800,10 +806,8 @@ at::Tensor int8_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at
   void (*row_softmax)(const float*, int64_t, float, float*, uint8_t*) =
       (isa == Isa::Avx512Vnni || isa == Isa::Amx) ? softmax_row_u8_avx512
                                                   : (isa == Isa::Avx2 ? softmax_row_u8_avx2 : softmax_row_u8_scalar);
-  // The 8-lane integer softmax needs 255 * (sum of a row's exps) far from int64's limit (its floors go through
-  // float64); logit scales so small that it is not (below ~1e-8) keep the scalar loop, whose int64 arithmetic wraps
-  // exactly as the reference's does.
-  const double qb = static_cast<double>(ic.qb), row_bound = 256.0 * static_cast<double>(S) * (qb * qb + ic.qc);
+  // The 8-lane integer softmax needs 255 * (sum of a row's exps) at most half int64's range (its floors go through
+  // float64); the logit scales between that and the limit checked above keep the scalar loop.
   void (*row_isoftmax)(const int32_t*, const uint8_t*, int64_t, const ISoftmax&, int64_t*, uint8_t*) =
       (isa == Isa::Avx512Vnni || isa == Isa::Amx) && row_bound < 0x1p62 ? isoftmax_row_u8_avx512 : isoftmax_row_u8;
   const int64_t kAttnRows = std::max<int64_t>(attention_rows(T, S), 1);
