@@ -448,7 +448,7 @@ class Int8Attention(nn.Module):
             ctx = ctx.transpose(1, 2).reshape(B, N, C)
             if self.scale_norm:
                 ctx = _ops().quantize_per_tensor(self.norm(ctx), sc, zc, torch.uint8)
-            return add_residual(lambda r: self._linear(ctx, "proj", sc, zc, residual=r), self.proj_drop, residual)
+            return self._project(ctx, residual)
         logits = ops.int8_bmm(q, k, sq, zq, sk, zk, 1.0, 0, torch.float32, True, self.requant)  # [B, H, N, N]
         p = self.attn_drop(logits.softmax(dim=-1))
         p = _ops().quantize_per_tensor(p, self.p_scale, 0, torch.uint8)
@@ -459,6 +459,11 @@ class Int8Attention(nn.Module):
         else:
             ctx = ops.int8_bmm(p, v, self.p_scale, 0, sv, zv, sc, zc, torch.uint8, False, self.requant)
             ctx = ctx.transpose(1, 2).reshape(B, N, C)
+        return self._project(ctx, residual)
+
+    def _project(self, ctx: torch.Tensor, residual) -> torch.Tensor:
+        """``proj`` on the context codes, with the skip connection added in its epilogue when given."""
+        sc, zc = self.qp["ctx"]
         return add_residual(lambda r: self._linear(ctx, "proj", sc, zc, residual=r), self.proj_drop, residual)
 
     def extra_repr(self):
