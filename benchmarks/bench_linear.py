@@ -11,7 +11,8 @@ quantizing its input; oneDNN's weight is prepacked once (``torch.ops.onednn.qlin
 freezing does); qlab runs twice, packing inside every call (``int8_linear``) and prepacked once
 (``int8_linear_packed``, whose output is asserted equal to ``int8_linear``'s). Timed interleaved by
 ``qlab.timing.time_interleaved`` (medians, IQRs, ratios paired per round); the outputs are compared (uint8: codes
-within 1; float32: max error). Refuses to record when the 1-minute load average is above 0.5 (waits ``--wait`` s);
+within 1; float32: max error), and each speed as a share of qlab's path's probed peak (``pct_peak``, notebook 12's
+roofline). Refuses to record when the 1-minute load average is above 0.5 (waits ``--wait`` s);
 records the machine and load.
 """
 
@@ -31,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 import qlab  # noqa: E402
 import qlab.kernels as qk  # noqa: E402
-from qlab import _env  # noqa: E402
+from qlab import _env, roofline  # noqa: E402
 from qlab.timing import loadavg, speedups, time_interleaved, wait_for_quiet  # noqa: E402
 
 SHAPES = {"qkv": (768, 2304), "proj": (768, 768), "fc1": (768, 3072), "fc2": (3072, 768)}
@@ -88,7 +89,8 @@ def agreement(fns: dict, out_dtype: torch.dtype) -> dict:
     return {"max_abs_diff": float((a - b).abs().max()), "max_abs": float(a.abs().max())}
 
 
-def run(threads: int, tokens: list[int], rounds: int, shapes: dict) -> dict:
+def run(threads: int, tokens: list[int], rounds: int, shapes: dict, peak: float) -> dict:
+    """``peak``: one core's probed int8 peak (G multiply-adds/s) of the path qlab runs; x threads is the roof."""
     out = {}
     for M in tokens:
         for name, (K, N) in shapes.items():
@@ -102,7 +104,9 @@ def run(threads: int, tokens: list[int], rounds: int, shapes: dict) -> dict:
                 out[key] = {
                     "load": list(t.load),
                     "candidates": {n: v.as_dict() | {"speed_vs_onednn": round(sp[n], 4),
-                                                     "gmacs": round(macs / v.median / 1e6, 1)} for n, v in t.items()},
+                                                     "gmacs": round(macs / v.median / 1e6, 1),
+                                                     "pct_peak": round(100 * macs / v.median / 1e6 / (peak * threads),
+                                                                       1)} for n, v in t.items()},
                 } | agreement(fns, out_dtype)
                 times = ", ".join(f"{n.split(' (')[0]} {v.median:.3f} ms" for n, v in t.items())
                 print(f"{threads} thr {key:36s} {times}  qlab/oneDNN x{sp[QLAB]:.2f}, prepacked x{sp[PACKED]:.2f}",
@@ -135,10 +139,14 @@ def main(argv=None) -> int:
         "command": "python benchmarks/bench_linear.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     t0 = time.perf_counter()
+    peak = roofline.peak_gmacs(qk.isa())
+    meta["peak_gmacs_per_core"] = round(peak, 1)
+    meta["peak"] = (f"{qk.isa()}'s multiply-add instruction on registers (qlab.roofline.peak_gmacs, one core) x "
+                    "threads; pct_peak of every candidate, oneDNN's and fp32's included, is against it")
     results = {}
     for threads in args.threads:
         with qlab.scoped(threads=threads):
-            results[str(threads)] = run(threads, args.tokens, args.rounds, shapes)
+            results[str(threads)] = run(threads, args.tokens, args.rounds, shapes, peak)
     meta["loadavg_after"] = loadavg()
     meta["wall_s"] = round(time.perf_counter() - t0, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
