@@ -289,3 +289,26 @@ def test_integer_softmax_refuses_a_logit_scale_whose_sums_would_wrap(S):
         with pytest.raises(ValueError, match=rf"too small for the integer softmax over {S} keys"):
             impl(*args)
     A.int8_attention(*args[:3], s * 1.5, *args[4:])  # a little coarser: accepted
+
+
+@pytest.mark.parametrize("softmax", ["float", "int"])
+def test_strided_heads_over_many_blocks_equal_the_reference(softmax):
+    """k stored transposed (as the PT2E lowering passes it), v a column slice, q a stride-0 broadcast over one batch
+    dimension; 800 keys make several blocks of rows per head, so threads start and finish mid-head (the VNNI and AMX
+    paths pack each head's k and v once per thread): every path, 1 and 2 threads, equals the definition."""
+    import qlab
+    import qlab.kernels as qk
+
+    g = torch.Generator().manual_seed(1)
+    B, H, T, S, D, Dv = 2, 3, 150, 800, 16, 24
+    q = torch.randint(0, 256, (1, H, T, D), dtype=torch.uint8, generator=g).expand(B, H, T, D)
+    k = torch.randint(-128, 128, (B, H, D, S), dtype=torch.int8, generator=g).transpose(-1, -2)
+    v = torch.randint(-128, 128, (B, H, S, Dv + 5), dtype=torch.int8, generator=g)[..., 2:Dv + 2]
+    assert not (k.is_contiguous() or v.is_contiguous() or q.is_contiguous())
+    mask = additive_mask(torch.tensor([[1] * S, [1] * 300 + [0] * (S - 300)]), B, S)
+    args = (q, k, v, 0.02, 100, 0.015, -7, 0.03, 3, mask, 0.05, 3, torch.uint8, softmax, "float")
+    want = A.int8_attention(*args)
+    for isa in qk.available_isas():
+        for threads in (1, 2):
+            with qlab.scoped(threads=threads), qk.use_isa(isa):
+                assert torch.equal(torch.ops.qlab.int8_attention(*args), want), (isa, threads)

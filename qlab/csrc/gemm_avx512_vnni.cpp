@@ -151,12 +151,23 @@ void gemm_avx512_vnni(const Task& t, const Epilogue& e) {
   }
 }
 
+void pack_b_vnni(const MatB& b, int64_t N, int64_t K, int8_t* dst) {
+  const int64_t kp = packed_kp(K), pb = packed_panel_bytes(K);
+  for (int64_t p = 0; p * NR < N; ++p) {
+    const int64_t w = std::min<int64_t>(NR, N - p * NR);
+    alignas(64) int32_t colsum[NR] = {};
+    pack_b(b, p * NR, w, K, kp, static_cast<int>((w + 15) / 16), dst + p * pb, colsum);
+    std::memcpy(dst + p * pb + kp * NR, colsum, sizeof(colsum));
+  }
+}
+
 }  // namespace qlab
 
 #else  // not x86: never selected
 
 namespace qlab {
 void gemm_avx512_vnni(const Task& t, const Epilogue& e) { gemm_scalar(t, e); }
+void pack_b_vnni(const MatB&, int64_t, int64_t, int8_t*) {}
 }  // namespace qlab
 
 #endif

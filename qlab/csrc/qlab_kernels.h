@@ -103,6 +103,10 @@ constexpr int32_t kPackedMagic = 0x31424C51;  // "QLB1" read as little-endian by
 inline int64_t packed_kp(int64_t K) { return ((K < 1 ? 1 : K) + 63) / 64 * 64; }
 inline int64_t packed_panel_bytes(int64_t K) { return packed_kp(K) * kPackedPanel + 4 * kPackedPanel; }
 
+// B ([K, N] as MatB reads it) into the prepacked layout's panels (no header): what pack_linear_weight writes for a
+// weight, with the VNNI packing loops; the fused attention packs each head's k and v with it once (VNNI/AMX only).
+void pack_b_vnni(const MatB& b, int64_t N, int64_t K, int8_t* dst);
+
 // The paths. Each computes out[m0:m1, n0:n1] for one task.
 void gemm_scalar(const Task& t, const Epilogue& e);
 void gemm_avx2(const Task& t, const Epilogue& e);
