@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.ao.quantization as tq
+from fbgemm_units import SATURATES
 from torch import nn
 from torch.ao.quantization import QConfigMapping
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
@@ -30,9 +31,11 @@ class Net(nn.Module):
         return self.dequant(self.conv3(self.relu2(self.conv2(x))))
 
 
-def _qconfig():
+def _qconfig(act_max=127 if SATURATES else 255):
+    # 8-bit activations where FBGEMM has VNNI; without it 7 bits (reduce_range), as PyTorch's fbgemm qconfig uses:
+    # vpmaddubsw would saturate (test_saturating_kernel_is_named)
     act = tq.FakeQuantize.with_args(
-        observer=tq.MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8
+        observer=tq.MovingAverageMinMaxObserver, quant_min=0, quant_max=act_max, dtype=torch.quint8
     )
     wt = tq.FakeQuantize.with_args(
         observer=tq.MovingAveragePerChannelMinMaxObserver,
@@ -49,10 +52,14 @@ X = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(0))
 
 @pytest.fixture(scope="module")
 def eager():
+    return _eager(_qconfig())
+
+
+def _eager(qconfig):
     with qlab.scoped(engine="fbgemm", seed=0):  # the models are built and converted under fbgemm, run under x86
         m = Net()
         tq.fuse_modules_qat(m, [["conv1", "relu1"], ["conv2", "relu2"]], inplace=True)
-        m.qconfig = _qconfig()
+        m.qconfig = qconfig
         mp = tq.prepare_qat(m.train())
         for _ in range(4):
             mp(X)
@@ -102,6 +109,15 @@ def test_clean_models_agree(kind, request):
     d = diagnose(mp, mq, X)
     assert [lr.name for lr in d.layers if lr.name.startswith("conv")] == ["conv1", "conv2", "conv3"]
     assert d.first_divergence is None
+
+
+@pytest.mark.skipif(not SATURATES, reason="FBGEMM has AVX-512 VNNI here: vpdpbusd never saturates")
+def test_saturating_kernel_is_named():
+    # this CPU's FBGEMM (no VNNI) on 8-bit activations: the first conv's int16 pair sums saturate
+    mp, mq = _eager(_qconfig(act_max=255))
+    d = diagnose(mp, mq, X)
+    assert d.first_divergence.name == "conv1" and d["conv1"].cause == CAUSES["saturation"]
+    assert d["conv1"].qparams_differ == [] and d["conv1"].weights_differ == 0
 
 
 @pytest.mark.parametrize("kind", ["eager", "fx"])

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.ao.nn.intrinsic.quantized as nniq
 import torch.ao.nn.quantized as nnq
+from fbgemm_units import SATURATES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -64,9 +65,27 @@ def _make(p):
 @given(layer)
 def test_conv2d_int_is_bit_exact_with_fbgemm(p):
     xc, xs, xz, wc, ws, b, ys, yz, relu, stride, pad = _make(p)
+    if SATURATES:  # no VNNI: FBGEMM's vpmaddubsw is exact only on 7-bit codes (reduce_range); see the next test
+        xc, xz = xc // 2, xz // 2
     real = _torch_conv("fbgemm", xc, xs, xz, wc, ws, b, ys, yz, relu, stride, pad)
     ref = conv2d_int(xc, xs, xz, wc, ws, ys, yz, b, stride=stride, padding=pad, relu=relu)
     assert torch.equal(real, ref)
+
+
+@pytest.mark.skipif(not SATURATES, reason="FBGEMM has AVX-512 VNNI here: vpdpbusd never saturates")
+def test_fbgemm_without_vnni_equals_the_int16_pairs_emulation():
+    """On this CPU FBGEMM runs vpmaddubsw: 1x1 convs with 8-bit codes equal conv2d_acc(int16_pairs=True), bit for bit,
+    and differ from the exact accumulator where a pair saturates."""
+    saturated = 0
+    for seed in range(40):
+        p = {"seed": seed, "cin": 2 + 2 * (seed % 4), "cout": 3, "k": 1, "per_channel": bool(seed % 2),
+             "bias": bool(seed % 3), "relu": False, "stride": 1, "xz": seed * 7 % 256, "yz": 3, "ys": 0.05}
+        xc, xs, xz, wc, ws, b, ys, yz, relu, stride, pad = _make(p)
+        real = _torch_conv("fbgemm", xc, xs, xz, wc, ws, b, ys, yz, relu, stride, pad)
+        acc = conv2d_acc(xc, xz, wc, int16_pairs=True)
+        assert torch.equal(real, requantize(acc, xs, ws, ys, yz, b).to(torch.uint8)), seed
+        saturated += not torch.equal(real, conv2d_int(xc, xs, xz, wc, ws, ys, yz, b))
+    assert saturated > 0
 
 
 @pytest.mark.skipif("qnnpack" not in torch.backends.quantized.supported_engines, reason="no qnnpack engine")

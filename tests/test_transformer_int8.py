@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from bert_fixtures import batch, tiny_bert
+from fbgemm_units import SATURATES
 from torch import nn
 
 import qlab
@@ -117,7 +118,11 @@ def test_ao_dynamic_reduce_range_and_per_channel():
     assert dyn[0].weight().qscheme() == torch.per_channel_affine
     with torch.no_grad():
         ref, a, c = model(**b), default(**b), full(**b)
-    assert cosines(c, ref).mean() > cosines(a, ref).mean()
+    err_full, err_default = (1 - cosines(c, ref)).mean(), (1 - cosines(a, ref)).mean()
+    if SATURATES:  # FBGEMM without VNNI: 8-bit activations saturate vpmaddubsw's int16 pairs, 7 bits cannot
+        assert err_full > 10 * err_default
+    else:
+        assert err_full < err_default
     with pytest.raises(TypeError, match="model must be a qlab.transformer.Embedder"):
         ti.ao_dynamic(nn.Linear(2, 2))
 
