@@ -15,7 +15,7 @@ CPU a learner brings, so `make test` replays the committed notebooks under:
 * ``no_ext``       -- no C++ compiler: qlab's kernels served by the pure-PyTorch reference.
 
 A setting the host cannot run (it lacks the instructions), or that the main run already was (an
-AVX-512 VNNI host without AMX), is skipped with the reason printed.
+AVX-512 VNNI host without AMX, an AVX2 host with nothing above it), is skipped with the reason printed.
 
 ``--kernel-trace FILE``: the notebooks that loaded ``qlab.kernels`` in the main nbval run (``make test`` runs it
 with ``QLAB_KERNEL_TRACE=FILE``; see conftest.py). ``no_ext`` then replays only those: ``QLAB_NO_EXT`` changes
@@ -52,6 +52,8 @@ def cpu_flags() -> set[str]:
 def skip_reason(name: str, flags: set[str]) -> str | None:
     if name == "avx2" and not {"avx2", "fma"} <= flags:
         return "this CPU has no AVX2"
+    if name == "avx2" and not flags & {"avx512f", "avx_vnni", "amx_int8"}:
+        return "this CPU has nothing above AVX2: the main nbval run already was this setting"
     if name == "avx512_vnni":
         if "avx512_vnni" not in flags:
             return "this CPU has no AVX-512 VNNI"

@@ -70,3 +70,13 @@ def test_traced_notebooks_reads_the_trace_and_refuses_what_it_cannot_trust(tmp_p
     with pytest.raises(SystemExit, match=r"notebooks that do not exist: \['notebooks/99-gone.ipynb'\]"):
         m.traced_notebooks(trace)
     assert m.main(["--kernel-trace"]) == 2 and m.main(["nope"]) == 2
+
+
+def test_a_setting_is_skipped_only_when_the_host_cannot_run_it_or_the_main_run_already_was_it():
+    m = _isa_matrix()
+    avx2, zen4, xeon = {"avx2", "fma"}, {"avx2", "fma", "avx512f", "avx512_vnni"}, {"avx2", "fma", "avx512f",
+                                                                                 "avx512_vnni", "amx_int8"}
+    assert "nothing above AVX2" in m.skip_reason("avx2", avx2) and m.skip_reason("avx2", zen4) is None
+    assert m.skip_reason("avx2", avx2 | {"avx_vnni"}) is None and "no AVX2" in m.skip_reason("avx2", set())
+    assert "no AVX-512 VNNI" in m.skip_reason("avx512_vnni", avx2) and "no AMX" in m.skip_reason("avx512_vnni", zen4)
+    assert m.skip_reason("avx512_vnni", xeon) is None and m.skip_reason("no_ext", avx2) is None
