@@ -14,6 +14,7 @@
 //
 // Blocking: a 6 x 16 micro-tile (12 ymm accumulators), finished in registers.
 // Packed B panel: [k/2][16 columns][2] int16, so one 32-byte load holds 8 columns x 2 k.
+// A prepacked weight (pack_linear_weight, the VNNI layout) is not copied: tile_packed widens it in registers.
 // All SIMD functions carry __attribute__((target("avx2,fma"))): the file
 // compiles with generic flags and these functions only run when the CPU has AVX2.
 #include <algorithm>
@@ -150,28 +151,6 @@ QLAB_AVX2 void pack_b(const MatB& b, int64_t n0, int64_t w, int64_t K, int64_t k
           dst[(k2 * NR + j) * 2 + t] = v;
         }
       }
-    }
-  }
-}
-
-// Columns [n, n + 16) of a prepacked weight (Task::packed; n a multiple of 16, zero point 0) into the same int16
-// layout: in the VNNI panel, 64 bytes hold the 16 columns' 4 consecutive k; widened to int16, each column's quad is
-// the pair (k, k+1) in its low dword and (k+2, k+3) in its high one, which go to two rows of [k/2][16][2].
-QLAB_AVX2 void pack_b_prepacked(const Task& t, int64_t n, int64_t kp4, int16_t* dst) {
-  const int64_t p = n / kPackedPanel, g = (n % kPackedPanel) / 16;
-  const int64_t W = (std::min<int64_t>(kPackedPanel, t.packed_n - p * kPackedPanel) + 15) / 16 * 16;
-  const int8_t* src = t.packed + p * t.packed_stride + 64 * g;
-  for (int64_t k4 = 0; k4 < kp4 / 4; ++k4, src += 4 * W) {
-    for (int h = 0; h < 2; ++h) {                                                             // columns 0-7, then 8-15
-      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 32 * h));  // columns 0-3
-      const __m128i bytes2 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 32 * h + 16));  // columns 4-7
-      const __m256 x = _mm256_castsi256_ps(_mm256_cvtepi8_epi16(bytes));   // c0lo c0hi c1lo c1hi | c2lo ... c3hi
-      const __m256 y = _mm256_castsi256_ps(_mm256_cvtepi8_epi16(bytes2));  // c4lo c4hi c5lo c5hi | c6lo ... c7hi
-      // lanes: [c0 c1 c4 c5 | c2 c3 c6 c7] of the low (even) or high (odd) dwords, then the qwords reordered
-      const __m256i lo = _mm256_permute4x64_epi64(_mm256_castps_si256(_mm256_shuffle_ps(x, y, 0x88)), 0xD8);
-      const __m256i hi = _mm256_permute4x64_epi64(_mm256_castps_si256(_mm256_shuffle_ps(x, y, 0xDD)), 0xD8);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + ((2 * k4) * NR + 8 * h) * 2), lo);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + ((2 * k4 + 1) * NR + 8 * h) * 2), hi);
     }
   }
 }
@@ -361,6 +340,63 @@ QLAB_AVX2 void tile(const int16_t* a, int64_t lda, const int16_t* bp, int64_t k2
 using TileFn = void (*)(const int16_t*, int64_t, const int16_t*, int64_t, int64_t, int64_t, const int32_t*,
                         const FinishConsts&, void*, int64_t, int64_t, int64_t);
 
+// Micro-kernel on a prepacked weight, read in place (no int16 copy of the panel): an MT x 8*NV tile.
+// 16 bytes of the VNNI panel hold 4 columns x 4 consecutive k; vpmovsxbw widens them to 16 int16 and vpmaddwd
+// against the row's quad (a[4k..4k+3] - za, broadcast as one 64-bit word) gives each column two int32 halves,
+// (k, k+1) and (k+2, k+3). The halves stay apart in the accumulators until the end, where one vphaddd per
+// 8 columns adds them: the same integer sums as the int16 panel, in a different (exact) order.
+//   a: MT rows of packed A (row stride lda int16, 4*k4n each); bp: 16 columns' first quad; bstep: bytes per quad row.
+template <int MT, int NV, class Finish>
+QLAB_AVX2 void tile_packed(const int16_t* a, int64_t lda, const int8_t* bp, int64_t bstep, int64_t k4n, int64_t rows,
+                           int64_t w, const int32_t* col_off, const FinishConsts& fin, void* out, int64_t ldc,
+                           int64_t m, int64_t n) {
+  __m256i acc[MT][2 * NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < MT; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < 2 * NV; ++v) acc[r][v] = _mm256_setzero_si256();
+  }
+  for (int64_t k = 0; k < k4n; ++k, bp += bstep) {
+    __m256i bv[2 * NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < 2 * NV; ++v) {
+      bv[v] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bp + 16 * v)));
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < MT; ++r) {
+      int64_t quad;
+      std::memcpy(&quad, a + r * lda + 4 * k, sizeof(quad));
+      const __m256i av = _mm256_set1_epi64x(quad);
+#pragma GCC unroll 4
+      for (int v = 0; v < 2 * NV; ++v) acc[r][v] = _mm256_add_epi32(acc[r][v], _mm256_madd_epi16(av, bv[v]));
+    }
+  }
+  const FinishConsts f = fin;
+#pragma GCC unroll 8
+  for (int r = 0; r < MT; ++r) {
+    if (r >= rows) break;
+    const int64_t idx = (m + r) * ldc + n;
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) {
+      const int64_t cnt = std::min<int64_t>(8, w - 8 * v);
+      if (cnt <= 0) break;
+      // [c0 c1 c4 c5 | c2 c3 c6 c7] -> c0..c7, plus the int32 bias
+      __m256i x = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[r][2 * v], acc[r][2 * v + 1]), 0xD8);
+      x = _mm256_add_epi32(x, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col_off + 8 * v)));
+      Finish::run(x, n + 8 * v, cnt, f, out, idx + 8 * v);
+    }
+  }
+}
+
+using PackedTileFn = void (*)(const int16_t*, int64_t, const int8_t*, int64_t, int64_t, int64_t, int64_t,
+                              const int32_t*, const FinishConsts&, void*, int64_t, int64_t, int64_t);
+// [rows class]: 1 and 2 rows take 16 columns at once (8 or 16 accumulators + 4 panel registers), 3-4 and 5-6 rows
+// 8 columns (16 ymm registers in all).
+template <class Finish>
+constexpr std::array<PackedTileFn, 4> packed_tiles_for = {tile_packed<1, 2, Finish>, tile_packed<2, 2, Finish>,
+                                                          tile_packed<4, 1, Finish>, tile_packed<MR, 1, Finish>};
+inline int rows_class(int64_t rows) { return rows >= 5 ? 3 : rows >= 3 ? 2 : static_cast<int>(rows) - 1; }
+
 // kTiles[finisher]; the finisher is chosen once per task from the Epilogue.
 constexpr TileFn kTiles[] = {
     tile<FinInt32>,
@@ -381,24 +417,25 @@ int finisher_index(const Epilogue& e) {
   return 2;
 }
 
-}  // namespace
+constexpr std::array<PackedTileFn, 4> kPackedTiles[] = {
+    packed_tiles_for<FinInt32>,
+    packed_tiles_for<FinFloat32>,
+    packed_tiles_for<FinQ8Float>,
+    packed_tiles_for<FinQ8Fixed>,
+    packed_tiles_for<FinQ8FloatNoOverflow<false, false>>,
+    packed_tiles_for<FinQ8FloatNoOverflow<true, false>>,
+    packed_tiles_for<FinQ8FloatNoOverflow<false, true>>,
+    packed_tiles_for<FinQ8FloatNoOverflow<true, true>>,
+};
 
-void gemm_avx2(const Task& t, const Epilogue& e) {
-  const int64_t M = t.m1 - t.m0, K = t.K;
-  const int64_t kp2 = (K + 1) / 2 * 2;
-  const int64_t mtiles = (M + MR - 1) / MR;
-  std::vector<int16_t> apack(static_cast<size_t>(mtiles * MR * kp2 + 16), 0);  // rows past M stay 0
-  const int64_t kp4 = (K + 3) / 4 * 4;  // a prepacked panel is widened 4 k at a time
-  std::vector<int16_t> bpack(static_cast<size_t>(kp4 * NR + 16));
-  pack_a(t.a, t.m0, M, K, kp2, apack.data());
-
-  std::vector<float> zeros;
+// The epilogue constants of one task (the fbias zeros live in `zeros` when there is no float bias).
+FinishConsts finish_consts(const Task& t, const Epilogue& e, std::vector<float>* zeros) {
   FinishConsts fin{};
   fin.scale = e.scale;
   fin.fbias = e.fbias;
   if (!fin.fbias) {
-    zeros.assign(static_cast<size_t>(t.n1 + NR), 0.0f);
-    fin.fbias = zeros.data();
+    zeros->assign(static_cast<size_t>(t.n1 + NR), 0.0f);
+    fin.fbias = zeros->data();
   }
   fin.qmul = e.qmul;
   fin.lshift = e.lshift;
@@ -410,16 +447,61 @@ void gemm_avx2(const Task& t, const Epilogue& e) {
   fin.hi = e.hi;
   fin.relu_f = e.relu ? 0.0f : -std::numeric_limits<float>::infinity();
   fin.relu_i = e.relu ? 0 : INT32_MIN;
+  return fin;
+}
+
+// A prepacked weight (zero point 0), read in place 16 columns at a time: A packed as int16 quads.
+void gemm_avx2_packed(const Task& t, const Epilogue& e, const FinishConsts& fin) {
+  const int64_t M = t.m1 - t.m0, K = t.K;
+  const int64_t kp4 = (K + 3) / 4 * 4, k4n = kp4 / 4;
+  const int64_t mtiles = (M + MR - 1) / MR;
+  std::vector<int16_t> apack(static_cast<size_t>(mtiles * MR * kp4 + 16), 0);
+  pack_a(t.a, t.m0, M, K, kp4, apack.data());
+  const auto& tiles = kPackedTiles[finisher_index(e)];
+  alignas(32) int32_t col_off[NR] = {};
+  for (int64_t n = t.n0; n < t.n1; n += NR) {  // n0 is a multiple of 16 (the AVX2 panel)
+    const int64_t w = std::min<int64_t>(NR, t.n1 - n);
+    const int64_t p = n / kPackedPanel;
+    const int64_t W = (std::min<int64_t>(kPackedPanel, t.packed_n - p * kPackedPanel) + 15) / 16 * 16;
+    const int8_t* bp = t.packed + p * t.packed_stride + 64 * ((n % kPackedPanel) / 16);
+    for (int64_t j = 0; j < NR; ++j) col_off[j] = e.bias && j < w ? e.bias[n + j] : 0;
+    for (int64_t mt = 0; mt < M; mt += MR) {
+      const int64_t rows = std::min<int64_t>(MR, M - mt);
+      const int16_t* ab = apack.data() + mt * kp4;
+      const int rc = rows_class(rows);
+      if (rc < 2) {
+        tiles[rc](ab, kp4, bp, 4 * W, k4n, rows, w, col_off, fin, t.out, t.ldc, t.m0 + mt, n);
+      } else {  // 8 columns at a time
+        for (int64_t h = 0; h < 2 && 8 * h < w; ++h) {
+          tiles[rc](ab, kp4, bp + 32 * h, 4 * W, k4n, rows, w - 8 * h, col_off + 8 * h, fin, t.out, t.ldc, t.m0 + mt,
+                    n + 8 * h);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void gemm_avx2(const Task& t, const Epilogue& e) {
+  std::vector<float> zeros;
+  const FinishConsts fin = finish_consts(t, e, &zeros);
+  if (t.packed) {
+    gemm_avx2_packed(t, e, fin);
+    return;
+  }
+  const int64_t M = t.m1 - t.m0, K = t.K;
+  const int64_t kp2 = (K + 1) / 2 * 2;
+  const int64_t mtiles = (M + MR - 1) / MR;
+  std::vector<int16_t> apack(static_cast<size_t>(mtiles * MR * kp2 + 16), 0);  // rows past M stay 0
+  std::vector<int16_t> bpack(static_cast<size_t>(kp2 * NR + 16));
+  pack_a(t.a, t.m0, M, K, kp2, apack.data());
   const TileFn tile_fn = kTiles[finisher_index(e)];
 
   alignas(32) int32_t col_off[NR];
   for (int64_t n = t.n0; n < t.n1; n += NR) {
     const int64_t w = std::min<int64_t>(NR, t.n1 - n);
-    if (t.packed) {
-      pack_b_prepacked(t, n, kp4, bpack.data());
-    } else {
-      pack_b(t.b, n, w, K, kp2, bpack.data());
-    }
+    pack_b(t.b, n, w, K, kp2, bpack.data());
     for (int64_t j = 0; j < NR; ++j) col_off[j] = e.bias ? e.bias[n + j] : 0;
     for (int64_t mt = 0; mt < mtiles; ++mt) {
       tile_fn(apack.data() + mt * MR * kp2, kp2, bpack.data(), kp2 / 2, std::min<int64_t>(MR, M - mt * MR), w, col_off,

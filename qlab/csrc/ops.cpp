@@ -325,7 +325,7 @@ void make_epilogue(EpilogueData& d, OutKind kind, Requant mode, bool relu, int64
 // The driver: split batch x rows x columns into tasks, run them on ATen's thread pool.
 
 // residual: float32 [M, N] added to a float32 output after the epilogue (out = epilogue(acc) + residual), or null.
-// packed: a prepacked weight (linear only, batch 1; the VNNI and AMX paths), or null. table: 256 codes applied to
+// packed: a prepacked weight (linear only, batch 1; the AVX2, VNNI and AMX paths), or null. table: 256 codes applied to
 // every 8-bit output code (index = the code's byte, top bit flipped for int8), or null.
 void run(int64_t batch, const std::vector<int64_t>& a_off, const std::vector<int64_t>& b_off, const MatA& a,
          const MatB& b, int64_t M, int64_t N, int64_t K, const Epilogue& e, at::Tensor& out,

@@ -86,8 +86,8 @@ struct Task {
   int64_t m0, m1, n0, n1;
   void* out;
   int64_t ldc;
-  // A weight packed ahead of time (torch.ops.qlab.pack_linear_weight), read by the VNNI and AMX paths
-  // instead of packing b (the AVX2 path widens its panels to int16): panel p (columns [48p, 48p + 48)) starts at packed
+  // A weight packed ahead of time (torch.ops.qlab.pack_linear_weight), read in place instead of packing b (the AVX2
+  // path widens 16 bytes at a time in registers): panel p (columns [48p, 48p + 48)) starts at packed
   // + p * packed_stride and holds [kp/4][16 * ceil(w / 16)][4] int8 (kp = K rounded up to 64, w the panel's columns),
   // then, at byte packed_colsum, the 48 column sums as int32. null: pack b per call.
   const int8_t* packed = nullptr;
@@ -95,7 +95,7 @@ struct Task {
   int64_t packed_n = 0;  // all the weight's columns (the last panel's width, for paths whose tasks split elsewhere)
 };
 
-// The prepacked weight layout (one place; ops.cpp packs, the VNNI and AMX paths read it): a 1-D int8 tensor,
+// The prepacked weight layout (one place; ops.cpp packs, the AVX2, VNNI and AMX paths read it): a 1-D int8 tensor,
 // a 64-byte header (int32: kPackedMagic, N, K, then zeros) and ceil(N / 48) panels of packed_panel_bytes(K).
 constexpr int64_t kPackedPanel = 48;
 constexpr int64_t kPackedHeader = 64;
