@@ -348,8 +348,8 @@ using TileFn = void (*)(const int16_t*, int64_t, const int16_t*, int64_t, int64_
 //   a: MT rows of packed A (row stride lda int16, 4*k4n each); bp: 16 columns' first quad; bstep: bytes per quad row.
 template <int MT, int NV, class Finish>
 QLAB_AVX2 void tile_packed(const int16_t* a, int64_t lda, const int8_t* bp, int64_t bstep, int64_t k4n, int64_t rows,
-                           int64_t w, const int32_t* col_off, const FinishConsts& fin, void* out, int64_t ldc,
-                           int64_t m, int64_t n) {
+                           int64_t w, const int32_t* col_off, const int32_t* row_off, const FinishConsts& fin,
+                           void* out, int64_t ldc, int64_t m, int64_t n) {
   __m256i acc[MT][2 * NV];
 #pragma GCC unroll 8
   for (int r = 0; r < MT; ++r) {
@@ -383,13 +383,14 @@ QLAB_AVX2 void tile_packed(const int16_t* a, int64_t lda, const int8_t* bp, int6
       // [c0 c1 c4 c5 | c2 c3 c6 c7] -> c0..c7, plus the int32 bias
       __m256i x = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[r][2 * v], acc[r][2 * v + 1]), 0xD8);
       x = _mm256_add_epi32(x, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col_off + 8 * v)));
+      if (row_off) x = _mm256_add_epi32(x, _mm256_set1_epi32(row_off[r]));
       Finish::run(x, n + 8 * v, cnt, f, out, idx + 8 * v);
     }
   }
 }
 
 using PackedTileFn = void (*)(const int16_t*, int64_t, const int8_t*, int64_t, int64_t, int64_t, int64_t,
-                              const int32_t*, const FinishConsts&, void*, int64_t, int64_t, int64_t);
+                              const int32_t*, const int32_t*, const FinishConsts&, void*, int64_t, int64_t, int64_t);
 // [rows class]: 1 and 2 rows take 16 columns at once (8 or 16 accumulators + 4 panel registers), 3-4 and 5-6 rows
 // 8 columns (16 ymm registers in all).
 template <class Finish>
@@ -450,13 +451,23 @@ FinishConsts finish_consts(const Task& t, const Epilogue& e, std::vector<float>*
   return fin;
 }
 
-// A prepacked weight (zero point 0), read in place 16 columns at a time: A packed as int16 quads.
+// A prepacked B (a weight, or attention's k and v), read in place 16 columns at a time; A packed as int16 quads
+// (a - za). The panels hold b itself: a zero point zb != 0 (k, v) adds -zb * sum_k (a - za) to each row.
 void gemm_avx2_packed(const Task& t, const Epilogue& e, const FinishConsts& fin) {
   const int64_t M = t.m1 - t.m0, K = t.K;
   const int64_t kp4 = (K + 3) / 4 * 4, k4n = kp4 / 4;
   const int64_t mtiles = (M + MR - 1) / MR;
   std::vector<int16_t> apack(static_cast<size_t>(mtiles * MR * kp4 + 16), 0);
   pack_a(t.a, t.m0, M, K, kp4, apack.data());
+  std::vector<int32_t> row_corr;
+  if (t.b.zp != 0) {
+    row_corr.assign(static_cast<size_t>(M), 0);
+    for (int64_t m = 0; m < M; ++m) {
+      int64_t sum = 0;
+      for (int64_t k = 0; k < K; ++k) sum += apack[m * kp4 + k];
+      row_corr[m] = static_cast<int32_t>(-t.b.zp * sum);
+    }
+  }
   const auto& tiles = kPackedTiles[finisher_index(e)];
   alignas(32) int32_t col_off[NR] = {};
   for (int64_t n = t.n0; n < t.n1; n += NR) {  // n0 is a multiple of 16 (the AVX2 panel)
@@ -469,12 +480,13 @@ void gemm_avx2_packed(const Task& t, const Epilogue& e, const FinishConsts& fin)
       const int64_t rows = std::min<int64_t>(MR, M - mt);
       const int16_t* ab = apack.data() + mt * kp4;
       const int rc = rows_class(rows);
+      const int32_t* ro = row_corr.empty() ? nullptr : row_corr.data() + mt;
       if (rc < 2) {
-        tiles[rc](ab, kp4, bp, 4 * W, k4n, rows, w, col_off, fin, t.out, t.ldc, t.m0 + mt, n);
+        tiles[rc](ab, kp4, bp, 4 * W, k4n, rows, w, col_off, ro, fin, t.out, t.ldc, t.m0 + mt, n);
       } else {  // 8 columns at a time
         for (int64_t h = 0; h < 2 && 8 * h < w; ++h) {
-          tiles[rc](ab, kp4, bp + 32 * h, 4 * W, k4n, rows, w - 8 * h, col_off + 8 * h, fin, t.out, t.ldc, t.m0 + mt,
-                    n + 8 * h);
+          tiles[rc](ab, kp4, bp + 32 * h, 4 * W, k4n, rows, w - 8 * h, col_off + 8 * h, ro, fin, t.out, t.ldc,
+                    t.m0 + mt, n + 8 * h);
         }
       }
     }
@@ -482,6 +494,61 @@ void gemm_avx2_packed(const Task& t, const Epilogue& e, const FinishConsts& fin)
 }
 
 }  // namespace
+
+QLAB_AVX2 void pack_b_vnni_avx2(const MatB& b, int64_t N, int64_t K, int8_t* dst) {
+  const int64_t pb = packed_panel_bytes(K), k4n = (K + 3) / 4;
+  for (int64_t p = 0; p * kPackedPanel < N; ++p) {
+    const int64_t width = std::min<int64_t>(kPackedPanel, N - p * kPackedPanel);
+    const int64_t W = (width + 15) / 16 * 16;
+    const int64_t n0 = p * kPackedPanel;
+    int8_t* panel = dst + p * pb;
+    if (b.ns == 1 && width == W) {
+      // B row-major (v): 16 columns of 4 consecutive rows, interleaved byte by byte
+      for (int64_t k4 = 0; k4 < k4n; ++k4) {
+        for (int64_t g = 0; g < W; g += 16) {
+          __m128i r[4];
+          for (int t = 0; t < 4; ++t) {
+            const int64_t k = 4 * k4 + t;
+            r[t] = k < K ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.data + k * b.ks + n0 + g))
+                         : _mm_setzero_si128();
+          }
+          const __m128i lo01 = _mm_unpacklo_epi8(r[0], r[1]), hi01 = _mm_unpackhi_epi8(r[0], r[1]);
+          const __m128i lo23 = _mm_unpacklo_epi8(r[2], r[3]), hi23 = _mm_unpackhi_epi8(r[2], r[3]);
+          int8_t* d = panel + (k4 * W + g) * 4;
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(d), _mm_unpacklo_epi16(lo01, lo23));       // columns 0-3
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(d + 16), _mm_unpackhi_epi16(lo01, lo23));  // 4-7
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(d + 32), _mm_unpacklo_epi16(hi01, hi23));  // 8-11
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(d + 48), _mm_unpackhi_epi16(hi01, hi23));  // 12-15
+        }
+      }
+    } else if (b.ks == 1) {
+      // B^T row-major (k): a column's 4 consecutive k are one 32-bit word
+      for (int64_t j = 0; j < W; ++j) {
+        const int8_t* col = b.data + (n0 + j) * b.ns;
+        for (int64_t k4 = 0; k4 < k4n; ++k4) {
+          int8_t quad[4] = {0, 0, 0, 0};
+          if (j < width) {
+            if (4 * k4 + 4 <= K) {
+              std::memcpy(quad, col + 4 * k4, 4);
+            } else {
+              for (int64_t k = 4 * k4; k < K; ++k) quad[k - 4 * k4] = col[k];
+            }
+          }
+          std::memcpy(panel + (k4 * W + j) * 4, quad, 4);
+        }
+      }
+    } else {  // any other strides, or a partial panel
+      for (int64_t k4 = 0; k4 < k4n; ++k4) {
+        for (int64_t j = 0; j < W; ++j) {
+          for (int64_t t = 0; t < 4; ++t) {
+            const int64_t k = 4 * k4 + t;
+            panel[(k4 * W + j) * 4 + t] = j < width && k < K ? b.data[k * b.ks + (n0 + j) * b.ns] : 0;
+          }
+        }
+      }
+    }
+  }
+}
 
 void gemm_avx2(const Task& t, const Epilogue& e) {
   std::vector<float> zeros;
@@ -516,6 +583,7 @@ void gemm_avx2(const Task& t, const Epilogue& e) {
 
 namespace qlab {
 void gemm_avx2(const Task& t, const Epilogue& e) { gemm_scalar(t, e); }
+void pack_b_vnni_avx2(const MatB&, int64_t, int64_t, int8_t*) {}
 }  // namespace qlab
 
 #endif

@@ -325,7 +325,7 @@ void make_epilogue(EpilogueData& d, OutKind kind, Requant mode, bool relu, int64
 // The driver: split batch x rows x columns into tasks, run them on ATen's thread pool.
 
 // residual: float32 [M, N] added to a float32 output after the epilogue (out = epilogue(acc) + residual), or null.
-// packed: a prepacked weight (linear only, batch 1; the AVX2, VNNI and AMX paths), or null. table: 256 codes applied to
+// packed: a prepacked weight (linear only, batch 1; the SIMD paths), or null. table: 256 codes applied to
 // every 8-bit output code (index = the code's byte, top bit flipped for int8), or null.
 void run(int64_t batch, const std::vector<int64_t>& a_off, const std::vector<int64_t>& b_off, const MatA& a,
          const MatB& b, int64_t M, int64_t N, int64_t K, const Epilogue& e, at::Tensor& out,
@@ -503,7 +503,7 @@ at::Tensor pack_linear_weight_cpu(const at::Tensor& weight) {
   return out;
 }
 
-// The inverse of pack_linear_weight: the [N, K] weight (the AVX2 and scalar paths read a plain weight).
+// The inverse of pack_linear_weight: the [N, K] weight (the scalar path reads a plain weight).
 at::Tensor unpack_linear_weight(const at::Tensor& packed, int64_t N, int64_t K) {
   at::Tensor w = at::empty({N, K}, packed.options());
   const int8_t* src = packed.data_ptr<int8_t>() + kPackedHeader;
@@ -812,9 +812,10 @@ at::Tensor int8_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at
       (isa == Isa::Avx512Vnni || isa == Isa::Amx) && row_bound < 0x1p62 ? isoftmax_row_u8_avx512 : isoftmax_row_u8;
   const int64_t kAttnRows = std::max<int64_t>(attention_rows(T, S), 1);
   const int64_t blocks = (T + kAttnRows - 1) / kAttnRows;
-  // The VNNI and AMX paths read k and v prepacked (the layout of pack_linear_weight): each thread packs a head's k and
-  // v once, when its first block of that head comes, instead of once per block of rows (785 tokens: 13 blocks).
-  const bool prepack = isa == Isa::Avx512Vnni || isa == Isa::Amx;
+  // The SIMD paths read k and v prepacked (the layout of pack_linear_weight): each thread packs a head's k and v once,
+  // when its first block of that head comes, instead of once per block of rows (785 tokens: 13 blocks).
+  const bool prepack = isa != Isa::Scalar;
+  void (*pack_kv)(const MatB&, int64_t, int64_t, int8_t*) = isa == Isa::Avx2 ? pack_b_vnni_avx2 : pack_b_vnni;
   const int64_t k_bytes = (S + kPackedPanel - 1) / kPackedPanel * packed_panel_bytes(D);
   const int64_t v_bytes = (Dv + kPackedPanel - 1) / kPackedPanel * packed_panel_bytes(S);
   at::parallel_for(0, batch * blocks, 1, [&](int64_t t0, int64_t t1) {
@@ -833,8 +834,8 @@ at::Tensor int8_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at
       const MatB kb{kd + koff[bi], k.stride(-1), k.stride(-2), static_cast<int32_t>(k_zero_point)};
       const MatB vb{vd + voff[bi], v.stride(-2), v.stride(-1), static_cast<int32_t>(v_zero_point)};
       if (prepack && bi != packed_head) {
-        pack_b_vnni(kb, S, D, kpk);
-        pack_b_vnni(vb, Dv, S, vpk);
+        pack_kv(kb, S, D, kpk);
+        pack_kv(vb, Dv, S, vpk);
         packed_head = bi;
       }
       Task a;

@@ -106,6 +106,9 @@ inline int64_t packed_panel_bytes(int64_t K) { return packed_kp(K) * kPackedPane
 // B ([K, N] as MatB reads it) into the prepacked layout's panels (no header): what pack_linear_weight writes for a
 // weight, with the VNNI packing loops; the fused attention packs each head's k and v with it once (VNNI/AMX only).
 void pack_b_vnni(const MatB& b, int64_t N, int64_t K, int8_t* dst);
+// The same panels with AVX2 only (the fused attention on the AVX2 path), without the column sums (that path does not
+// read them).
+void pack_b_vnni_avx2(const MatB& b, int64_t N, int64_t K, int8_t* dst);
 
 // The paths. Each computes out[m0:m1, n0:n1] for one task.
 void gemm_scalar(const Task& t, const Epilogue& e);
