@@ -31,7 +31,8 @@ from .int8_mlp import gelu_table, lookup  # noqa: F401 -- equation (3) lives wit
 __all__ = [
     "vpdpbusd", "vpmaddubsw", "gelu_table", "lookup", "IntGELU", "IntLayerNorm", "integer_only",
     "load_attention_results", "load_e2e_results", "e2e_table", "load_linear_results", "linear_vs_onednn",
-    "linear_peaks", "softmax_code_errors", "lost_probability", "draw_peaks", "draw_attention",
+    "onednn_code_diffs", "linear_peaks", "softmax_code_errors", "lost_probability", "draw_peaks",
+    "draw_attention",
 ]
 
 
@@ -216,6 +217,19 @@ def linear_vs_onednn(results: dict, threads: int = 1, tokens: int = 197) -> dict
                       if n.startswith("qlab")}
     if not out:
         raise ValueError(f"no rows with M={tokens} at threads={threads}")
+    return out
+
+
+def onednn_code_diffs(results: dict, threads: int = 1, tokens: int = 197) -> dict[str, int]:
+    """Per linear with a uint8 output (``"qkv"``): the largest difference, in codes, between oneDNN's output and
+    qlab's exact one in the recording (1 at most where both compute exactly: the two round the same real number)."""
+    rows = results["results"].get(str(threads))
+    if rows is None:
+        raise ValueError(f"no results at threads={threads}; recorded: {sorted(results['results'])}")
+    out = {key.split(" ", 1)[0]: r["max_code_diff"] for key, r in rows.items()
+           if f"M={tokens}," in key and key.endswith("out uint8")}
+    if not out:
+        raise ValueError(f"no uint8 rows with M={tokens} at threads={threads}")
     return out
 
 

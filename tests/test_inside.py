@@ -79,6 +79,16 @@ def test_integer_only_swaps_modules_and_stays_close_at_16_bits():
         inside.integer_only(model, lambda mm: mm(x), bits=2)
 
 
+def test_onednn_code_diffs_read_the_uint8_rows():
+    rec = inside.load_linear_results()  # the VNNI recording: oneDNN computes exactly there, so within 1 code
+    diffs = inside.onednn_code_diffs(rec)
+    assert set(diffs) == {"qkv", "proj", "fc1", "fc2"} and all(0 <= d <= 1 for d in diffs.values())
+    with pytest.raises(ValueError, match="no results at threads=3"):
+        inside.onednn_code_diffs(rec, 3)
+    with pytest.raises(ValueError, match="no uint8 rows with M=5"):
+        inside.onednn_code_diffs(rec, 1, tokens=5)
+
+
 def test_linear_recording_reads_as_speeds_over_onednn(tmp_path):
     rec = inside.load_linear_results()
     for threads in (1, 2):
