@@ -55,7 +55,9 @@ def _burst_rate(call, seconds: float, rounds: int) -> float:
             break
         n = min(1 << 26, n * 4)
     n = max(1, min(1 << 26, int(n * seconds / max(t, 1e-9))))
-    best_ms = min(time_interleaved({"probe": lambda: call(n)}, rounds=rounds, number=1, warmup=1)["probe"].samples)
+    # a core that was idle may take a few hundred milliseconds to reach its full clock: run ~0.25 s first
+    best_ms = min(time_interleaved({"probe": lambda: call(n)}, rounds=rounds, number=1,
+                                   warmup=max(1, int(0.25 / seconds)))["probe"].samples)
     return call(n) / (best_ms / 1e3)
 
 
