@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""EfficientNet-Lite0 in int8 (notebook 11): accuracy per variant, the full sensitivity scans, mixed precision
+"""EfficientNet-Lite0 in int8 (notebooks 11 and 14): accuracy per variant, the full sensitivity scans, mixed precision
 to a budget, CLE and bias correction, kernels, sizes on disk, the AOTInductor package, and latency.
 
     .venv/bin/python benchmarks/bench_effnet.py                  # everything -> benchmarks/results/effnet.json

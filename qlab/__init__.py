@@ -58,9 +58,9 @@ module                                    what it holds                         
                                           mixed precision to an accuracy budget
 :mod:`qlab.cle`                           BN folding, cross-layer equalization (exact under ReLU6),    11
                                           bias correction (Nagel et al. 2019)
-:mod:`qlab.deploy`                        ``torch.export`` save/load, dead fp32 weights, AOTInductor   11
+:mod:`qlab.deploy`                        ``torch.export`` save/load, dead fp32 weights, AOTInductor   14
                                           packages, a run in a fresh process
-:mod:`qlab.debug_figures`                 notebook 11's figures and its recorded benchmark             11
+:mod:`qlab.debug_figures`                 notebook 11's figures and its recorded benchmark             11, 14
 :mod:`qlab.intonly`                       integer-only softmax, GELU, LayerNorm (I-BERT): references   12
                                           for the fused kernels
 :mod:`qlab.inside`                        VNNI instructions in PyTorch, integer-only GELU/LayerNorm in 12
@@ -76,7 +76,7 @@ module                                    what it holds                         
 :mod:`qlab.widgets`                       the live-figure pattern behind every interactive plot        01-11
 :mod:`qlab.show`                          library source and expected errors, shown short and exact    01-11
 :mod:`qlab.check`                         the environment checks of notebook 00                         00
-:mod:`qlab.exercises`                     the exercise checkers, one module per notebook               01-11, 13
+:mod:`qlab.exercises`                     the exercise checkers, one module per notebook               01-14
 ========================================  ==========================================================  ========
 
 Global state (the quantized engine, the random generators, threads, Inductor's flags) changes only

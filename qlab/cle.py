@@ -1,6 +1,6 @@
 """Cross-layer equalization and bias correction (Nagel, van Baalen, Blankevoort, Welling: "Data-Free
 Quantization Through Weight Equalization and Bias Correction", ICCV 2019), on the EfficientNet-Lite0 of
-:mod:`qlab.effnet`. Derived in ``notebooks/11-accuracy-debugging-and-deployment.ipynb``; the numbers are its
+:mod:`qlab.effnet`. Derived in ``notebooks/11-accuracy-debugging.ipynb``; the numbers are its
 equations.
 
 **BatchNorm folding** first (the quantizer folds it too, before it observes the weights), per output channel::

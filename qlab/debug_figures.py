@@ -1,5 +1,5 @@
-"""The figures of ``notebooks/11-accuracy-debugging-and-deployment.ipynb`` and the recorded results they read
-(``benchmarks/results/effnet.json``, written by ``benchmarks/bench_effnet.py``).
+"""The figures of ``notebooks/11-accuracy-debugging.ipynb`` (and the latency figure of ``14-deployment.ipynb``)
+and the recorded results they read (``benchmarks/results/effnet.json``, written by ``benchmarks/bench_effnet.py``).
 
 Every draw function takes a ``matplotlib.figure.Figure`` (never pyplot) and returns what it shows, so the
 notebook can assert the figure's message.

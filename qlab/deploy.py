@@ -1,4 +1,4 @@
-"""Save the int8 model and run it without its Python code (``notebooks/11-accuracy-debugging-and-deployment.ipynb``).
+"""Save the int8 model and run it without its Python code (``notebooks/14-deployment.ipynb``).
 
 Two artefacts, both ``.pt2`` zip files:
 

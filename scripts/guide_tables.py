@@ -44,7 +44,7 @@ PLAN = {
     ),
     "11": (
         "60 min",
-        "a real pretrained CNN: the layer that hurts, mixed precision, CLE, save and ship; exercises 11.1–11.3",
+        "a real pretrained CNN: the layer that hurts, mixed precision, CLE and bias correction; exercises 11.1–11.3",
     ),
     "12": (
         "45 min",
@@ -52,6 +52,7 @@ PLAN = {
         "integer-only; exercise 12.1",
     ),
     "13": ("60 min", "the capstone: a held-out model to int8 within a budget, faster than fp32"),
+    "14": ("30 min", "ship the int8 model: strip, save, load elsewhere, an AOTInductor package; exercise 14.1"),
 }
 
 

@@ -60,6 +60,18 @@ def _gelu_answer(zp_in=True, zp_out=True, rnd=torch.round, approximate="none", c
     return gelu_table
 
 
+def _unused_answer(buffers=True, modules=True, dot=True, get_attr=True):
+    """A learner's unused_tensors for 14.1 with one typical mistake."""
+
+    def unused_tensors(gm):
+        read = {n.target for n in gm.graph.nodes if n.op == "get_attr"} if get_attr else set()
+        called = [n.target + ("." if dot else "") for n in gm.graph.nodes if n.op == "call_module"] if modules else []
+        names = [k for k, _ in gm.named_parameters()] + ([k for k, _ in gm.named_buffers()] if buffers else [])
+        return [k for k in names if k not in read and not any(k.startswith(c) for c in called)]
+
+    return unused_tensors
+
+
 def _budget_answer(key="low", strict=False, shift=0, none=None):
     """A learner's float_layers_for_budget for 11.3 with one typical mistake."""
 
@@ -476,6 +488,14 @@ WRONG = {
         (_budget_answer(strict=True), "(>=, not >)"),
         (_budget_answer(shift=1), "off by one"),
         (_budget_answer(none=-1), "return None"),
+        (None, "answer with a function"),
+    ],
+    "14.1": [
+        (_unused_answer(buffers=False), "state_dict() holds buffers"),
+        (_unused_answer(modules=False), "belong to a submodule the graph calls"),
+        (_unused_answer(dot=False), "compare whole name components"),
+        (_unused_answer(get_attr=False), "is read by a get_attr node"),
+        (lambda gm: "fp32_weight", "return a list of names"),
         (None, "answer with a function"),
     ],
 }

@@ -10,7 +10,7 @@ every checker against its reference solution and against typical wrong answers.
 
 from __future__ import annotations
 
-from . import nb01, nb02, nb03, nb04, nb05, nb06, nb07, nb08, nb09, nb10, nb11, nb12, nb13  # noqa: F401  (registers the checkers)
+from . import nb01, nb02, nb03, nb04, nb05, nb06, nb07, nb08, nb09, nb10, nb11, nb12, nb13, nb14  # noqa: F401  (registers the checkers)
 from ._core import Feedback, check, exercises, solution
 from .nb03 import StubNet
 from .nb05 import Head05, Net05, trace_cases_05

@@ -1,4 +1,4 @@
-"""Exercises of ``notebooks/11-*.ipynb`` (accuracy debugging and deployment); reference answers in
+"""Exercises of ``notebooks/11-*.ipynb`` (accuracy debugging); reference answers in
 ``notebooks/solutions/11-*.py``."""
 
 from __future__ import annotations

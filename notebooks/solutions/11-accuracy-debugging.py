@@ -1,4 +1,4 @@
-"""Reference solutions for the exercises of 11-accuracy-debugging-and-deployment.ipynb (for instructors).
+"""Reference solutions for the exercises of 11-accuracy-debugging.ipynb (for instructors).
 
 Check one in the notebook with ``qlab.exercises.check("11.1", equalization_scales)``.
 """
