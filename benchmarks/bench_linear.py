@@ -3,6 +3,7 @@
 
     .venv/bin/python benchmarks/bench_linear.py             # 1 and 2 threads -> benchmarks/results/linear.json
     .venv/bin/python benchmarks/bench_linear.py --smoke     # 3 rounds, 1 thread, one shape -> /tmp
+    .venv/bin/python benchmarks/bench_linear.py --act-bits 7 --out benchmarks/results/linear-avx2-7bit.json
 
 ViT-B's four linears (qkv 768->2304, proj 768->768, fc1 768->3072, fc2 3072->768) at 197 tokens (batch 1) and
 16 x 197 tokens, per-channel symmetric int8 weights, a float bias, uint8 activations with a zero point. Both sides
@@ -13,7 +14,9 @@ freezing does); qlab runs twice, packing inside every call (``int8_linear``) and
 ``qlab.timing.time_interleaved`` (medians, IQRs, ratios paired per round); the outputs are compared (uint8: codes
 within 1; float32: max error), and each speed as a share of qlab's path's probed peak (``pct_peak``, notebook 12's
 roofline). Refuses to record when the 1-minute load average is above 0.5 (waits ``--wait`` s);
-records the machine and load.
+records the machine and load. ``--act-bits 7``: activations quantized to [0, 127] (PyTorch's ``reduce_range``), the
+same codes on both sides; on the AVX2 path qlab then multiplies with ``vpmaddubsw``, exact for 7-bit codes (notebook
+12).
 """
 
 from __future__ import annotations
@@ -40,12 +43,12 @@ ONEDNN, QLAB, FP32 = "oneDNN qlinear_pointwise (prepacked)", "qlab int8_linear",
 PACKED = "qlab int8_linear_packed (prepacked)"
 
 
-def case(M: int, K: int, N: int, seed: int = 0) -> dict:
+def case(M: int, K: int, N: int, seed: int = 0, act_bits: int = 8) -> dict:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(M, K, generator=g)
     w = torch.randn(N, K, generator=g) / K**0.5
     b = torch.randn(N, generator=g) * 0.1
-    xs = float(x.max() - x.min()) / 255
+    xs = float(x.max() - x.min()) / (2**act_bits - 1)
     xz = int(round(-float(x.min()) / xs))
     ws = w.abs().amax(1) / 127
     wq = torch.round(w / ws[:, None]).clamp(-127, 127).to(torch.int8)
@@ -89,12 +92,13 @@ def agreement(fns: dict, out_dtype: torch.dtype) -> dict:
     return {"max_abs_diff": float((a - b).abs().max()), "max_abs": float(a.abs().max())}
 
 
-def run(threads: int, tokens: list[int], rounds: int, shapes: dict, peak: float) -> dict:
+def run(threads: int, tokens: list[int], rounds: int, shapes: dict, peak: float, act_bits: int = 8) -> dict:
     """``peak``: one core's probed int8 peak (G multiply-adds/s) of the path qlab runs; x threads is the roof."""
     out = {}
     for M in tokens:
         for name, (K, N) in shapes.items():
-            c = case(M, K, N)
+            c = case(M, K, N, act_bits=act_bits)
+            assert int(c["xq"].max()) < 2**act_bits
             for out_dtype in (torch.uint8, torch.float32):
                 fns = candidates(c, out_dtype)
                 t = time_interleaved(fns, rounds=rounds)
@@ -121,6 +125,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, nargs="+", default=[197, 16 * 197])
     ap.add_argument("--smoke", action="store_true", help="3 rounds, 1 thread, 197 tokens, proj only, to /tmp")
     ap.add_argument("--wait", type=float, default=600)
+    ap.add_argument("--act-bits", type=int, choices=[7, 8], default=8,
+                    help="activation codes in [0, 2**bits - 1] (7: reduce_range), the same on both sides")
     ap.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "linear.json")
     args = ap.parse_args(argv)
     shapes = SHAPES
@@ -136,6 +142,7 @@ def main(argv=None) -> int:
     meta = _env.machine_info() | {
         "qlab_kernels": f"{qk.backend()} ({qk.isa()})",
         "loadavg_before": loadavg() if args.smoke else wait_for_quiet(0.5, args.wait),
+        "act_bits": args.act_bits,
         "command": "python benchmarks/bench_linear.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     t0 = time.perf_counter()
@@ -146,7 +153,7 @@ def main(argv=None) -> int:
     results = {}
     for threads in args.threads:
         with qlab.scoped(threads=threads):
-            results[str(threads)] = run(threads, args.tokens, args.rounds, shapes, peak)
+            results[str(threads)] = run(threads, args.tokens, args.rounds, shapes, peak, args.act_bits)
     meta["loadavg_after"] = loadavg()
     meta["wall_s"] = round(time.perf_counter() - t0, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)

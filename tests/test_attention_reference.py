@@ -171,6 +171,26 @@ def test_a_calibrated_p_scale_on_every_path(p_scale):
 
 
 @_native
+@pytest.mark.parametrize("softmax,p_scale", [("float", 1.0 / 127.0), ("int", 1.0 / 255.0)])
+def test_seven_bit_codes_on_every_path(softmax, p_scale):
+    """q's codes below 128 (and, with p_scale = 1/127, P's too) send the AVX2 path's two products to ``vpmaddubsw``,
+    which reads the column sums of the k and v it packed: the same bits as the reference everywhere."""
+    import qlab
+    import qlab.kernels as qk
+
+    g = torch.Generator().manual_seed(7)
+    q = torch.randint(0, 128, (2, 3, 37, 24), dtype=torch.uint8, generator=g)
+    k = torch.randint(-128, 128, (2, 3, 53, 24), dtype=torch.int8, generator=g)
+    v = torch.randint(-128, 128, (2, 3, 53, 20), dtype=torch.int8, generator=g)
+    args = (q, k, v, 0.02, 100, 0.015, -70, 0.03, 90, None, 0.05, 3, torch.uint8, softmax, "float", p_scale)
+    want = A.int8_attention(*args)
+    for isa in qk.available_isas():
+        for threads in (1, 2):
+            with qlab.scoped(threads=threads), qk.use_isa(isa):
+                assert torch.equal(torch.ops.qlab.int8_attention(*args), want), (isa, threads)
+
+
+@_native
 def test_the_kernel_names_bad_arguments():
     q, k, v, (sq, zq, sk, zk, sv, zv) = _attention_inputs()
     op = torch.ops.qlab.int8_attention

@@ -157,6 +157,35 @@ def test_packed_property(M, K, N, seed, x_signed, zx, out_dtype, relu, strided):
     assert torch.equal(got, want)
 
 
+@settings(deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    M=st.integers(1, 40), K=st.integers(1, 300), N=st.integers(1, 120), seed=st.integers(0, 2**16),
+    x_signed=st.booleans(), zx=st.sampled_from(["min", "max", "mid"]), out_dtype=st.sampled_from(
+        [torch.uint8, torch.int8, torch.float32, torch.int32]), relu=st.booleans(), outlier=st.booleans(),
+)
+def test_seven_bit_codes_are_exact(M, K, N, seed, x_signed, zx, out_dtype, relu, outlier):
+    """Codes below 128 send the AVX2 path to ``vpmaddubsw`` (exact only for them: 2 * 127 * 128 = 32512 fits int16);
+    extreme weights (-128 and 127 everywhere) make every pair sum as large as it gets. ``outlier``: one code of the
+    last row is 255 (uint8) or -1 (int8), so a task holding it takes the int16 route -- same results either way."""
+    x_dtype = torch.int8 if x_signed else torch.uint8
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 128, (M, K), dtype=x_dtype, generator=g)
+    if outlier:
+        x[-1, K // 2] = -1 if x_signed else 255
+    w = torch.where(torch.rand(N, K, generator=g) < 0.5, -128, 127).to(torch.int8)
+    ws = torch.rand(N, generator=g) * 0.01 + 1e-3
+    b = torch.randint(-5000, 5000, (N,), dtype=torch.int32, generator=g)
+    lo, hi = QRANGE[x_dtype]
+    z = {"min": lo, "max": hi, "mid": (lo + hi) // 2}[zx]
+    so, zo = (3.0, 7) if out_dtype in QRANGE else (1.0, 0)
+    want = R.int8_linear(x, w, ws, b, 0.01, z, so, zo, out_dtype, relu, "fixed" if out_dtype in QRANGE else "float")
+    packed = qk.pack_linear_weight(w)
+    requant = "fixed" if out_dtype in QRANGE else "float"
+    got = _every_path(lambda: torch.ops.qlab.int8_linear_packed(x, packed, N, ws, b, 0.01, z, so, zo, out_dtype,
+                                                                relu, None, requant))
+    assert torch.equal(got, want)
+
+
 def test_opcheck():
     x, w, ws, b, _ = _problem(6, 21, 50, seed=7)
     table = torch.arange(256).flip(0).to(torch.uint8)

@@ -15,6 +15,8 @@
 // Blocking: a 6 x 16 micro-tile (12 ymm accumulators), finished in registers.
 // Packed B panel: [k/2][16 columns][2] int16, so one 32-byte load holds 8 columns x 2 k.
 // A prepacked weight (pack_linear_weight, the VNNI layout) is not copied: tile_packed widens it in registers.
+// On a prepacked weight, A whose codes are all below 128 takes tile_packed7 instead: vpmaddubsw, which cannot
+// saturate on 7-bit codes (PyTorch's reduce_range), twice the products per instruction.
 // All SIMD functions carry __attribute__((target("avx2,fma"))): the file
 // compiles with generic flags and these functions only run when the CPU has AVX2.
 #include <algorithm>
@@ -391,6 +393,85 @@ QLAB_AVX2 void tile_packed(const int16_t* a, int64_t lda, const int8_t* bp, int6
 
 using PackedTileFn = void (*)(const int16_t*, int64_t, const int8_t*, int64_t, int64_t, int64_t, int64_t,
                               const int32_t*, const int32_t*, const FinishConsts&, void*, int64_t, int64_t, int64_t);
+
+// The 7-bit route: when every code of A is below 128, vpmaddubsw cannot saturate (|a0*b0 + a1*b1| <= 2*127*128 =
+// 32512), so it is exact, and it does twice the products per instruction of the widened vpmaddwd tile:
+//   vpmaddubsw(a, b) -> 16 int16 pair sums;  vpmaddwd(., 1) -> 8 int32 quad sums, one per column  (= vpdpbusd)
+// A is read as bytes (a itself; za goes to the column offsets, -za * colsum_B), a 32-bit quad broadcast per row.
+// An MT x 16 tile: MT * 2 accumulators, 2 panel registers, the broadcast and the ones (16 ymm for MT = 6).
+//   a: MT rows of A bytes (row stride lda, 4*k4n each, zero padded); other arguments as tile_packed.
+template <int MT, class Finish>
+QLAB_AVX2 void tile_packed7(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t bstep, int64_t k4n, int64_t rows,
+                            int64_t w, const int32_t* col_off, const int32_t* row_off, const FinishConsts& fin,
+                            void* out, int64_t ldc, int64_t m, int64_t n) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i acc[MT][2];
+#pragma GCC unroll 8
+  for (int r = 0; r < MT; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+  for (int64_t k = 0; k < k4n; ++k, bp += bstep) {
+    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp));
+    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + 32));
+#pragma GCC unroll 8
+    for (int r = 0; r < MT; ++r) {
+      int32_t quad;
+      std::memcpy(&quad, a + r * lda + 4 * k, sizeof(quad));
+      const __m256i av = _mm256_set1_epi32(quad);
+      acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(av, b0), ones));
+      acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(av, b1), ones));
+    }
+  }
+  const FinishConsts f = fin;
+#pragma GCC unroll 8
+  for (int r = 0; r < MT; ++r) {
+    if (r >= rows) break;
+    const int64_t idx = (m + r) * ldc + n;
+#pragma GCC unroll 2
+    for (int v = 0; v < 2; ++v) {
+      const int64_t cnt = std::min<int64_t>(8, w - 8 * v);
+      if (cnt <= 0) break;
+      __m256i x = _mm256_add_epi32(acc[r][v], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col_off + 8 * v)));
+      if (row_off) x = _mm256_add_epi32(x, _mm256_set1_epi32(row_off[r]));
+      Finish::run(x, n + 8 * v, cnt, f, out, idx + 8 * v);
+    }
+  }
+}
+
+using PackedTile7Fn = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, int64_t, int64_t, int64_t,
+                               const int32_t*, const int32_t*, const FinishConsts&, void*, int64_t, int64_t, int64_t);
+template <class Finish>
+constexpr std::array<PackedTile7Fn, 4> packed7_tiles_for = {tile_packed7<1, Finish>, tile_packed7<2, Finish>,
+                                                            tile_packed7<4, Finish>, tile_packed7<MR, Finish>};
+
+// True when no byte of A's rows [m0, m0 + M) has its top bit set: uint8 codes below 128, or int8 codes in [0, 128).
+QLAB_AVX2 bool seven_bit(const MatA& a, int64_t m0, int64_t M, int64_t K) {
+  __m256i any = _mm256_setzero_si256();
+  uint8_t tail = 0;
+  for (int64_t r = 0; r < M; ++r) {
+    const uint8_t* src = a.data + (m0 + r) * a.rs;
+    int64_t k = 0;
+    if (a.cs == 1) {
+      for (; k + 32 <= K; k += 32) {
+        any = _mm256_or_si256(any, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + k)));
+      }
+    }
+    for (; k < K; ++k) tail |= src[k * a.cs];
+  }
+  return _mm256_movemask_epi8(any) == 0 && (tail & 0x80) == 0;
+}
+
+// Rows [m0, m0 + rows) of A as bytes, row length kp4 (K rounded up to 4, zero padded).
+void pack_a_bytes(const MatA& a, int64_t m0, int64_t rows, int64_t K, int64_t kp4, uint8_t* dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t* src = a.data + (m0 + r) * a.rs;
+    uint8_t* d = dst + r * kp4;
+    if (a.cs == 1) {
+      std::memcpy(d, src, static_cast<size_t>(K));
+    } else {
+      for (int64_t k = 0; k < K; ++k) d[k] = src[k * a.cs];
+    }
+    std::memset(d + K, 0, static_cast<size_t>(kp4 - K));
+  }
+}
 // [rows class]: 1 and 2 rows take 16 columns at once (8 or 16 accumulators + 4 panel registers), 3-4 and 5-6 rows
 // 8 columns (16 ymm registers in all).
 template <class Finish>
@@ -417,6 +498,17 @@ int finisher_index(const Epilogue& e) {
   if (e.no_overflow) return 4 + (e.relu ? 1 : 0) + (e.fbias ? 2 : 0);
   return 2;
 }
+
+constexpr std::array<PackedTile7Fn, 4> kPacked7Tiles[] = {
+    packed7_tiles_for<FinInt32>,
+    packed7_tiles_for<FinFloat32>,
+    packed7_tiles_for<FinQ8Float>,
+    packed7_tiles_for<FinQ8Fixed>,
+    packed7_tiles_for<FinQ8FloatNoOverflow<false, false>>,
+    packed7_tiles_for<FinQ8FloatNoOverflow<true, false>>,
+    packed7_tiles_for<FinQ8FloatNoOverflow<false, true>>,
+    packed7_tiles_for<FinQ8FloatNoOverflow<true, true>>,
+};
 
 constexpr std::array<PackedTileFn, 4> kPackedTiles[] = {
     packed_tiles_for<FinInt32>,
@@ -453,8 +545,53 @@ FinishConsts finish_consts(const Task& t, const Epilogue& e, std::vector<float>*
 
 // A prepacked B (a weight, or attention's k and v), read in place 16 columns at a time; A packed as int16 quads
 // (a - za). The panels hold b itself: a zero point zb != 0 (k, v) adds -zb * sum_k (a - za) to each row.
+// The 7-bit route (tile_packed7) for the same task: A's bytes as they are; za and zb as offsets,
+//   sum_k (a - za)(b - zb) = sum_k a*b  - za * colsum_B[n]  - zb * (sum_k a - K * za)
+// with colsum_B the column sums the packed panel stores after its data.
+void gemm_avx2_packed7(const Task& t, const Epilogue& e, const FinishConsts& fin) {
+  const int64_t M = t.m1 - t.m0, K = t.K;
+  const int64_t kp4 = (K + 3) / 4 * 4, k4n = kp4 / 4;
+  const int64_t mtiles = (M + MR - 1) / MR;
+  std::vector<uint8_t> apack(static_cast<size_t>(mtiles * MR * kp4 + 32), 0);
+  pack_a_bytes(t.a, t.m0, M, K, kp4, apack.data());
+  std::vector<int32_t> row_corr;
+  if (t.b.zp != 0) {
+    row_corr.assign(static_cast<size_t>(M), 0);
+    for (int64_t m = 0; m < M; ++m) {
+      int64_t sum = 0;
+      for (int64_t k = 0; k < K; ++k) sum += apack[m * kp4 + k];
+      row_corr[m] = static_cast<int32_t>(-t.b.zp * (sum - K * static_cast<int64_t>(t.a.zp)));
+    }
+  }
+  const auto& tiles = kPacked7Tiles[finisher_index(e)];
+  alignas(32) int32_t col_off[NR] = {};
+  for (int64_t n = t.n0; n < t.n1; n += NR) {  // n0 is a multiple of 16 (the AVX2 panel)
+    const int64_t w = std::min<int64_t>(NR, t.n1 - n);
+    const int64_t p = n / kPackedPanel;
+    const int64_t W = (std::min<int64_t>(kPackedPanel, t.packed_n - p * kPackedPanel) + 15) / 16 * 16;
+    const int8_t* panel = t.packed + p * t.packed_stride;
+    const int8_t* bp = panel + 64 * ((n % kPackedPanel) / 16);
+    int32_t colsum[NR];
+    std::memcpy(colsum, panel + t.packed_colsum + 4 * (n % kPackedPanel), sizeof(colsum));
+    for (int64_t j = 0; j < NR; ++j) {  // bias - za * colsum, wrapping as the accumulator does (no signed overflow)
+      const uint32_t bias = e.bias && j < w ? static_cast<uint32_t>(e.bias[n + j]) : 0u;
+      col_off[j] = static_cast<int32_t>(bias - static_cast<uint32_t>(t.a.zp) * static_cast<uint32_t>(colsum[j]));
+    }
+    for (int64_t mt = 0; mt < M; mt += MR) {
+      const int64_t rows = std::min<int64_t>(MR, M - mt);
+      const int32_t* ro = row_corr.empty() ? nullptr : row_corr.data() + mt;
+      tiles[rows_class(rows)](apack.data() + mt * kp4, kp4, bp, 4 * W, k4n, rows, w, col_off, ro, fin, t.out, t.ldc,
+                              t.m0 + mt, n);
+    }
+  }
+}
+
 void gemm_avx2_packed(const Task& t, const Epilogue& e, const FinishConsts& fin) {
   const int64_t M = t.m1 - t.m0, K = t.K;
+  if (seven_bit(t.a, t.m0, M, K)) {
+    gemm_avx2_packed7(t, e, fin);
+    return;
+  }
   const int64_t kp4 = (K + 3) / 4 * 4, k4n = kp4 / 4;
   const int64_t mtiles = (M + MR - 1) / MR;
   std::vector<int16_t> apack(static_cast<size_t>(mtiles * MR * kp4 + 16), 0);
@@ -547,6 +684,15 @@ QLAB_AVX2 void pack_b_vnni_avx2(const MatB& b, int64_t N, int64_t K, int8_t* dst
         }
       }
     }
+    // the column sums after the data, as pack_linear_weight stores them (the 7-bit route reads them)
+    int32_t colsum[kPackedPanel] = {};
+    for (int64_t k4 = 0; k4 < k4n; ++k4) {
+      for (int64_t j = 0; j < W; ++j) {
+        const int8_t* q = panel + (k4 * W + j) * 4;
+        colsum[j] += q[0] + q[1] + q[2] + q[3];
+      }
+    }
+    std::memcpy(panel + packed_kp(K) * kPackedPanel, colsum, sizeof(colsum));
   }
 }
 

@@ -338,7 +338,8 @@ def int8_linear_packed(
     one more epilogue: ``table``, 256 codes applied to the 8-bit output (``out = table[code − min(out_dtype)]``, the
     result of the table's dtype): a GELU between two per-tensor-quantized activations, exactly
     (:func:`qlab.int8_mlp.gelu_table`). The VNNI and AMX paths read the packed panels in place, the AVX2 path widens
-    them to int16 as it goes, the scalar path unpacks the weight per call. ``residual`` (float32 output only): added
+    them to int16 as it goes (or, when every code of x is below 128, multiplies bytes with ``vpmaddubsw``, exact for
+    such codes), the scalar path unpacks the weight per call. ``residual`` (float32 output only): added
     to the output in the same pass (``out + residual``, a skip connection). Notebook 12.
     """
     weight_scale = _weight_scale(weight_scale)
