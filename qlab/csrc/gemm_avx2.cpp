@@ -543,9 +543,36 @@ FinishConsts finish_consts(const Task& t, const Epilogue& e, std::vector<float>*
   return fin;
 }
 
-// A prepacked B (a weight, or attention's k and v), read in place 16 columns at a time; A packed as int16 quads
-// (a - za). The panels hold b itself: a zero point zb != 0 (k, v) adds -zb * sum_k (a - za) to each row.
-// The 7-bit route (tile_packed7) for the same task: A's bytes as they are; za and zb as offsets,
+// What both routes on a prepacked B need: the 16-column strip at column n (n0 is a multiple of 16, the AVX2 panel),
+// and -zb * sum_k (a - za) per row when B has a zero point (attention's k and v; a weight has none).
+struct Strip {
+  const int8_t* panel;  // the 48-column panel holding the strip (its column sums follow its data)
+  const int8_t* bp;     // the strip's first quad row
+  int64_t w, W;         // real columns in the strip; columns per quad row of the panel
+};
+
+Strip strip_at(const Task& t, int64_t n) {
+  const int64_t p = n / kPackedPanel;
+  const int8_t* panel = t.packed + p * t.packed_stride;
+  return {panel, panel + 64 * ((n % kPackedPanel) / 16), std::min<int64_t>(NR, t.n1 - n),
+          (std::min<int64_t>(kPackedPanel, t.packed_n - p * kPackedPanel) + 15) / 16 * 16};
+}
+
+// apack: M rows of K values (row stride kp4) still holding the zero point za (0 when packing subtracted it).
+template <class T>
+std::vector<int32_t> row_corrections(const Task& t, const T* apack, int64_t M, int64_t kp4, int64_t za) {
+  std::vector<int32_t> rc;
+  if (t.b.zp == 0) return rc;
+  rc.assign(static_cast<size_t>(M), 0);
+  for (int64_t m = 0; m < M; ++m) {
+    int64_t sum = 0;
+    for (int64_t k = 0; k < t.K; ++k) sum += apack[m * kp4 + k];
+    rc[m] = static_cast<int32_t>(-t.b.zp * (sum - t.K * za));
+  }
+  return rc;
+}
+
+// The 7-bit route (tile_packed7): A's bytes as they are; za and zb as offsets,
 //   sum_k (a - za)(b - zb) = sum_k a*b  - za * colsum_B[n]  - zb * (sum_k a - K * za)
 // with colsum_B the column sums the packed panel stores after its data.
 void gemm_avx2_packed7(const Task& t, const Epilogue& e, const FinishConsts& fin) {
@@ -554,38 +581,28 @@ void gemm_avx2_packed7(const Task& t, const Epilogue& e, const FinishConsts& fin
   const int64_t mtiles = (M + MR - 1) / MR;
   std::vector<uint8_t> apack(static_cast<size_t>(mtiles * MR * kp4 + 32), 0);
   pack_a_bytes(t.a, t.m0, M, K, kp4, apack.data());
-  std::vector<int32_t> row_corr;
-  if (t.b.zp != 0) {
-    row_corr.assign(static_cast<size_t>(M), 0);
-    for (int64_t m = 0; m < M; ++m) {
-      int64_t sum = 0;
-      for (int64_t k = 0; k < K; ++k) sum += apack[m * kp4 + k];
-      row_corr[m] = static_cast<int32_t>(-t.b.zp * (sum - K * static_cast<int64_t>(t.a.zp)));
-    }
-  }
+  const std::vector<int32_t> row_corr = row_corrections(t, apack.data(), M, kp4, t.a.zp);
   const auto& tiles = kPacked7Tiles[finisher_index(e)];
   alignas(32) int32_t col_off[NR] = {};
-  for (int64_t n = t.n0; n < t.n1; n += NR) {  // n0 is a multiple of 16 (the AVX2 panel)
-    const int64_t w = std::min<int64_t>(NR, t.n1 - n);
-    const int64_t p = n / kPackedPanel;
-    const int64_t W = (std::min<int64_t>(kPackedPanel, t.packed_n - p * kPackedPanel) + 15) / 16 * 16;
-    const int8_t* panel = t.packed + p * t.packed_stride;
-    const int8_t* bp = panel + 64 * ((n % kPackedPanel) / 16);
+  for (int64_t n = t.n0; n < t.n1; n += NR) {
+    const Strip s = strip_at(t, n);
     int32_t colsum[NR];
-    std::memcpy(colsum, panel + t.packed_colsum + 4 * (n % kPackedPanel), sizeof(colsum));
+    std::memcpy(colsum, s.panel + t.packed_colsum + 4 * (n % kPackedPanel), sizeof(colsum));
     for (int64_t j = 0; j < NR; ++j) {  // bias - za * colsum, wrapping as the accumulator does (no signed overflow)
-      const uint32_t bias = e.bias && j < w ? static_cast<uint32_t>(e.bias[n + j]) : 0u;
+      const uint32_t bias = e.bias && j < s.w ? static_cast<uint32_t>(e.bias[n + j]) : 0u;
       col_off[j] = static_cast<int32_t>(bias - static_cast<uint32_t>(t.a.zp) * static_cast<uint32_t>(colsum[j]));
     }
     for (int64_t mt = 0; mt < M; mt += MR) {
       const int64_t rows = std::min<int64_t>(MR, M - mt);
       const int32_t* ro = row_corr.empty() ? nullptr : row_corr.data() + mt;
-      tiles[rows_class(rows)](apack.data() + mt * kp4, kp4, bp, 4 * W, k4n, rows, w, col_off, ro, fin, t.out, t.ldc,
-                              t.m0 + mt, n);
+      tiles[rows_class(rows)](apack.data() + mt * kp4, kp4, s.bp, 4 * s.W, k4n, rows, s.w, col_off, ro, fin, t.out,
+                              t.ldc, t.m0 + mt, n);
     }
   }
 }
 
+// A prepacked B (a weight, or attention's k and v), read in place 16 columns at a time; A packed as int16 quads
+// (a - za), or, when every code of A is below 128, the 7-bit route above.
 void gemm_avx2_packed(const Task& t, const Epilogue& e, const FinishConsts& fin) {
   const int64_t M = t.m1 - t.m0, K = t.K;
   if (seven_bit(t.a, t.m0, M, K)) {
@@ -596,22 +613,12 @@ void gemm_avx2_packed(const Task& t, const Epilogue& e, const FinishConsts& fin)
   const int64_t mtiles = (M + MR - 1) / MR;
   std::vector<int16_t> apack(static_cast<size_t>(mtiles * MR * kp4 + 16), 0);
   pack_a(t.a, t.m0, M, K, kp4, apack.data());
-  std::vector<int32_t> row_corr;
-  if (t.b.zp != 0) {
-    row_corr.assign(static_cast<size_t>(M), 0);
-    for (int64_t m = 0; m < M; ++m) {
-      int64_t sum = 0;
-      for (int64_t k = 0; k < K; ++k) sum += apack[m * kp4 + k];
-      row_corr[m] = static_cast<int32_t>(-t.b.zp * sum);
-    }
-  }
+  const std::vector<int32_t> row_corr = row_corrections(t, apack.data(), M, kp4, 0);
   const auto& tiles = kPackedTiles[finisher_index(e)];
   alignas(32) int32_t col_off[NR] = {};
-  for (int64_t n = t.n0; n < t.n1; n += NR) {  // n0 is a multiple of 16 (the AVX2 panel)
-    const int64_t w = std::min<int64_t>(NR, t.n1 - n);
-    const int64_t p = n / kPackedPanel;
-    const int64_t W = (std::min<int64_t>(kPackedPanel, t.packed_n - p * kPackedPanel) + 15) / 16 * 16;
-    const int8_t* bp = t.packed + p * t.packed_stride + 64 * ((n % kPackedPanel) / 16);
+  for (int64_t n = t.n0; n < t.n1; n += NR) {
+    const Strip s = strip_at(t, n);
+    const int64_t w = s.w;
     for (int64_t j = 0; j < NR; ++j) col_off[j] = e.bias && j < w ? e.bias[n + j] : 0;
     for (int64_t mt = 0; mt < M; mt += MR) {
       const int64_t rows = std::min<int64_t>(MR, M - mt);
@@ -619,10 +626,10 @@ void gemm_avx2_packed(const Task& t, const Epilogue& e, const FinishConsts& fin)
       const int rc = rows_class(rows);
       const int32_t* ro = row_corr.empty() ? nullptr : row_corr.data() + mt;
       if (rc < 2) {
-        tiles[rc](ab, kp4, bp, 4 * W, k4n, rows, w, col_off, ro, fin, t.out, t.ldc, t.m0 + mt, n);
+        tiles[rc](ab, kp4, s.bp, 4 * s.W, k4n, rows, w, col_off, ro, fin, t.out, t.ldc, t.m0 + mt, n);
       } else {  // 8 columns at a time
         for (int64_t h = 0; h < 2 && 8 * h < w; ++h) {
-          tiles[rc](ab, kp4, bp + 32 * h, 4 * W, k4n, rows, w - 8 * h, col_off + 8 * h, ro, fin, t.out, t.ldc,
+          tiles[rc](ab, kp4, s.bp + 32 * h, 4 * s.W, k4n, rows, w - 8 * h, col_off + 8 * h, ro, fin, t.out, t.ldc,
                     t.m0 + mt, n + 8 * h);
         }
       }
