@@ -71,7 +71,9 @@ QLAB_AMX int64_t burst_amx(int64_t n) {
     cfg.rows[i] = 16;
     cfg.colsb[i] = 64;
   }
-  _tile_loadconfig(&cfg);
+  // Not _tile_loadconfig: GCC's version tells the compiler it reads only 8 bytes of cfg, so the stores of rows/colsb
+  // may be dropped as dead, and the first tile instruction then raises SIGILL (as gemm_amx.cpp's amx_config says).
+  asm volatile("ldtilecfg %0" : : "m"(cfg));
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
