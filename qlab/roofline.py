@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 #: The paths with one multiply-add instruction to probe (the scalar path has none).
-PROBED_ISAS = ("avx2", "avx512_vnni", "amx")
+PROBED_ISAS = ("avx2", "avx_vnni", "avx512_vnni", "amx")
 #: ViT-B's four linears, ``(K, N)`` (in features, out features).
 VIT_B_LINEARS = {"qkv": (768, 2304), "proj": (768, 768), "fc1": (768, 3072), "fc2": (3072, 768)}
 
@@ -63,7 +63,7 @@ def _burst_rate(call, seconds: float, rounds: int) -> float:
 
 def peak_gmacs(isa: str | None = None, *, seconds: float = 0.01, rounds: int = 5) -> float:
     """G multiply-adds per second one core does with ``isa``'s instruction (default: the path the ops use now),
-    on registers only: ``vpmaddwd`` (avx2), ``vpdpbusd`` (avx512_vnni), ``tdpbusd`` (amx)."""
+    on registers only: ``vpmaddwd`` (avx2), ``vpdpbusd`` on ymm (avx_vnni) or zmm (avx512_vnni), ``tdpbusd`` (amx)."""
     _native("peak_gmacs")
     isa = qk.isa() if isa is None else isa
     check_choice("isa", isa, PROBED_ISAS)

@@ -14,7 +14,7 @@ import qlab.kernels as qk
 from qlab import roofline as rl
 
 native = pytest.mark.skipif(qk.backend() != "native", reason="the probes are compiled code")
-MAX_MACS_PER_CYCLE = {"avx2": 2 * 16, "avx512_vnni": 2 * 64, "amx": 1024}
+MAX_MACS_PER_CYCLE = {"avx2": 2 * 16, "avx_vnni": 2 * 32, "avx512_vnni": 2 * 64, "amx": 1024}
 
 
 @native

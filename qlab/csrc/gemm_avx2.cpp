@@ -15,10 +15,14 @@
 // Blocking: a 6 x 16 micro-tile (12 ymm accumulators), finished in registers.
 // Packed B panel: [k/2][16 columns][2] int16, so one 32-byte load holds 8 columns x 2 k.
 // A prepacked weight (pack_linear_weight, the VNNI layout) is not copied: tile_packed widens it in registers.
-// On a prepacked weight, A whose codes are all below 128 takes tile_packed7 instead: vpmaddubsw, which cannot
+// On a prepacked weight, A whose codes are all below 128 takes tile_bytes<Dot7> instead: vpmaddubsw, which cannot
 // saturate on 7-bit codes (PyTorch's reduce_range), twice the products per instruction.
+//
+// The AVX-VNNI path (gemm_avx_vnni) is the same byte tile with DotVnni: one VEX vpdpbusd (8 lanes x 4 uint8*int8
+// products into int32, exact like its AVX-512 form) for every A, int8 A shifted to uint8 by flipping its top bit.
 // All SIMD functions carry __attribute__((target("avx2,fma"))): the file
-// compiles with generic flags and these functions only run when the CPU has AVX2.
+// compiles with generic flags and these functions only run when the CPU has AVX2 (vpdpbusd is written as inline
+// assembly, so no function needs the compiler's avxvnni target; ops.cpp calls it only when CPUID reports AVX-VNNI).
 #include <algorithm>
 #include <array>
 #include <cstring>
@@ -394,17 +398,32 @@ QLAB_AVX2 void tile_packed(const int16_t* a, int64_t lda, const int8_t* bp, int6
 using PackedTileFn = void (*)(const int16_t*, int64_t, const int8_t*, int64_t, int64_t, int64_t, int64_t,
                               const int32_t*, const int32_t*, const FinishConsts&, void*, int64_t, int64_t, int64_t);
 
-// The 7-bit route: when every code of A is below 128, vpmaddubsw cannot saturate (|a0*b0 + a1*b1| <= 2*127*128 =
-// 32512), so it is exact, and it does twice the products per instruction of the widened vpmaddwd tile:
-//   vpmaddubsw(a, b) -> 16 int16 pair sums;  vpmaddwd(., 1) -> 8 int32 quad sums, one per column  (= vpdpbusd)
-// A is read as bytes (a itself; za goes to the column offsets, -za * colsum_B), a 32-bit quad broadcast per row.
-// An MT x 16 tile: MT * 2 accumulators, 2 panel registers, the broadcast and the ones (16 ymm for MT = 6).
+// The 4-product step of the byte tiles: acc += a[4i..4i+3] . b[4i..4i+3] in each int32 lane (a uint8, b int8).
+// Dot7, plain AVX2: vpmaddubsw -> 16 int16 pair sums, vpmaddwd(., 1) -> 8 int32 quad sums. Exact only when every code
+// of a is below 128 (|a0*b0 + a1*b1| <= 2*127*128 = 32512); 255*127*2 = 64770 would saturate the int16.
+struct Dot7 {
+  static constexpr bool kAnyByte = false;
+  QLAB_AVX2_INLINE static __m256i run(__m256i acc, __m256i a, __m256i b) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)));
+  }
+};
+// DotVnni, AVX-VNNI: one vpdpbusd, the four products summed in int32 (no int16 step): exact for every byte.
+struct DotVnni {
+  static constexpr bool kAnyByte = true;
+  QLAB_AVX2_INLINE static __m256i run(__m256i acc, __m256i a, __m256i b) {
+    asm("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(a), "xm"(b));
+    return acc;
+  }
+};
+
+// The byte tile: A read as bytes (a itself; za goes to the column offsets, -za * colsum_B), a 32-bit quad broadcast
+// per row, 32 bytes of the panel (8 columns x 4 k) per register. An MT x 16 tile: MT * 2 accumulators, 2 panel
+// registers, the broadcast (and Dot7's ones): 16 ymm for MT = 6.
 //   a: MT rows of A bytes (row stride lda, 4*k4n each, zero padded); other arguments as tile_packed.
-template <int MT, class Finish>
-QLAB_AVX2 void tile_packed7(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t bstep, int64_t k4n, int64_t rows,
-                            int64_t w, const int32_t* col_off, const int32_t* row_off, const FinishConsts& fin,
-                            void* out, int64_t ldc, int64_t m, int64_t n) {
-  const __m256i ones = _mm256_set1_epi16(1);
+template <int MT, class Dot, class Finish>
+QLAB_AVX2 void tile_bytes(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t bstep, int64_t k4n, int64_t rows,
+                          int64_t w, const int32_t* col_off, const int32_t* row_off, const FinishConsts& fin, void* out,
+                          int64_t ldc, int64_t m, int64_t n) {
   __m256i acc[MT][2];
 #pragma GCC unroll 8
   for (int r = 0; r < MT; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
@@ -416,8 +435,8 @@ QLAB_AVX2 void tile_packed7(const uint8_t* a, int64_t lda, const int8_t* bp, int
       int32_t quad;
       std::memcpy(&quad, a + r * lda + 4 * k, sizeof(quad));
       const __m256i av = _mm256_set1_epi32(quad);
-      acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(av, b0), ones));
-      acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(av, b1), ones));
+      acc[r][0] = Dot::run(acc[r][0], av, b0);
+      acc[r][1] = Dot::run(acc[r][1], av, b1);
     }
   }
   const FinishConsts f = fin;
@@ -436,11 +455,11 @@ QLAB_AVX2 void tile_packed7(const uint8_t* a, int64_t lda, const int8_t* bp, int
   }
 }
 
-using PackedTile7Fn = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, int64_t, int64_t, int64_t,
-                               const int32_t*, const int32_t*, const FinishConsts&, void*, int64_t, int64_t, int64_t);
-template <class Finish>
-constexpr std::array<PackedTile7Fn, 4> packed7_tiles_for = {tile_packed7<1, Finish>, tile_packed7<2, Finish>,
-                                                            tile_packed7<4, Finish>, tile_packed7<MR, Finish>};
+using ByteTileFn = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, int64_t, int64_t, int64_t, const int32_t*,
+                            const int32_t*, const FinishConsts&, void*, int64_t, int64_t, int64_t);
+template <class Dot, class Finish>
+constexpr std::array<ByteTileFn, 4> byte_tiles_for = {tile_bytes<1, Dot, Finish>, tile_bytes<2, Dot, Finish>,
+                                                      tile_bytes<4, Dot, Finish>, tile_bytes<MR, Dot, Finish>};
 
 // True when no byte of A's rows [m0, m0 + M) has its top bit set: uint8 codes below 128, or int8 codes in [0, 128).
 QLAB_AVX2 bool seven_bit(const MatA& a, int64_t m0, int64_t M, int64_t K) {
@@ -459,8 +478,9 @@ QLAB_AVX2 bool seven_bit(const MatA& a, int64_t m0, int64_t M, int64_t K) {
   return _mm256_movemask_epi8(any) == 0 && (tail & 0x80) == 0;
 }
 
-// Rows [m0, m0 + rows) of A as bytes, row length kp4 (K rounded up to 4, zero padded).
-void pack_a_bytes(const MatA& a, int64_t m0, int64_t rows, int64_t K, int64_t kp4, uint8_t* dst) {
+// Rows [m0, m0 + rows) of A as bytes, row length kp4 (K rounded up to 4, zero padded); flip: XOR each byte with
+// 0x80, which maps int8 a to the uint8 a + 128 (the caller adds 128 to the zero point).
+void pack_a_bytes(const MatA& a, int64_t m0, int64_t rows, int64_t K, int64_t kp4, bool flip, uint8_t* dst) {
   for (int64_t r = 0; r < rows; ++r) {
     const uint8_t* src = a.data + (m0 + r) * a.rs;
     uint8_t* d = dst + r * kp4;
@@ -468,6 +488,9 @@ void pack_a_bytes(const MatA& a, int64_t m0, int64_t rows, int64_t K, int64_t kp
       std::memcpy(d, src, static_cast<size_t>(K));
     } else {
       for (int64_t k = 0; k < K; ++k) d[k] = src[k * a.cs];
+    }
+    if (flip) {
+      for (int64_t k = 0; k < K; ++k) d[k] ^= 0x80;
     }
     std::memset(d + K, 0, static_cast<size_t>(kp4 - K));
   }
@@ -499,15 +522,16 @@ int finisher_index(const Epilogue& e) {
   return 2;
 }
 
-constexpr std::array<PackedTile7Fn, 4> kPacked7Tiles[] = {
-    packed7_tiles_for<FinInt32>,
-    packed7_tiles_for<FinFloat32>,
-    packed7_tiles_for<FinQ8Float>,
-    packed7_tiles_for<FinQ8Fixed>,
-    packed7_tiles_for<FinQ8FloatNoOverflow<false, false>>,
-    packed7_tiles_for<FinQ8FloatNoOverflow<true, false>>,
-    packed7_tiles_for<FinQ8FloatNoOverflow<false, true>>,
-    packed7_tiles_for<FinQ8FloatNoOverflow<true, true>>,
+template <class Dot>
+constexpr std::array<ByteTileFn, 4> kByteTiles[] = {
+    byte_tiles_for<Dot, FinInt32>,
+    byte_tiles_for<Dot, FinFloat32>,
+    byte_tiles_for<Dot, FinQ8Float>,
+    byte_tiles_for<Dot, FinQ8Fixed>,
+    byte_tiles_for<Dot, FinQ8FloatNoOverflow<false, false>>,
+    byte_tiles_for<Dot, FinQ8FloatNoOverflow<true, false>>,
+    byte_tiles_for<Dot, FinQ8FloatNoOverflow<false, true>>,
+    byte_tiles_for<Dot, FinQ8FloatNoOverflow<true, true>>,
 };
 
 constexpr std::array<PackedTileFn, 4> kPackedTiles[] = {
@@ -543,18 +567,19 @@ FinishConsts finish_consts(const Task& t, const Epilogue& e, std::vector<float>*
   return fin;
 }
 
-// What both routes on a prepacked B need: the 16-column strip at column n (n0 is a multiple of 16, the AVX2 panel),
-// and -zb * sum_k (a - za) per row when B has a zero point (attention's k and v; a weight has none).
+// What both routes on a packed B need: the 16-column strip at column n (n - packed_n0 is a multiple of 16, the AVX2
+// panel), and -zb * sum_k (a - za) per row when B has a zero point (attention's k and v; a weight has none).
 struct Strip {
   const int8_t* panel;  // the 48-column panel holding the strip (its column sums follow its data)
   const int8_t* bp;     // the strip's first quad row
+  int64_t j;            // the strip's first column within its panel
   int64_t w, W;         // real columns in the strip; columns per quad row of the panel
 };
 
 Strip strip_at(const Task& t, int64_t n) {
-  const int64_t p = n / kPackedPanel;
+  const int64_t p = (n - t.packed_n0) / kPackedPanel, j = (n - t.packed_n0) % kPackedPanel;
   const int8_t* panel = t.packed + p * t.packed_stride;
-  return {panel, panel + 64 * ((n % kPackedPanel) / 16), std::min<int64_t>(NR, t.n1 - n),
+  return {panel, panel + 64 * (j / 16), j, std::min<int64_t>(NR, t.n1 - n),
           (std::min<int64_t>(kPackedPanel, t.packed_n - p * kPackedPanel) + 15) / 16 * 16};
 }
 
@@ -572,25 +597,45 @@ std::vector<int32_t> row_corrections(const Task& t, const T* apack, int64_t M, i
   return rc;
 }
 
-// The 7-bit route (tile_packed7): A's bytes as they are; za and zb as offsets,
+// The byte route (tile_bytes): A's bytes as they are (int8 A flipped to uint8 when the Dot takes any byte, with
+// za + 128); za and zb as offsets,
 //   sum_k (a - za)(b - zb) = sum_k a*b  - za * colsum_B[n]  - zb * (sum_k a - K * za)
-// with colsum_B the column sums the packed panel stores after its data.
-void gemm_avx2_packed7(const Task& t, const Epilogue& e, const FinishConsts& fin) {
+// with colsum_B the column sums each packed panel stores after its data. B prepacked (t.packed), or packed here one
+// 48-column panel at a time, which every row tile then reads while it is hot.
+template <class Dot>
+void gemm_bytes(const Task& t, const Epilogue& e, const FinishConsts& fin) {
   const int64_t M = t.m1 - t.m0, K = t.K;
   const int64_t kp4 = (K + 3) / 4 * 4, k4n = kp4 / 4;
   const int64_t mtiles = (M + MR - 1) / MR;
+  const bool flip = Dot::kAnyByte && t.a.is_signed;
+  const int64_t za = t.a.zp + (flip ? 128 : 0);
   std::vector<uint8_t> apack(static_cast<size_t>(mtiles * MR * kp4 + 32), 0);
-  pack_a_bytes(t.a, t.m0, M, K, kp4, apack.data());
-  const std::vector<int32_t> row_corr = row_corrections(t, apack.data(), M, kp4, t.a.zp);
-  const auto& tiles = kPacked7Tiles[finisher_index(e)];
+  pack_a_bytes(t.a, t.m0, M, K, kp4, flip, apack.data());
+  const std::vector<int32_t> row_corr = row_corrections(t, apack.data(), M, kp4, za);
+  const auto& tiles = kByteTiles<Dot>[finisher_index(e)];
+  Task tp = t;  // B as the tiles read it
+  std::vector<int8_t> own;
+  if (!t.packed) {
+    own.resize(static_cast<size_t>(packed_panel_bytes(K)));
+    tp.packed = own.data();
+    tp.packed_stride = packed_panel_bytes(K);
+    tp.packed_colsum = packed_kp(K) * kPackedPanel;
+  }
   alignas(32) int32_t col_off[NR] = {};
   for (int64_t n = t.n0; n < t.n1; n += NR) {
-    const Strip s = strip_at(t, n);
+    if (!t.packed && (n - t.n0) % kPackedPanel == 0) {  // the next 48 columns of B
+      tp.packed_n0 = n;
+      tp.packed_n = std::min<int64_t>(kPackedPanel, t.n1 - n);
+      MatB b = t.b;
+      b.data += n * b.ns;
+      pack_b_vnni_avx2(b, tp.packed_n, K, own.data());
+    }
+    const Strip s = strip_at(tp, n);
     int32_t colsum[NR];
-    std::memcpy(colsum, s.panel + t.packed_colsum + 4 * (n % kPackedPanel), sizeof(colsum));
+    std::memcpy(colsum, s.panel + tp.packed_colsum + 4 * s.j, sizeof(colsum));
     for (int64_t j = 0; j < NR; ++j) {  // bias - za * colsum, wrapping as the accumulator does (no signed overflow)
       const uint32_t bias = e.bias && j < s.w ? static_cast<uint32_t>(e.bias[n + j]) : 0u;
-      col_off[j] = static_cast<int32_t>(bias - static_cast<uint32_t>(t.a.zp) * static_cast<uint32_t>(colsum[j]));
+      col_off[j] = static_cast<int32_t>(bias - static_cast<uint32_t>(za) * static_cast<uint32_t>(colsum[j]));
     }
     for (int64_t mt = 0; mt < M; mt += MR) {
       const int64_t rows = std::min<int64_t>(MR, M - mt);
@@ -602,11 +647,11 @@ void gemm_avx2_packed7(const Task& t, const Epilogue& e, const FinishConsts& fin
 }
 
 // A prepacked B (a weight, or attention's k and v), read in place 16 columns at a time; A packed as int16 quads
-// (a - za), or, when every code of A is below 128, the 7-bit route above.
+// (a - za), or, when every code of A is below 128, the byte route above with Dot7.
 void gemm_avx2_packed(const Task& t, const Epilogue& e, const FinishConsts& fin) {
   const int64_t M = t.m1 - t.m0, K = t.K;
   if (seven_bit(t.a, t.m0, M, K)) {
-    gemm_avx2_packed7(t, e, fin);
+    gemm_bytes<Dot7>(t, e, fin);
     return;
   }
   const int64_t kp4 = (K + 3) / 4 * 4, k4n = kp4 / 4;
@@ -691,7 +736,7 @@ QLAB_AVX2 void pack_b_vnni_avx2(const MatB& b, int64_t N, int64_t K, int8_t* dst
         }
       }
     }
-    // the column sums after the data, as pack_linear_weight stores them (the 7-bit route reads them)
+    // the column sums after the data, as pack_linear_weight stores them (the byte route reads them)
     int32_t colsum[kPackedPanel] = {};
     for (int64_t k4 = 0; k4 < k4n; ++k4) {
       for (int64_t j = 0; j < W; ++j) {
@@ -730,12 +775,19 @@ void gemm_avx2(const Task& t, const Epilogue& e) {
   }
 }
 
+void gemm_avx_vnni(const Task& t, const Epilogue& e) {
+  std::vector<float> zeros;
+  const FinishConsts fin = finish_consts(t, e, &zeros);
+  gemm_bytes<DotVnni>(t, e, fin);
+}
+
 }  // namespace qlab
 
 #else  // not x86: never selected (ops.cpp only offers the scalar path)
 
 namespace qlab {
 void gemm_avx2(const Task& t, const Epilogue& e) { gemm_scalar(t, e); }
+void gemm_avx_vnni(const Task& t, const Epilogue& e) { gemm_scalar(t, e); }
 void pack_b_vnni_avx2(const MatB&, int64_t, int64_t, int8_t*) {}
 }  // namespace qlab
 

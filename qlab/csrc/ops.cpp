@@ -37,8 +37,8 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 // CPU path selection
 
-const char* const kIsaNames[] = {"scalar", "avx2", "avx512_vnni", "amx"};
-constexpr int kNumIsas = 4;
+const char* const kIsaNames[] = {"scalar", "avx2", "avx512_vnni", "amx", "avx_vnni"};
+constexpr int kNumIsas = 5;
 
 bool cpu_supports(Isa isa) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -52,6 +52,7 @@ bool cpu_supports(Isa isa) {
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
              __builtin_cpu_supports("avx512vnni");
+    case Isa::AvxVnni: return cpu_supports(Isa::Avx2) && __builtin_cpu_supports("avxvnni");
     case Isa::Amx: {
       // the AMX path also runs AVX-512 VNNI code (packing, finishing); the OS grant is asked once
       static const bool usable = cpu_supports(Isa::Avx512Vnni) && amx_usable();
@@ -74,11 +75,15 @@ bool cpu_has_vbmi() {
 #endif
 }
 
+// The paths from slowest to fastest: the last one the CPU supports is the default.
+constexpr Isa kByPreference[kNumIsas] = {Isa::Scalar, Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni, Isa::Amx};
+
 Isa best_isa() {
-  if (cpu_supports(Isa::Amx)) return Isa::Amx;
-  if (cpu_supports(Isa::Avx512Vnni)) return Isa::Avx512Vnni;
-  if (cpu_supports(Isa::Avx2)) return Isa::Avx2;
-  return Isa::Scalar;
+  Isa best = Isa::Scalar;
+  for (Isa isa : kByPreference) {
+    if (cpu_supports(isa)) best = isa;
+  }
+  return best;
 }
 
 std::atomic<int> g_isa{-1};  // -1: not chosen yet (best available on first use)
@@ -92,10 +97,24 @@ Isa active_isa() {
   return static_cast<Isa>(v);
 }
 
+// Each path's matrix product and the column-block width it prefers, indexed by Isa. The AVX-VNNI path is the AVX2
+// path with vpdpbusd: its packing, softmax and quantize loops are AVX2's; zmm(isa) says which paths use AVX-512's.
+using GemmFn = void (*)(const Task&, const Epilogue&);
+struct Path {
+  GemmFn gemm;
+  int64_t panel;
+};
+constexpr Path kPaths[kNumIsas] = {{gemm_scalar, kPanelScalar},
+                                   {gemm_avx2, kPanelAvx2},
+                                   {gemm_avx512_vnni, kPanelVnni},
+                                   {gemm_amx, kPanelAmx},
+                                   {gemm_avx_vnni, kPanelAvx2}};
+bool zmm(Isa isa) { return isa == Isa::Avx512Vnni || isa == Isa::Amx; }
+
 std::vector<std::string> supported_isas() {
   std::vector<std::string> out;
-  for (int i = 0; i < kNumIsas; ++i) {
-    if (cpu_supports(static_cast<Isa>(i))) out.emplace_back(kIsaNames[i]);
+  for (Isa isa : kByPreference) {
+    if (cpu_supports(isa)) out.emplace_back(kIsaNames[static_cast<int>(isa)]);
   }
   return out;
 }
@@ -119,7 +138,8 @@ void set_isa_op(std::string name) {
       return;
     }
   }
-  TORCH_CHECK_VALUE(false, "isa must be one of ['auto', 'scalar', 'avx2', 'avx512_vnni', 'amx'], got '", name, "'");
+  TORCH_CHECK_VALUE(false, "isa must be one of ['auto', 'scalar', 'avx2', 'avx_vnni', 'avx512_vnni', 'amx'], got '",
+                    name, "'");
 }
 
 std::string get_isa_op() { return kIsaNames[static_cast<int>(active_isa())]; }
@@ -136,7 +156,7 @@ int64_t peak_burst_op(std::string name, int64_t n) {
       return peak_burst(static_cast<Isa>(i), n);
     }
   }
-  TORCH_CHECK_VALUE(false, "isa must be one of 'avx2', 'avx512_vnni', 'amx' (the scalar path has no one ",
+  TORCH_CHECK_VALUE(false, "isa must be one of 'avx2', 'avx_vnni', 'avx512_vnni', 'amx' (the scalar path has no one ",
                     "multiply-add instruction), got '", name, "'");
   return 0;
 }
@@ -332,12 +352,8 @@ void run(int64_t batch, const std::vector<int64_t>& a_off, const std::vector<int
          const int8_t* packed = nullptr, const uint8_t* table = nullptr, const float* residual = nullptr) {
   if (batch == 0 || M == 0 || N == 0) return;
   const Isa isa = active_isa();
-  void (*gemm)(const Task&, const Epilogue&) =
-      isa == Isa::Amx ? gemm_amx
-                      : (isa == Isa::Avx512Vnni ? gemm_avx512_vnni : (isa == Isa::Avx2 ? gemm_avx2 : gemm_scalar));
-  const int64_t panel = isa == Isa::Amx
-                            ? kPanelAmx
-                            : (isa == Isa::Avx512Vnni ? kPanelVnni : (isa == Isa::Avx2 ? kPanelAvx2 : kPanelScalar));
+  const GemmFn gemm = kPaths[static_cast<int>(isa)].gemm;
+  const int64_t panel = kPaths[static_cast<int>(isa)].panel;
 
   // Rows per task: about 512 KB of A, a multiple of 48 (every path's block height divides it).
   const int64_t mc = std::max<int64_t>(96, std::min<int64_t>(4096, (512 * 1024) / std::max<int64_t>(K, 1)) / 48 * 48);
@@ -359,7 +375,7 @@ void run(int64_t batch, const std::vector<int64_t>& a_off, const std::vector<int
 
   const size_t elem = out.element_size();
   uint8_t* out_base = static_cast<uint8_t*>(out.data_ptr());
-  const bool vbmi = table && (isa == Isa::Avx512Vnni || isa == Isa::Amx) && cpu_has_vbmi();
+  const bool vbmi = table && zmm(isa) && cpu_has_vbmi();
   at::parallel_for(0, ntasks, grain, [&](int64_t t0, int64_t t1) {
     for (int64_t ti = t0; ti < t1; ++ti) {
       const int64_t chunk = ti / base;
@@ -693,13 +709,7 @@ int64_t attention_rows(int64_t T, int64_t S) {
   return std::min(T, std::max<int64_t>(32, fit / 32 * 32));
 }
 
-using GemmFn = void (*)(const Task&, const Epilogue&);
-
-GemmFn active_gemm() {
-  const Isa isa = active_isa();
-  return isa == Isa::Amx ? gemm_amx
-                         : (isa == Isa::Avx512Vnni ? gemm_avx512_vnni : (isa == Isa::Avx2 ? gemm_avx2 : gemm_scalar));
-}
+GemmFn active_gemm() { return kPaths[static_cast<int>(active_isa())].gemm; }
 
 at::Tensor int8_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double q_scale,
                               int64_t q_zero_point, double k_scale, int64_t k_zero_point, double v_scale,
@@ -804,18 +814,17 @@ at::Tensor int8_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at
   const GemmFn gemm = active_gemm();
   const Isa isa = active_isa();
   void (*row_softmax)(const float*, int64_t, float, float*, uint8_t*) =
-      (isa == Isa::Avx512Vnni || isa == Isa::Amx) ? softmax_row_u8_avx512
-                                                  : (isa == Isa::Avx2 ? softmax_row_u8_avx2 : softmax_row_u8_scalar);
+      zmm(isa) ? softmax_row_u8_avx512 : (isa == Isa::Scalar ? softmax_row_u8_scalar : softmax_row_u8_avx2);
   // The 8-lane integer softmax needs 255 * (sum of a row's exps) at most half int64's range (its floors go through
   // float64); the logit scales between that and the limit checked above keep the scalar loop.
   void (*row_isoftmax)(const int32_t*, const uint8_t*, int64_t, const ISoftmax&, int64_t*, uint8_t*) =
-      (isa == Isa::Avx512Vnni || isa == Isa::Amx) && row_bound < 0x1p62 ? isoftmax_row_u8_avx512 : isoftmax_row_u8;
+      zmm(isa) && row_bound < 0x1p62 ? isoftmax_row_u8_avx512 : isoftmax_row_u8;
   const int64_t kAttnRows = std::max<int64_t>(attention_rows(T, S), 1);
   const int64_t blocks = (T + kAttnRows - 1) / kAttnRows;
   // The SIMD paths read k and v prepacked (the layout of pack_linear_weight): each thread packs a head's k and v once,
   // when its first block of that head comes, instead of once per block of rows (785 tokens: 13 blocks).
   const bool prepack = isa != Isa::Scalar;
-  void (*pack_kv)(const MatB&, int64_t, int64_t, int8_t*) = isa == Isa::Avx2 ? pack_b_vnni_avx2 : pack_b_vnni;
+  void (*pack_kv)(const MatB&, int64_t, int64_t, int8_t*) = zmm(isa) ? pack_b_vnni : pack_b_vnni_avx2;
   const int64_t k_bytes = (S + kPackedPanel - 1) / kPackedPanel * packed_panel_bytes(D);
   const int64_t v_bytes = (Dv + kPackedPanel - 1) / kPackedPanel * packed_panel_bytes(S);
   at::parallel_for(0, batch * blocks, 1, [&](int64_t t0, int64_t t1) {
@@ -910,8 +919,7 @@ at::Tensor quantize_per_tensor_cpu(const at::Tensor& x, double scale, int64_t ze
   at::Tensor out = at::empty(x.sizes(), x.options().dtype(dtype));
   const Isa isa = active_isa();
   void (*fn)(const float*, int64_t, const QuantizeArgs&, void*) =
-      (isa == Isa::Avx512Vnni || isa == Isa::Amx) ? quantize_avx512
-                                                  : (isa == Isa::Avx2 ? quantize_avx2 : quantize_scalar);
+      zmm(isa) ? quantize_avx512 : (isa == Isa::Scalar ? quantize_scalar : quantize_avx2);
   const float* px = xc.data_ptr<float>();
   uint8_t* po = static_cast<uint8_t*>(out.data_ptr());
   at::parallel_for(0, xc.numel(), 32768, [&](int64_t b, int64_t e) { fn(px + b, e - b, q, po + b); });

@@ -6,8 +6,8 @@
 //   acc[m, n] += bias[n]                                          (int32 bias, optional)
 //   out[m, n]  = epilogue(acc[m, n])                              (see Epilogue below)
 //
-// A holds uint8 or int8 activations, B int8 weights/keys/values. The four
-// implementations of the product (gemm_scalar.cpp, gemm_avx2.cpp, gemm_avx512_vnni.cpp and
+// A holds uint8 or int8 activations, B int8 weights/keys/values. The five
+// implementations of the product (gemm_scalar.cpp, gemm_avx2.cpp (AVX2 and AVX-VNNI), gemm_avx512_vnni.cpp and
 // gemm_amx.cpp) compute the *same integers* in different orders; as
 // int32 addition is exact modulo 2^32, every path, thread count and blocking
 // gives bit-identical results. ops.cpp owns argument checking, threading and
@@ -22,8 +22,9 @@
 
 namespace qlab {
 
-// Which code path runs the matrix product. Values are stable (used as array indices).
-enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512Vnni = 2, Amx = 3 };
+// Which code path runs the matrix product. Values are stable (used as array indices). AvxVnni is AVX2 plus the
+// 256-bit VEX vpdpbusd of Intel's client cores (Alder Lake and newer) and of Sapphire Rapids Xeons.
+enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512Vnni = 2, Amx = 3, AvxVnni = 4 };
 
 enum class OutKind : int { UInt8 = 0, Int8 = 1, Int32 = 2, Float32 = 3 };
 enum class Requant : int { Float = 0, Fixed = 1 };
@@ -92,7 +93,8 @@ struct Task {
   // then, at byte packed_colsum, the 48 column sums as int32. null: pack b per call.
   const int8_t* packed = nullptr;
   int64_t packed_stride = 0, packed_colsum = 0;
-  int64_t packed_n = 0;  // all the weight's columns (the last panel's width, for paths whose tasks split elsewhere)
+  int64_t packed_n = 0;   // all the weight's columns (the last panel's width, for paths whose tasks split elsewhere)
+  int64_t packed_n0 = 0;  // the column of C the first panel starts at (0 but for a B packed per task)
 };
 
 // The prepacked weight layout (one place; ops.cpp packs, the AVX2, VNNI and AMX paths read it): a 1-D int8 tensor,
@@ -106,13 +108,14 @@ inline int64_t packed_panel_bytes(int64_t K) { return packed_kp(K) * kPackedPane
 // B ([K, N] as MatB reads it) into the prepacked layout's panels (no header): what pack_linear_weight writes for a
 // weight, with the VNNI packing loops; the fused attention packs each head's k and v with it once (VNNI/AMX only).
 void pack_b_vnni(const MatB& b, int64_t N, int64_t K, int8_t* dst);
-// The same panels with AVX2 only (the fused attention on the AVX2 path), without the column sums (that path does not
-// read them).
+// The same panels and column sums with AVX2 only (the AVX2 and AVX-VNNI paths: the fused attention's k and v, and
+// gemm_avx_vnni's B when it is not prepacked).
 void pack_b_vnni_avx2(const MatB& b, int64_t N, int64_t K, int8_t* dst);
 
 // The paths. Each computes out[m0:m1, n0:n1] for one task.
 void gemm_scalar(const Task& t, const Epilogue& e);
 void gemm_avx2(const Task& t, const Epilogue& e);
+void gemm_avx_vnni(const Task& t, const Epilogue& e);  // gemm_avx2.cpp: its byte tiles with vpdpbusd (ymm)
 void gemm_avx512_vnni(const Task& t, const Epilogue& e);
 void gemm_amx(const Task& t, const Epilogue& e);  // shares the VNNI path's packing (vnni_common.h)
 

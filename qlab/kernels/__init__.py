@@ -27,12 +27,13 @@ Backends. Importing this module loads the C++ extension (``qlab/csrc/``), compil
 it on first use (about a minute; ``python -m qlab.kernels`` does it ahead of time)
 and caching it under ``~/.cache/qlab``. It picks a code path from CPUID at run time:
 ``amx`` (AMX-INT8 ``tdpbusd`` tiles, Sapphire Rapids and newer), ``avx512_vnni``
-(``vpdpbusd``), ``avx2`` (``vpmaddwd`` on int16, never saturates) or ``scalar``; all
+(``vpdpbusd`` on zmm), ``avx_vnni`` (the 256-bit VEX ``vpdpbusd`` of Intel's client cores, Alder Lake
+and newer), ``avx2`` (``vpmaddwd`` on int16, never saturates) or ``scalar``; all
 give identical results. Without a compiler, the same ops are served
 by the pure-PyTorch reference, after one warning.
 
 Environment variables: ``QLAB_NO_EXT=1`` (use the reference, do not build),
-``QLAB_ISA=scalar|avx2|avx512_vnni|amx|auto`` (force a path), ``QLAB_CACHE_DIR``
+``QLAB_ISA=scalar|avx2|avx_vnni|avx512_vnni|amx|auto`` (force a path), ``QLAB_CACHE_DIR``
 (where builds are cached), ``QLAB_BUILD_VERBOSE=1`` (show the compiler output),
 ``QLAB_KERNEL_TRACE=<file>`` (append ``$QLAB_NOTEBOOK`` to the file when this module loads: how
 ``make test`` learns which notebooks use the kernels, the ones it replays without the C++ extension).
@@ -68,7 +69,7 @@ __all__ = [
     "reference",
 ]
 
-ISAS = ("scalar", "avx2", "avx512_vnni", "amx")
+ISAS = ("scalar", "avx2", "avx_vnni", "avx512_vnni", "amx")  # slowest to fastest, as available_isas() lists them
 
 
 def _init() -> None:
@@ -127,7 +128,8 @@ def backend() -> str:
 
 
 def isa() -> str:
-    """The code path the ops use now: ``"amx"``, ``"avx512_vnni"``, ``"avx2"``, ``"scalar"``, or ``"reference"``."""
+    """The code path the ops use now: ``"amx"``, ``"avx512_vnni"``, ``"avx_vnni"``, ``"avx2"``, ``"scalar"``, or
+    ``"reference"``."""
     if backend() != "native":
         return "reference"
     return torch.ops.qlab._get_isa()
