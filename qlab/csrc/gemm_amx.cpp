@@ -71,7 +71,7 @@ QLAB_AMX void amx_block(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t
   asm volatile("" : : : "memory");
 }
 
-// A block whose int32 results wait in a buffer to be finished.
+// A block whose int32 results the tiles just stored to a buffer, to be finished.
 struct AmxPending {
   const int32_t* c;        // [16][NR] int32
   const int32_t* col_off;  // the panel's column offsets
@@ -149,22 +149,17 @@ QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
 
   const int64_t npanels = (t.n1 - t.n0 + NR - 1) / NR;
   const int64_t panel_bytes = kp * NR;
-  // Software pipeline: block i's tiles are stored to one buffer while block i - 1, in the other,
-  // is finished, so the vector loads never wait on the tile stores still in flight.
-  alignas(64) int32_t cbuf[2][AMX_MR * NR];
-  AmxPending pending{};
-  bool have_pending = false;
-  int cur = 0;
+  // Each block is finished as soon as its tiles are stored. (Finishing block i - 1 while block i's tiles are stored,
+  // a software pipeline, was slower on a Sapphire Rapids core: the loop with a 197 x 768 x 3072 weight ~9% slower.)
+  alignas(64) int32_t cbuf[AMX_MR * NR];
   auto run_block = [&](int64_t p, int64_t mt, const int8_t* bp, const int32_t* coff) {
     const int64_t n = t.n0 + p * NR;
     const int64_t w = std::min<int64_t>(NR, t.n1 - n);
     int64_t ld = 0;
     const uint8_t* ab = s.rows.block(mt, &ld);
-    amx_block(ab, ld, bp, kp, static_cast<int>((w + 15) / 16), cbuf[cur]);
-    if (have_pending) finish(pending, s.fin, t.out, t.ldc);
-    pending = AmxPending{cbuf[cur], coff, s.row_offsets(mt), std::min<int64_t>(AMX_MR, M - mt), w, t.m0 + mt, n};
-    have_pending = true;
-    cur ^= 1;
+    amx_block(ab, ld, bp, kp, static_cast<int>((w + 15) / 16), cbuf);
+    finish(AmxPending{cbuf, coff, s.row_offsets(mt), std::min<int64_t>(AMX_MR, M - mt), w, t.m0 + mt, n}, s.fin, t.out,
+           t.ldc);
   };
 
   amx_config();
@@ -180,8 +175,6 @@ QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
     for (int64_t mt = 0; mt < M; mt += AMX_MR) {
       for (int64_t p = 0; p < npanels; ++p) run_block(p, mt, bp[p], col_off.data() + p * NR);
     }
-    if (have_pending) finish(pending, s.fin, t.out, t.ldc);  // while col_off lives
-    have_pending = false;
   } else {
     std::unique_ptr<Aligned64<int8_t>> bpack;
     if (!t.packed) bpack = std::make_unique<Aligned64<int8_t>>(static_cast<size_t>(panel_bytes));
@@ -189,8 +182,6 @@ QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
     for (int64_t p = 0; p < npanels; ++p) {
       const int8_t* bp = panel_at(t, e, s, t.n0 + p * NR, bpack ? bpack->data() : nullptr, col_off);
       for (int64_t mt = 0; mt < M; mt += AMX_MR) run_block(p, mt, bp, col_off);
-      if (have_pending) finish(pending, s.fin, t.out, t.ldc);  // before the panel buffer is refilled
-      have_pending = false;
     }
   }
   _tile_release();
