@@ -126,8 +126,16 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m128i codes16(__m5
 
 __attribute__((target("avx2"))) void softmax_row_u8_avx2(const float* logits, int64_t S, float pinv, float* e,
                                                          uint8_t* out) {
+  // The row's maximum, 8 lanes at a time (exact in any order; vmaxps returns its second operand when the first is
+  // NaN, so NaN logits are skipped as the scalar loop skips them; a zero's sign cannot change x - m)
+  __m256 vmax = _mm256_set1_ps(-INFINITY);
+  int64_t k = 0;
+  for (; k + 8 <= S; k += 8) vmax = _mm256_max_ps(_mm256_loadu_ps(logits + k), vmax);
+  float lanes8[8];
+  _mm256_storeu_ps(lanes8, vmax);
   float m = -INFINITY;
-  for (int64_t j = 0; j < S; ++j) m = logits[j] > m ? logits[j] : m;  // exact in any order
+  for (float v : lanes8) m = v > m ? v : m;
+  for (; k < S; ++k) m = logits[k] > m ? logits[k] : m;
   if (!std::isfinite(m)) m = 0.0f;
   const __m256 vm = _mm256_set1_ps(m);
   __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();  // lanes 0-7 and 8-15
