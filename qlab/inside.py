@@ -31,8 +31,8 @@ from .int8_mlp import gelu_table, lookup  # noqa: F401 -- equation (3) lives wit
 __all__ = [
     "vpdpbusd", "vpmaddubsw", "gelu_table", "lookup", "IntGELU", "IntLayerNorm", "integer_only",
     "load_attention_results", "load_e2e_results", "e2e_table", "load_linear_results", "linear_vs_onednn",
-    "onednn_code_diffs", "linear_peaks", "softmax_code_errors", "lost_probability", "draw_peaks",
-    "draw_attention",
+    "onednn_code_diffs", "PATH_RECORDINGS", "paths_table", "linear_peaks", "softmax_code_errors", "lost_probability",
+    "draw_peaks", "draw_attention",
 ]
 
 
@@ -230,6 +230,43 @@ def onednn_code_diffs(results: dict, threads: int = 1, tokens: int = 197) -> dic
            if f"M={tokens}," in key and key.endswith("out uint8")}
     if not out:
         raise ValueError(f"no uint8 rows with M={tokens} at threads={threads}")
+    return out
+
+
+#: One recording pair per qlab path (the ViT/attention benchmark, the linear benchmark), each taken where that path
+#: was the best the CPU had or with qlab, ATen and oneDNN held to it (the files' ``meta`` says which).
+PATH_RECORDINGS = {
+    "avx2": ("attention-avx2.json", "linear-avx2.json"),
+    "avx_vnni": ("attention-avx-vnni.json", "linear-avx-vnni.json"),
+    "avx512_vnni": ("attention.json", "linear.json"),
+    "amx": ("attention-amx.json", "linear-amx.json"),
+}
+
+
+def paths_table(threads: int = 1) -> dict[str, dict]:
+    """Per recorded qlab path (:data:`PATH_RECORDINGS`): the machine, oneDNN's int8 ISA, ViT-S/16 batch 1 in ms
+    (``fp32``, ``pt2e``: PT2E int8 + Inductor, ``qlab``: ``quantize_vit`` eager with its defaults), qlab's prepacked
+    linear over oneDNN's on ViT-B's four linears (197 tokens, uint8 out; > 1: qlab is faster) and oneDNN's largest
+    output code difference from qlab's exact codes."""
+    check_int("threads", threads, 1)
+    out = {}
+    for path, (att_name, lin_name) in PATH_RECORDINGS.items():
+        att = load_attention_results(ATTENTION_RESULTS.with_name(att_name))
+        lin = load_linear_results(LINEAR_RESULTS.with_name(lin_name))
+        for rec in (att, lin):
+            if not rec["meta"]["qlab_kernels"].endswith(f"({path})"):
+                raise ValueError(f"{att_name} / {lin_name} should be recorded on qlab's {path} path, "
+                                 f"got {rec['meta']['qlab_kernels']}")
+        v = att["vit_small"][str(threads)]["variants"]
+        speed = linear_vs_onednn(lin, threads)
+        out[path] = {
+            "cpu": att["meta"]["cpu"], "onednn": lin["meta"]["int8_units"]["onednn"],
+            "fp32": v["fp32 eager"]["median_ms"], "pt2e": v[PT2E]["median_ms"], "qlab": v[QLAB_DEFAULT]["median_ms"],
+            "qlab_cosine": v[QLAB_DEFAULT]["cosine_to_fp32"],
+            "linear_vs_onednn": {k.split(",")[0]: r["qlab int8_linear_packed"] for k, r in speed.items()
+                                 if k.endswith("out uint8")},
+            "onednn_code_diff": max(onednn_code_diffs(lin, threads).values()),
+        }
     return out
 
 
