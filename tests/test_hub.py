@@ -118,10 +118,34 @@ print("own", "READ" if mine.read_bytes() else "EMPTY", os.getuid() == {lt.pwd.ge
     assert out.split() == ["list", "DENIED", "read", "DENIED", "write", "DENIED", "own", "READ", "True"], out
 
 
+def _torch_pids(uid: int) -> set[int]:
+    """The processes of ``uid`` that have loaded libtorch: kernels running cells of a qlab notebook."""
+    pids = set()
+    for maps in pathlib.Path("/proc").glob("[0-9]*/maps"):
+        try:
+            if maps.parent.stat().st_uid == uid and "libtorch_cpu" in maps.read_text():
+                pids.add(int(maps.parent.name))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def _kill_mid_notebook(user: str, timeout: float = 120) -> None:
+    """Kill every process of ``user`` as soon as a new kernel of theirs is inside the notebook's cells (it has
+    loaded libtorch, which the first cell imports): mid-run however fast the machine is. A fixed delay was not: on a
+    fast CPU notebook 00 had finished before a 4-second timer fired."""
+    uid = lt.pwd.getpwnam(user).pw_uid
+    before = _torch_pids(uid)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and not _torch_pids(uid) - before:
+        time.sleep(0.05)
+    subprocess.run(["pkill", "-KILL", "-u", user], check=False)
+
+
 def test_a_dead_learner_server_is_reported_and_the_others_keep_working(hub):
     a, b = LEARNERS
     ready(hub, a, b)
-    killer = threading.Timer(4.0, lambda: subprocess.run(["pkill", "-KILL", "-u", b], check=False))
+    killer = threading.Thread(target=_kill_mid_notebook, args=(b,))
     killer.start()
     try:
         t0 = time.monotonic()
