@@ -6,7 +6,7 @@
 // VNNI path's: C goes through a small int32 buffer, then every 16-lane vector gets
 // column offset + row offset and is finished as on the VNNI path.
 //
-// Block: 32 rows x 32 columns, C in tmm0-3, A in tmm4-5 (A copied into tile order), B in tmm6-7.
+// Block: 32 rows x 32 columns, C in tmm0-3, A in tmm4-5, B in tmm6-7.
 // Every AMX function carries a target attribute; ops.cpp calls it only when amx_usable().
 #include <type_traits>
 
@@ -41,17 +41,30 @@ QLAB_AMX void amx_config() {
   asm volatile("ldtilecfg %0" : : "m"(cfg));
 }
 
-// A in tile order: block mb of 16 rows, k step ks (64 bytes of each row) at at + (mb * ksteps + ks) * 1024, so every
-// tile load of A reads 1 KB in one piece (rows read with the activation's row stride were a quarter slower).
-QLAB_AMX void pack_a_tiles(const TaskSetup& s, int64_t M, int64_t kp, uint8_t* at) {
-  const int64_t ksteps = kp / 64;
-  for (int64_t mb = 0; mb * AMX_MR < M; ++mb) {
+// Block mb of 16 rows of A: in place (row stride ld, a k step 64 bytes further), or copied into tile order (block
+// mb, k step ks at tiles + (mb * ksteps + ks) * 1024, so a tile load reads 1 KB in one piece). The copy pays when
+// many column pairs read A: a 197 x 768 x 2304 product's tile loop ran a quarter faster; with two pairs (a head's
+// P·v) it did not.
+struct RowBlocks {
+  const RowsA* rows = nullptr;
+  const uint8_t* tiles = nullptr;
+  int64_t ksteps = 0, kstep = 64;
+  const uint8_t* at(int64_t mb, int64_t* ld) const {
+    if (tiles) {
+      *ld = 64;
+      return tiles + mb * ksteps * 1024;
+    }
+    return rows->block(mb * AMX_MR, ld);  // 16 readable rows (the tail is padded to 16)
+  }
+};
+
+QLAB_AMX void copy_a_tiles(const TaskSetup& s, int64_t mblocks, int64_t ksteps, uint8_t* dst) {
+  for (int64_t mb = 0; mb < mblocks; ++mb) {
     int64_t ld = 0;
-    const uint8_t* src = s.rows.block(mb * AMX_MR, &ld);  // 16 readable rows (the tail is padded to 16)
-    uint8_t* dst = at + mb * ksteps * 1024;
+    const uint8_t* src = s.rows.block(mb * AMX_MR, &ld);
     for (int64_t ks = 0; ks < ksteps; ++ks) {
       for (int r = 0; r < 16; ++r) {
-        _mm512_store_si512(dst + ks * 1024 + r * 64, _mm512_loadu_si512(src + r * ld + ks * 64));
+        _mm512_store_si512(dst + (mb * ksteps + ks) * 1024 + r * 64, _mm512_loadu_si512(src + r * ld + ks * 64));
       }
     }
   }
@@ -61,8 +74,11 @@ QLAB_AMX void pack_a_tiles(const TaskSetup& s, int64_t M, int64_t kp, uint8_t* a
 // next 16 columns, TwoB) with their row strides, C in tmm0-3, stored as int32 to c ([32][32]). Four products per
 // four tile loads (a 16 x 48 block needs four loads for three).
 template <bool TwoA, bool TwoB, class Between>
-QLAB_AMX void amx_block(const uint8_t* a0, const uint8_t* a1, const int8_t* b0, int64_t s0, const int8_t* b1,
-                        int64_t s1, int64_t ksteps, int32_t* c, Between&& between) {
+QLAB_AMX void amx_block(const RowBlocks& a, int64_t mb, const int8_t* b0, int64_t s0, const int8_t* b1, int64_t s1,
+                        int64_t ksteps, int32_t* c, Between&& between) {
+  int64_t ld0 = 0, ld1 = 0;
+  const uint8_t* a0 = a.at(mb, &ld0);
+  const uint8_t* a1 = TwoA ? a.at(mb + 1, &ld1) : nullptr;
   // GCC's tile load/store intrinsics are asm statements that take only the addresses: they do not
   // tell the compiler that memory is read or written. The barriers keep the packing stores before
   // the tile loads and the reads of c after the tile stores.
@@ -72,7 +88,7 @@ QLAB_AMX void amx_block(const uint8_t* a0, const uint8_t* a1, const int8_t* b0, 
   if (TwoA) _tile_zero(2);
   if (TwoA && TwoB) _tile_zero(3);
   for (int64_t ks = 0; ks < ksteps; ++ks) {
-    _tile_loadd(4, a0 + ks * 1024, 64);
+    _tile_loadd(4, a0 + ks * a.kstep, ld0);
     _tile_loadd(6, b0 + ks * 16 * s0, s0);
     _tile_dpbusd(0, 4, 6);
     if (TwoB) {
@@ -80,7 +96,7 @@ QLAB_AMX void amx_block(const uint8_t* a0, const uint8_t* a1, const int8_t* b0, 
       _tile_dpbusd(1, 4, 7);
     }
     if (TwoA) {
-      _tile_loadd(5, a1 + ks * 1024, 64);
+      _tile_loadd(5, a1 + ks * a.kstep, ld1);
       _tile_dpbusd(2, 5, 6);
       if (TwoB) _tile_dpbusd(3, 5, 7);
     }
@@ -193,8 +209,16 @@ QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
   setup_task(t, e, kp, AMX_MR, &s);
   const AmxFinishFn finish = kAmxFinish[finisher_index(e)];
   const int64_t mblocks = (M + AMX_MR - 1) / AMX_MR;
-  Aligned64<uint8_t> at(static_cast<size_t>(std::max<int64_t>(mblocks, 1) * 16 * kp));
-  pack_a_tiles(s, M, kp, at.data());
+  RowBlocks a;
+  a.rows = &s.rows;
+  a.ksteps = ksteps;
+  std::unique_ptr<Aligned64<uint8_t>> at;
+  if (t.n1 - t.n0 > 128 && mblocks > 1) {
+    at = std::make_unique<Aligned64<uint8_t>>(static_cast<size_t>(mblocks * 16 * kp));
+    copy_a_tiles(s, mblocks, ksteps, at->data());
+    a.tiles = at->data();
+    a.kstep = 1024;
+  }
 
   const int64_t npanels = (t.n1 - t.n0 + NR - 1) / NR;
   const int64_t panel_bytes = kp * NR;
@@ -229,36 +253,49 @@ QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
       *stride = 64 * std::min<int64_t>(3, (n_end - n + 15) / 16);
       return bp[p] + (j % 3) * 64;
     };
-    for (int64_t j = 0; j < tiles; j += 2) {
-      const bool two_b = j + 1 < tiles;
+    // One 32 x 32 block: tile pair j (columns 16j .. 16j + 31 of the group), row blocks mb, mb + 1
+    auto block = [&](int64_t j, int64_t mb) {
+      const bool two_b = j + 1 < tiles, two_a = mb + 1 < mblocks;
       int64_t s0 = 0, s1 = 0;
       const int8_t* b0 = tile(j, &s0);
       const int8_t* b1 = two_b ? tile(j + 1, &s1) : nullptr;
-      const int64_t n = nc0 + 16 * j, w = std::min<int64_t>(32, nc1 - n);
+      int32_t* c = cbuf[cur];
+      // the previous block's rows, finished a few per k step of this one
+      const int64_t per = have ? (prev.rows + ksteps - 1) / ksteps : 0;
+      auto between = [&](int64_t ks) {
+        const int64_t r0 = ks * per, r1 = std::min(prev.rows, r0 + per);
+        if (r0 < r1) finish(slice(prev, r0, r1), s.fin, t.out, t.ldc);
+      };
+      if (two_a && two_b) {
+        amx_block<true, true>(a, mb, b0, s0, b1, s1, ksteps, c, between);
+      } else if (two_a) {
+        amx_block<true, false>(a, mb, b0, s0, b1, s1, ksteps, c, between);
+      } else if (two_b) {
+        amx_block<false, true>(a, mb, b0, s0, b1, s1, ksteps, c, between);
+      } else {
+        amx_block<false, false>(a, mb, b0, s0, b1, s1, ksteps, c, between);
+      }
+      const int64_t m = mb * AMX_MR, n = nc0 + 16 * j;
+      prev = AmxPending{c,
+                        col_off.data() + 16 * j,
+                        s.row_offsets(m),
+                        std::min<int64_t>(32, M - m),
+                        std::min<int64_t>(32, nc1 - n),
+                        t.m0 + m,
+                        n};
+      have = true;
+      cur ^= 1;
+    };
+    // A group's B within 256 KB stays in L2: rows outer, each 32-row band of C written whole. A larger B: column
+    // pairs outer, the pair's B in L1 for every row block (B read once; with rows outer, a 197 x 768 x 2304
+    // product ran at 41% of the tile loop's peak instead of 53%).
+    if ((p1 - p0) * panel_bytes <= 256 * 1024) {
       for (int64_t mb = 0; mb < mblocks; mb += 2) {
-        const bool two_a = mb + 1 < mblocks;
-        const uint8_t* a0 = at.data() + mb * ksteps * 1024;
-        const uint8_t* a1 = a0 + ksteps * 1024;
-        int32_t* c = cbuf[cur];
-        // the previous block's rows, finished a few per k step of this one
-        const int64_t per = have ? (prev.rows + ksteps - 1) / ksteps : 0;
-        auto between = [&](int64_t ks) {
-          const int64_t r0 = ks * per, r1 = std::min(prev.rows, r0 + per);
-          if (r0 < r1) finish(slice(prev, r0, r1), s.fin, t.out, t.ldc);
-        };
-        if (two_a && two_b) {
-          amx_block<true, true>(a0, a1, b0, s0, b1, s1, ksteps, c, between);
-        } else if (two_a) {
-          amx_block<true, false>(a0, a1, b0, s0, b1, s1, ksteps, c, between);
-        } else if (two_b) {
-          amx_block<false, true>(a0, a1, b0, s0, b1, s1, ksteps, c, between);
-        } else {
-          amx_block<false, false>(a0, a1, b0, s0, b1, s1, ksteps, c, between);
-        }
-        const int64_t m = mb * AMX_MR;
-        prev = AmxPending{c, col_off.data() + 16 * j, s.row_offsets(m), std::min<int64_t>(32, M - m), w, t.m0 + m, n};
-        have = true;
-        cur ^= 1;
+        for (int64_t j = 0; j < tiles; j += 2) block(j, mb);
+      }
+    } else {
+      for (int64_t j = 0; j < tiles; j += 2) {
+        for (int64_t mb = 0; mb < mblocks; mb += 2) block(j, mb);
       }
     }
     if (have) finish(prev, s.fin, t.out, t.ldc);  // before the next group repacks col_off
