@@ -75,7 +75,7 @@ QLAB_AMX void copy_a_tiles(const TaskSetup& s, int64_t mblocks, int64_t ksteps, 
 // four tile loads (a 16 x 48 block needs four loads for three).
 template <bool TwoA, bool TwoB, class Between>
 QLAB_AMX void amx_block(const RowBlocks& a, int64_t mb, const int8_t* b0, int64_t s0, const int8_t* b1, int64_t s1,
-                        int64_t ksteps, int32_t* c, Between&& between) {
+                        const int32_t* coff, int64_t ksteps, int32_t* c, Between&& between) {
   int64_t ld0 = 0, ld1 = 0;
   const uint8_t* a0 = a.at(mb, &ld0);
   const uint8_t* a1 = TwoA ? a.at(mb + 1, &ld1) : nullptr;
@@ -83,10 +83,11 @@ QLAB_AMX void amx_block(const RowBlocks& a, int64_t mb, const int8_t* b0, int64_
   // tell the compiler that memory is read or written. The barriers keep the packing stores before
   // the tile loads and the reads of c after the tile stores.
   asm volatile("" : : : "memory");
-  _tile_zero(0);
-  if (TwoB) _tile_zero(1);
-  if (TwoA) _tile_zero(2);
-  if (TwoA && TwoB) _tile_zero(3);
+  // C starts at the column offsets: 16 int32 loaded with row stride 0 into all 16 rows (no add per output later)
+  _tile_loadd(0, coff, 0);
+  if (TwoB) _tile_loadd(1, coff + 16, 0);
+  if (TwoA) _tile_loadd(2, coff, 0);
+  if (TwoA && TwoB) _tile_loadd(3, coff + 16, 0);
   for (int64_t ks = 0; ks < ksteps; ++ks) {
     _tile_loadd(4, a0 + ks * a.kstep, ld0);
     _tile_loadd(6, b0 + ks * 16 * s0, s0);
@@ -112,8 +113,7 @@ QLAB_AMX void amx_block(const RowBlocks& a, int64_t mb, const int8_t* b0, int64_
 
 // A block whose int32 results the tiles just stored to a buffer, to be finished.
 struct AmxPending {
-  const int32_t* c;        // [32][32] int32
-  const int32_t* col_off;  // the block's 32 column offsets (16 per tile, contiguous)
+  const int32_t* c;        // [32][32] int32, column offsets included
   const int32_t* row_off;  // the block's row offsets, or null
   int64_t rows, w, m, n;
 };
@@ -124,14 +124,12 @@ struct ColsOnce : std::false_type {};
 template <bool RELU, bool FBIAS>
 struct ColsOnce<FinishQ8FloatNoOverflow<RELU, FBIAS>> : std::true_type {};
 
-// Corrections and the finisher for one stored block: the VNNI path's arithmetic, read from memory.
+// Row offsets and the finisher for one stored block: the VNNI path's arithmetic, read from memory.
 template <class Finish, bool RowOff>
 QLAB_AMX void amx_finish_rows(const AmxPending& b, const FinishConsts& f, void* out, int64_t ldc) {
   const int nt = static_cast<int>((b.w + 15) / 16);
-  __m512i coff[2];
   __mmask16 mk[2];
   for (int v = 0; v < nt; ++v) {
-    coff[v] = _mm512_loadu_si512(b.col_off + 16 * v);
     const int64_t cnt = std::min<int64_t>(16, b.w - 16 * v);
     mk[v] = cnt >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cnt) - 1);
   }
@@ -141,7 +139,7 @@ QLAB_AMX void amx_finish_rows(const AmxPending& b, const FinishConsts& f, void* 
     for (int64_t r = 0; r < b.rows; ++r) {
       const int64_t idx = (b.m + r) * ldc + b.n;
       for (int v = 0; v < nt; ++v) {
-        __m512i x = _mm512_add_epi32(_mm512_load_si512(b.c + r * 32 + 16 * v), coff[v]);
+        __m512i x = _mm512_load_si512(b.c + r * 32 + 16 * v);
         if (RowOff) x = _mm512_add_epi32(x, _mm512_set1_epi32(b.row_off[r]));
         Finish::run_with(x, k[v], mk[v], f, out, idx + 16 * v);
       }
@@ -150,7 +148,7 @@ QLAB_AMX void amx_finish_rows(const AmxPending& b, const FinishConsts& f, void* 
     for (int64_t r = 0; r < b.rows; ++r) {
       const int64_t idx = (b.m + r) * ldc + b.n;
       for (int v = 0; v < nt; ++v) {
-        __m512i x = _mm512_add_epi32(_mm512_load_si512(b.c + r * 32 + 16 * v), coff[v]);
+        __m512i x = _mm512_load_si512(b.c + r * 32 + 16 * v);
         if (RowOff) x = _mm512_add_epi32(x, _mm512_set1_epi32(b.row_off[r]));
         Finish::run(x, b.n + 16 * v, mk[v], f, out, idx + 16 * v);
       }
@@ -170,7 +168,7 @@ QLAB_AMX void amx_finish(const AmxPending& b, const FinishConsts& fin, void* out
 
 // Rows [r0, r1) of a stored block
 AmxPending slice(const AmxPending& b, int64_t r0, int64_t r1) {
-  return AmxPending{b.c + r0 * 32, b.col_off, b.row_off ? b.row_off + r0 : nullptr, r1 - r0, b.w, b.m + r0, b.n};
+  return AmxPending{b.c + r0 * 32, b.row_off ? b.row_off + r0 : nullptr, r1 - r0, b.w, b.m + r0, b.n};
 }
 
 using AmxFinishFn = void (*)(const AmxPending&, const FinishConsts&, void*, int64_t);
@@ -267,22 +265,16 @@ QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
         if (r0 < r1) finish(slice(prev, r0, r1), s.fin, t.out, t.ldc);
       };
       if (two_a && two_b) {
-        amx_block<true, true>(a, mb, b0, s0, b1, s1, ksteps, c, between);
+        amx_block<true, true>(a, mb, b0, s0, b1, s1, col_off.data() + 16 * j, ksteps, c, between);
       } else if (two_a) {
-        amx_block<true, false>(a, mb, b0, s0, b1, s1, ksteps, c, between);
+        amx_block<true, false>(a, mb, b0, s0, b1, s1, col_off.data() + 16 * j, ksteps, c, between);
       } else if (two_b) {
-        amx_block<false, true>(a, mb, b0, s0, b1, s1, ksteps, c, between);
+        amx_block<false, true>(a, mb, b0, s0, b1, s1, col_off.data() + 16 * j, ksteps, c, between);
       } else {
-        amx_block<false, false>(a, mb, b0, s0, b1, s1, ksteps, c, between);
+        amx_block<false, false>(a, mb, b0, s0, b1, s1, col_off.data() + 16 * j, ksteps, c, between);
       }
       const int64_t m = mb * AMX_MR, n = nc0 + 16 * j;
-      prev = AmxPending{c,
-                        col_off.data() + 16 * j,
-                        s.row_offsets(m),
-                        std::min<int64_t>(32, M - m),
-                        std::min<int64_t>(32, nc1 - n),
-                        t.m0 + m,
-                        n};
+      prev = AmxPending{c, s.row_offsets(m), std::min<int64_t>(32, M - m), std::min<int64_t>(32, nc1 - n), t.m0 + m, n};
       have = true;
       cur ^= 1;
     };
@@ -298,7 +290,7 @@ QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
         for (int64_t mb = 0; mb < mblocks; mb += 2) block(j, mb);
       }
     }
-    if (have) finish(prev, s.fin, t.out, t.ldc);  // before the next group repacks col_off
+    if (have) finish(prev, s.fin, t.out, t.ldc);
     have = false;
   }
   _tile_release();
