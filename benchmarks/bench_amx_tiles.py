@@ -4,10 +4,12 @@
     .venv/bin/python benchmarks/bench_amx_tiles.py      # -> benchmarks/results/amx-tiles.json (AMX CPUs only)
 
 Compiles ``benchmarks/amx_tiles.cpp`` (g++, no torch) and runs it on ViT-B's four linears at 197 tokens, one thread:
-qlab's AMX loop for a prepacked weight reduced to its bones, in four variants timed in turns every round (the
-products and tile stores alone; plus finishing each block at once; plus finishing it one block later; the finishing
-alone). Reports medians, IQRs, G multiply-adds/s on the 197 real rows, and the share of the AMX peak that
-``qlab.roofline.peak_gmacs("amx")`` probes on registers in the same process. Refuses to record when the 1-minute
+qlab's AMX loop for a prepacked weight reduced to its bones, in variants timed in turns every round: the old 16 x 48
+block and the 32 x 32 block qlab runs now (A read in place or copied into tile order), the products and tile stores
+alone, plus finishing each block at once, plus finishing it spread over the next block's k steps; and the finishing
+alone (see the comment at the top of ``amx_tiles.cpp``). Reports medians, IQRs, G multiply-adds/s on the 197 real
+rows, and the share of the AMX peak that ``qlab.roofline.peak_gmacs("amx")`` probes on registers in the same
+process. Refuses to record when the 1-minute
 load average is above 0.5 (waits ``--wait`` s); records the machine and load.
 """
 
@@ -30,7 +32,8 @@ import qlab.kernels as qk  # noqa: E402
 from qlab import _env, roofline  # noqa: E402
 from qlab.timing import loadavg, wait_for_quiet  # noqa: E402
 
-VARIANTS = ("tiles", "finish_at_once", "finish_pipelined", "finish_alone")
+VARIANTS = ("tiles_16x48", "finish_16x48", "tiles_32x32", "tiles_32x32_a_tiles", "finish_32x32", "finish_32x32_spread",
+            "finish_alone")
 
 
 def quartiles(xs: list[float]) -> tuple[float, float, float]:
