@@ -317,26 +317,15 @@ struct FinishQ8FloatNoOverflow {
   // overflow and q + zo - 128 stays in int32: saturating to [-128, 127] while narrowing (vpmovsdb)
   // is the clamp, and uint8 is that range shifted by 128 (flip the top bit). Two float ops fewer
   // than FinishQ8Float.
-  // The 16 columns' constants, loaded once for many rows (run_with) or per call (run)
-  struct Cols {
-    __m512 fbias, scale;
-  };
-  QLAB_VNNI_INLINE static Cols cols(int64_t c, const FinishConsts& f) {
-    return Cols{FBIAS ? _mm512_loadu_ps(f.fbias + c) : _mm512_setzero_ps(), _mm512_loadu_ps(f.scale + c)};
-  }
-  QLAB_VNNI_INLINE static void run_with(__m512i x, const Cols& k, __mmask16 mk, const FinishConsts& f, void* out,
-                                        int64_t idx) {
+  QLAB_VNNI_INLINE static void run(__m512i x, int64_t c, __mmask16 mk, const FinishConsts& f, void* out, int64_t idx) {
     const int32_t shift = f.flip ? 128 : 0;
     __m512 y = _mm512_cvtepi32_ps(x);
-    if (FBIAS) y = _mm512_add_ps(y, k.fbias);
-    __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(y, k.scale));
+    if (FBIAS) y = _mm512_add_ps(y, _mm512_loadu_ps(f.fbias + c));
+    __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(y, _mm512_loadu_ps(f.scale + c)));
     q = _mm512_add_epi32(q, _mm512_set1_epi32(f.zo - shift));
     if (RELU) q = _mm512_max_epi32(q, _mm512_set1_epi32(f.lo - shift));
     const __m128i b = _mm_xor_si128(_mm512_cvtsepi32_epi8(q), _mm_set1_epi8(f.flip));
     store16(static_cast<uint8_t*>(out) + idx, mk, b);
-  }
-  QLAB_VNNI_INLINE static void run(__m512i x, int64_t c, __mmask16 mk, const FinishConsts& f, void* out, int64_t idx) {
-    run_with(x, cols(c, f), mk, f, out, idx);
   }
 };
 
