@@ -6,14 +6,15 @@
 // The loops are qlab's gemm_amx for a prepacked weight (qlab/csrc/gemm_amx.cpp) reduced to their bones. B is in
 // qlab's packed layout: 48-column panels ([K/4][48][4] int8, K * 48 + 192 bytes apart), so a 16-column tile of B is
 // 16 rows of 64 bytes, 192 bytes apart. A is uint8, row-major. Variants, timed in turns within every round:
-//   tiles_16x48           qlab's loop before 2026-12-04: per 16 rows of A (read in place) x one panel, 3 int32
-//                         tiles accumulate K/64 tdpbusd each (four tile loads per three products)
+//   tiles_16x48           qlab's loop: per 16 rows of A (read in place) x one panel, 3 int32 tiles accumulate
+//                         K/64 tdpbusd each (four tile loads per three products)
 //   finish_16x48          + each block finished (int32 -> float * scale -> uint8) right after its tile stores
 //   tiles_32x32           per 32 rows x 32 columns (two A tiles, two B tiles, four C tiles: four loads per four
 //                         products), A read in place
 //   tiles_32x32_a_tiles   the same with A copied once into tile order (each A tile 1 KB in one piece)
 //   finish_32x32          + each block finished right after its tile stores
-//   finish_32x32_spread   + the previous block finished a few rows per k step of this one (qlab's loop now)
+//   finish_32x32_spread   + the previous block finished a few rows per k step of this one (tried in qlab, not kept:
+//                         see benchmarks/README.md)
 //   finish_alone          the finishing of every block from a buffer in L1, no tile instruction
 // Blocks run column pairs (or panels) outer, rows inner; the last 16 rows (M not a multiple of 32) use one A tile.
 #include <immintrin.h>
