@@ -233,24 +233,27 @@ def onednn_code_diffs(results: dict, threads: int = 1, tokens: int = 197) -> dic
     return out
 
 
-#: One recording pair per qlab path (the ViT/attention benchmark, the linear benchmark), each taken where that path
-#: was the best the CPU had or with qlab, ATen and oneDNN held to it (the files' ``meta`` says which).
+#: The recording pairs (the ViT/attention benchmark, the linear benchmark, the qlab path both ran), at least one per
+#: qlab path, each taken where that path was the best the CPU had or with qlab, ATen and oneDNN held to it (the files'
+#: ``meta`` says which). The AVX-512 VNNI path has two: an AMD EPYC whose best it is, and the AMX Xeon held to it
+#: (``QLAB_ISA=avx512_vnni ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI``).
 PATH_RECORDINGS = {
-    "avx2": ("attention-avx2.json", "linear-avx2.json"),
-    "avx_vnni": ("attention-avx-vnni.json", "linear-avx-vnni.json"),
-    "avx512_vnni": ("attention.json", "linear.json"),
-    "amx": ("attention-amx.json", "linear-amx.json"),
+    "avx2": ("attention-avx2.json", "linear-avx2.json", "avx2"),
+    "avx_vnni": ("attention-avx-vnni.json", "linear-avx-vnni.json", "avx_vnni"),
+    "avx512_vnni": ("attention.json", "linear.json", "avx512_vnni"),
+    "avx512_vnni (Xeon)": ("attention-avx512-vnni-xeon.json", "linear-avx512-vnni-xeon.json", "avx512_vnni"),
+    "amx": ("attention-amx.json", "linear-amx.json", "amx"),
 }
 
 
 def paths_table(threads: int = 1) -> dict[str, dict]:
-    """Per recorded qlab path (:data:`PATH_RECORDINGS`): the machine, oneDNN's int8 ISA, ViT-S/16 batch 1 in ms
-    (``fp32``, ``pt2e``: PT2E int8 + Inductor, ``qlab``: ``quantize_vit`` eager with its defaults), qlab's prepacked
-    linear over oneDNN's on ViT-B's four linears (197 tokens, uint8 out; > 1: qlab is faster) and oneDNN's largest
-    output code difference from qlab's exact codes."""
+    """Per recording pair (:data:`PATH_RECORDINGS`): the qlab path, the machine, oneDNN's int8 ISA, ViT-S/16 batch 1
+    in ms (``fp32``, ``pt2e``: PT2E int8 + Inductor, ``qlab``: ``quantize_vit`` eager with its defaults), qlab's
+    prepacked linear over oneDNN's on ViT-B's four linears (197 tokens, uint8 out; > 1: qlab is faster) and oneDNN's
+    largest output code difference from qlab's exact codes."""
     check_int("threads", threads, 1)
     out = {}
-    for path, (att_name, lin_name) in PATH_RECORDINGS.items():
+    for label, (att_name, lin_name, path) in PATH_RECORDINGS.items():
         att = load_attention_results(ATTENTION_RESULTS.with_name(att_name))
         lin = load_linear_results(LINEAR_RESULTS.with_name(lin_name))
         for rec in (att, lin):
@@ -259,8 +262,8 @@ def paths_table(threads: int = 1) -> dict[str, dict]:
                                  f"got {rec['meta']['qlab_kernels']}")
         v = att["vit_small"][str(threads)]["variants"]
         speed = linear_vs_onednn(lin, threads)
-        out[path] = {
-            "cpu": att["meta"]["cpu"], "onednn": lin["meta"]["int8_units"]["onednn"],
+        out[label] = {
+            "path": path, "cpu": att["meta"]["cpu"], "onednn": lin["meta"]["int8_units"]["onednn"],
             "fp32": v["fp32 eager"]["median_ms"], "pt2e": v[PT2E]["median_ms"], "qlab": v[QLAB_DEFAULT]["median_ms"],
             "qlab_cosine": v[QLAB_DEFAULT]["cosine_to_fp32"],
             "linear_vs_onednn": {k.split(",")[0]: r["qlab int8_linear_packed"] for k, r in speed.items()

@@ -112,16 +112,17 @@ def test_every_simd_path_has_a_recording_pair(monkeypatch):
 
     for threads in (1, 2):
         table = inside.paths_table(threads)
-        assert set(table) == set(qk.ISAS) - {"scalar"}
-        for path, r in table.items():
-            att_name, lin_name = inside.PATH_RECORDINGS[path]
+        assert {r["path"] for r in table.values()} == set(qk.ISAS) - {"scalar"}
+        for label, r in table.items():
+            att_name, lin_name, path = inside.PATH_RECORDINGS[label]
+            assert r["path"] == path and label.startswith(path)
             att = inside.load_attention_results(inside.ATTENTION_RESULTS.with_name(att_name))
             assert r["qlab"] == att["vit_small"][str(threads)]["variants"][inside.QLAB_DEFAULT]["median_ms"]
             assert set(r["linear_vs_onednn"]) == {"qkv", "proj", "fc1", "fc2"} and r["cpu"] == att["meta"]["cpu"]
     with pytest.raises(ValueError, match="threads"):
         inside.paths_table(0)
     # a recording of another path under a path's name is refused, not silently compared
-    monkeypatch.setitem(inside.PATH_RECORDINGS, "avx2", ("attention-avx2.json", "linear.json"))
+    monkeypatch.setitem(inside.PATH_RECORDINGS, "avx2", ("attention-avx2.json", "linear.json", "avx2"))
     with pytest.raises(ValueError, match=r"recorded on qlab's avx2 path, got native \(avx512_vnni\)"):
         inside.paths_table(1)
 
