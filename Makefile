@@ -43,8 +43,9 @@ browser:
 
 # The book is built first (tests/test_book.py opens it in Chromium).
 # Lint; the unit tests in random order; strict nbval over every notebook; then nbval again with the
-# libraries held to AVX2, to AVX-512 without AMX, and without the C++ kernels (scripts/isa_matrix.py; the last
-# only for the notebooks that loaded qlab.kernels in the main run, which build/kernel-trace.txt lists).
+# libraries held to AVX2, to AVX-VNNI, to AVX-512 without AMX, and without the C++ kernels
+# (scripts/isa_matrix.py; the last only for the notebooks that loaded qlab.kernels in the main run,
+# which build/kernel-trace.txt lists).
 test: setup browser book hub
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests -p randomly -p no:cacheprovider

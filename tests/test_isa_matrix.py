@@ -80,3 +80,7 @@ def test_a_setting_is_skipped_only_when_the_host_cannot_run_it_or_the_main_run_a
     assert m.skip_reason("avx2", avx2 | {"avx_vnni"}) is None and "no AVX2" in m.skip_reason("avx2", set())
     assert "no AVX-512 VNNI" in m.skip_reason("avx512_vnni", avx2) and "no AMX" in m.skip_reason("avx512_vnni", zen4)
     assert m.skip_reason("avx512_vnni", xeon) is None and m.skip_reason("no_ext", avx2) is None
+    client = avx2 | {"avx_vnni"}  # an Intel client core: AVX-VNNI, no AVX-512
+    assert "no AVX-VNNI" in m.skip_reason("avx_vnni", zen4) and "nothing above AVX-VNNI" in m.skip_reason("avx_vnni",
+                                                                                                         client)
+    assert m.skip_reason("avx_vnni", xeon | {"avx_vnni"}) is None
