@@ -6,7 +6,8 @@
 // count can change a bit: exp is a fixed sequence of float32 multiplies and adds (the build forbids FMA
 // contraction, -ffp-contract=off), and the row sum runs in 16 lanes folded 8-4-2-1, whatever the machine.
 // Three loops compute it: portable, AVX2 (two 8-lane registers hold the 16 lanes) and AVX-512 (one register);
-// each lane sees the same operations in the same order, so all three give the same bits.
+// each lane sees the same rounded float32 operations in the same order, so all three give the same bits. (Where
+// an instruction does exactly what two did, the AVX-512 loop uses it: exp16 and codes16 say which.)
 #include <cmath>
 #include <cstdint>
 #include <cstring>
