@@ -815,8 +815,8 @@ at::Tensor int8_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at
   uint8_t* od = static_cast<uint8_t*>(out.data_ptr());
   const GemmFn gemm = active_gemm();
   const Isa isa = active_isa();
-  void (*row_softmax)(const float*, int64_t, float, float*, uint8_t*) =
-      zmm(isa) ? softmax_row_u8_avx512 : (isa == Isa::Scalar ? softmax_row_u8_scalar : softmax_row_u8_avx2);
+  void (*rows_softmax)(const float*, int64_t, int64_t, float, float*, uint8_t*) =
+      zmm(isa) ? softmax_rows_u8_avx512 : (isa == Isa::Scalar ? softmax_rows_u8_scalar : softmax_rows_u8_avx2);
   // The 8-lane integer softmax needs 255 * (sum of a row's exps) at most half int64's range (its floors go through
   // float64); the logit scales between that and the limit checked above keep the scalar loop.
   void (*row_isoftmax)(const int32_t*, const uint8_t*, int64_t, const ISoftmax&, int64_t*, uint8_t*) =
@@ -837,7 +837,7 @@ at::Tensor int8_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at
     int64_t packed_head = -1;
     std::vector<float> logits(static_cast<size_t>(kAttnRows * S) + 1);
     std::vector<int32_t> acc(int_sm ? static_cast<size_t>(kAttnRows * S) + 1 : 1);
-    std::vector<float> ef(static_cast<size_t>(S) + 1);
+    std::vector<float> ef(static_cast<size_t>(kSoftmaxRows * S) + 1);
     std::vector<int64_t> ei(static_cast<size_t>(S) + 1);
     std::vector<uint8_t> p(static_cast<size_t>(kAttnRows * S) + 1), keep(static_cast<size_t>(S) + 1);
     for (int64_t ti = t0; ti < t1; ++ti) {
@@ -878,12 +878,9 @@ at::Tensor int8_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at
           }
           kp = keep.data();
         }
-        if (int_sm) {
-          row_isoftmax(acc.data() + i * S, kp, S, ic, ei.data(), p.data() + i * S);
-        } else {
-          row_softmax(logits.data() + i * S, S, pinv, ef.data(), p.data() + i * S);
-        }
+        if (int_sm) row_isoftmax(acc.data() + i * S, kp, S, ic, ei.data(), p.data() + i * S);
       }
+      if (!int_sm) rows_softmax(logits.data(), rows, S, pinv, ef.data(), p.data());
       Task c;
       c.a = MatA{p.data(), S, 1, false, 0};
       c.b = vb;

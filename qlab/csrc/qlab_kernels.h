@@ -141,10 +141,12 @@ void table_rows_vbmi(uint8_t* o, int64_t ld, int64_t rows, int64_t cols, const u
 // nothing kept gives all zeros); the three loops give the same bits. Integer variant (I-BERT's, qlab/intonly.py):
 // keep: 1 = attend, 0 = masked (nullptr: all kept). e: S floats / int64s of scratch.
 float exp_f32(float x);
-// pinv: float32(1 / p_scale), the codes' inverse scale (255 for codes of 1/255).
-void softmax_row_u8_scalar(const float* logits, int64_t S, float pinv, float* e, uint8_t* out);
-void softmax_row_u8_avx2(const float* logits, int64_t S, float pinv, float* e, uint8_t* out);
-void softmax_row_u8_avx512(const float* logits, int64_t S, float pinv, float* e, uint8_t* out);
+// rows x S logits and codes, row after row; pinv: float32(1 / p_scale), the codes' inverse scale (255 for codes of
+// 1/255); e: kSoftmaxRows x S floats of scratch.
+constexpr int64_t kSoftmaxRows = 4;  // rows the AVX-512 loop computes together
+void softmax_rows_u8_scalar(const float* logits, int64_t rows, int64_t S, float pinv, float* e, uint8_t* out);
+void softmax_rows_u8_avx2(const float* logits, int64_t rows, int64_t S, float pinv, float* e, uint8_t* out);
+void softmax_rows_u8_avx512(const float* logits, int64_t rows, int64_t S, float pinv, float* e, uint8_t* out);
 struct ISoftmax {
   int64_t q_ln2, qb, qc;  // floor(ln2 / s), floor(b / s), floor(c / (a s^2)) for the logits' scale s
 };

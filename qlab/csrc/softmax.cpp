@@ -8,6 +8,8 @@
 // Three loops compute it: portable, AVX2 (two 8-lane registers hold the 16 lanes) and AVX-512 (one register);
 // each lane sees the same rounded float32 operations in the same order, so all three give the same bits. (Where
 // an instruction does exactly what two did, the AVX-512 loop uses it: exp16 and codes16 say which.)
+// The vector loops work on several rows side by side (AVX2 2, AVX-512 4): one row alone is a chain of dependent
+// steps (its maximum, then its sums, then their reciprocal, then its codes) that keeps the core waiting.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -72,9 +74,8 @@ inline uint8_t code_of(float e, float inv, float pinv) {
   r = r < 0.0f ? 0.0f : (r > 255.0f ? 255.0f : r);
   return static_cast<uint8_t>(r);
 }
-}  // namespace
 
-void softmax_row_u8_scalar(const float* logits, int64_t S, float pinv, float* e, uint8_t* out) {
+void softmax_row_scalar(const float* logits, int64_t S, float pinv, float* e, uint8_t* out) {
   float m = -INFINITY;
   for (int64_t j = 0; j < S; ++j) m = logits[j] > m ? logits[j] : m;
   if (!std::isfinite(m)) m = 0.0f;
@@ -85,6 +86,11 @@ void softmax_row_u8_scalar(const float* logits, int64_t S, float pinv, float* e,
   }
   const float inv = fold_inverse(lanes);
   for (int64_t j = 0; j < S; ++j) out[j] = code_of(e[j], inv, pinv);
+}
+}  // namespace
+
+void softmax_rows_u8_scalar(const float* logits, int64_t rows, int64_t S, float pinv, float* e, uint8_t* out) {
+  for (int64_t i = 0; i < rows; ++i) softmax_row_scalar(logits + i * S, S, pinv, e, out + i * S);
 }
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -123,108 +129,158 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m128i codes16(__m5
   return _mm512_cvtusepi32_epi8(_mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_mul_ps(e, inv), pinv),
                                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
-}  // namespace
 
-__attribute__((target("avx2"))) void softmax_row_u8_avx2(const float* logits, int64_t S, float pinv, float* e,
-                                                         uint8_t* out) {
-  // The row's maximum, 8 lanes at a time (exact in any order; vmaxps returns its second operand when the first is
+// NR rows at once (as the AVX-512 loop below, which says why)
+template <int NR>
+__attribute__((target("avx2"))) inline void softmax_rows_avx2(const float* logits, int64_t S, float pinv, float* e,
+                                                              uint8_t* out) {
+  // The rows' maxima, 8 lanes at a time (exact in any order; vmaxps returns its second operand when the first is
   // NaN, so NaN logits are skipped as the scalar loop skips them; a zero's sign cannot change x - m)
-  __m256 vmax = _mm256_set1_ps(-INFINITY);
+  __m256 vm[NR], lo[NR], hi[NR];  // lo, hi: lanes 0-7 and 8-15 of each row's sums
+  for (int r = 0; r < NR; ++r) vm[r] = _mm256_set1_ps(-INFINITY);
   int64_t k = 0;
-  for (; k + 8 <= S; k += 8) vmax = _mm256_max_ps(_mm256_loadu_ps(logits + k), vmax);
-  float lanes8[8];
-  _mm256_storeu_ps(lanes8, vmax);
-  float m = -INFINITY;
-  for (float v : lanes8) m = v > m ? v : m;
-  for (; k < S; ++k) m = logits[k] > m ? logits[k] : m;
-  if (!std::isfinite(m)) m = 0.0f;
-  const __m256 vm = _mm256_set1_ps(m);
-  __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();  // lanes 0-7 and 8-15
-  float tail[16];
+  for (; k + 8 <= S; k += 8) {
+    for (int r = 0; r < NR; ++r) vm[r] = _mm256_max_ps(_mm256_loadu_ps(logits + r * S + k), vm[r]);
+  }
+  for (int r = 0; r < NR; ++r) {
+    float lanes8[8];
+    _mm256_storeu_ps(lanes8, vm[r]);
+    float m = -INFINITY;
+    for (float v : lanes8) m = v > m ? v : m;
+    for (int64_t j = k; j < S; ++j) m = logits[r * S + j] > m ? logits[r * S + j] : m;
+    if (!std::isfinite(m)) m = 0.0f;
+    vm[r] = _mm256_set1_ps(m);
+    lo[r] = hi[r] = _mm256_setzero_ps();
+  }
   for (int64_t j = 0; j < S; j += 16) {
     const bool full = S - j >= 16;
-    const float* x = logits + j;
-    if (!full) {  // -inf past the row: exp gives 0, adding +0 to a lane sum (>= +0) changes no bit
-      for (int i = 0; i < 16; ++i) tail[i] = j + i < S ? x[i] : -INFINITY;
-      x = tail;
-    }
-    const __m256 e0 = exp8(_mm256_sub_ps(_mm256_loadu_ps(x), vm));
-    const __m256 e1 = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + 8), vm));
-    lo = _mm256_add_ps(lo, e0);
-    hi = _mm256_add_ps(hi, e1);
-    if (full) {
-      _mm256_storeu_ps(e + j, e0);
-      _mm256_storeu_ps(e + j + 8, e1);
-    } else {
-      float t[16];
-      _mm256_storeu_ps(t, e0);
-      _mm256_storeu_ps(t + 8, e1);
-      for (int64_t i = 0; j + i < S; ++i) e[j + i] = t[i];
+    for (int r = 0; r < NR; ++r) {
+      const float* x = logits + r * S + j;
+      float tail[16];
+      if (!full) {  // -inf past the row: exp gives 0, adding +0 to a lane sum (>= +0) changes no bit
+        for (int i = 0; i < 16; ++i) tail[i] = j + i < S ? x[i] : -INFINITY;
+        x = tail;
+      }
+      const __m256 e0 = exp8(_mm256_sub_ps(_mm256_loadu_ps(x), vm[r]));
+      const __m256 e1 = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + 8), vm[r]));
+      lo[r] = _mm256_add_ps(lo[r], e0);
+      hi[r] = _mm256_add_ps(hi[r], e1);
+      float* er = e + r * S + j;
+      if (full) {
+        _mm256_storeu_ps(er, e0);
+        _mm256_storeu_ps(er + 8, e1);
+      } else {
+        float t[16];
+        _mm256_storeu_ps(t, e0);
+        _mm256_storeu_ps(t + 8, e1);
+        for (int64_t i = 0; j + i < S; ++i) er[i] = t[i];
+      }
     }
   }
-  float lanes[16];
-  _mm256_storeu_ps(lanes, lo);
-  _mm256_storeu_ps(lanes + 8, hi);
-  const float inv_row = fold_inverse(lanes);
-  const __m256 inv = _mm256_set1_ps(inv_row), c255 = _mm256_set1_ps(255.0f), vp = _mm256_set1_ps(pinv);
-  int64_t j = 0;
-  for (; j + 8 <= S; j += 8) {
-    __m256 r = _mm256_round_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(e + j), inv), vp),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    r = _mm256_min_ps(_mm256_max_ps(r, _mm256_setzero_ps()), c255);
-    const __m256i v = _mm256_cvtps_epi32(r);
-    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(out + j), _mm_packus_epi16(w, w));
+  const __m256 c255 = _mm256_set1_ps(255.0f), vp = _mm256_set1_ps(pinv);
+  for (int r = 0; r < NR; ++r) {
+    float lanes[16];
+    _mm256_storeu_ps(lanes, lo[r]);
+    _mm256_storeu_ps(lanes + 8, hi[r]);
+    const float inv_row = fold_inverse(lanes);
+    const __m256 inv = _mm256_set1_ps(inv_row);
+    const float* er = e + r * S;
+    uint8_t* o = out + r * S;
+    int64_t j = 0;
+    for (; j + 8 <= S; j += 8) {
+      __m256 c = _mm256_round_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(er + j), inv), vp),
+                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      c = _mm256_min_ps(_mm256_max_ps(c, _mm256_setzero_ps()), c255);
+      const __m256i v = _mm256_cvtps_epi32(c);
+      const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(o + j), _mm_packus_epi16(w, w));
+    }
+    for (; j < S; ++j) o[j] = code_of(er[j], inv_row, pinv);
   }
-  for (; j < S; ++j) out[j] = code_of(e[j], inv_row, pinv);
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vl"))) void softmax_row_u8_avx512(const float* logits, int64_t S,
-                                                                                float pinv, float* e, uint8_t* out) {
+// NR rows at once: each row's steps are the one-row loop's, in the same order; the rows' independent chains (the
+// maximum, the lane sums, the reciprocal) overlap instead of waiting on each other.
+template <int NR>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void softmax_rows_avx512(const float* logits, int64_t S,
+                                                                                     float pinv, float* e,
+                                                                                     uint8_t* out) {
   // Whole registers in the loops, a mask only for the last partial one: masked stores are slow on some CPUs
   const int64_t full = S / 16 * 16;
   const __mmask16 tail = static_cast<__mmask16>((1u << (S - full)) - 1);
   const __m512 ninf = _mm512_set1_ps(-INFINITY);
-  __m512 vmax = ninf;
-  for (int64_t j = 0; j < full; j += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(logits + j));
-  if (tail) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(ninf, tail, logits + full));
-  float m = _mm512_reduce_max_ps(vmax);
-  if (!std::isfinite(m)) m = 0.0f;
-  const __m512 vm = _mm512_set1_ps(m);
-  __m512 acc = _mm512_setzero_ps();
-  int64_t j = 0;
-  for (; j + 32 <= full; j += 32) {  // two independent exps per step; the lane sums still add in order of j
-    const __m512 e0 = exp16(_mm512_sub_ps(_mm512_loadu_ps(logits + j), vm));
-    const __m512 e1 = exp16(_mm512_sub_ps(_mm512_loadu_ps(logits + j + 16), vm));
-    acc = _mm512_add_ps(_mm512_add_ps(acc, e0), e1);
-    _mm512_storeu_ps(e + j, e0);
-    _mm512_storeu_ps(e + j + 16, e1);
+  __m512 vmax[NR], acc[NR], vm[NR], inv[NR];
+  for (int r = 0; r < NR; ++r) vmax[r] = ninf;
+  for (int64_t j = 0; j < full; j += 16) {
+    for (int r = 0; r < NR; ++r) vmax[r] = _mm512_max_ps(vmax[r], _mm512_loadu_ps(logits + r * S + j));
   }
-  for (; j < full; j += 16) {
-    const __m512 ej = exp16(_mm512_sub_ps(_mm512_loadu_ps(logits + j), vm));
-    acc = _mm512_add_ps(acc, ej);
-    _mm512_storeu_ps(e + j, ej);
+  for (int r = 0; r < NR; ++r) {
+    if (tail) vmax[r] = _mm512_max_ps(vmax[r], _mm512_mask_loadu_ps(ninf, tail, logits + r * S + full));
+    float m = _mm512_reduce_max_ps(vmax[r]);
+    if (!std::isfinite(m)) m = 0.0f;
+    vm[r] = _mm512_set1_ps(m);
+    acc[r] = _mm512_setzero_ps();
   }
-  if (tail) {  // -inf past the row: exp gives 0, adding +0 to a lane sum (>= +0) changes no bit
-    const __m512 ej = exp16(_mm512_sub_ps(_mm512_mask_loadu_ps(ninf, tail, logits + full), vm));
-    acc = _mm512_add_ps(acc, ej);
-    _mm512_mask_storeu_ps(e + full, tail, ej);
+  for (int64_t j = 0; j < full; j += 16) {  // the lane sums add in order of j
+    for (int r = 0; r < NR; ++r) {
+      const __m512 ej = exp16(_mm512_sub_ps(_mm512_loadu_ps(logits + r * S + j), vm[r]));
+      acc[r] = _mm512_add_ps(acc[r], ej);
+      _mm512_storeu_ps(e + r * S + j, ej);
+    }
   }
-  float lanes[16];
-  _mm512_storeu_ps(lanes, acc);
-  const __m512 inv = _mm512_set1_ps(fold_inverse(lanes)), vp = _mm512_set1_ps(pinv);
-  for (j = 0; j < full; j += 16)
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), codes16(_mm512_loadu_ps(e + j), inv, vp));
-  if (tail) _mm_mask_storeu_epi8(out + full, tail, codes16(_mm512_maskz_loadu_ps(tail, e + full), inv, vp));
+  const __m512 vp = _mm512_set1_ps(pinv);
+  for (int r = 0; r < NR; ++r) {
+    if (tail) {  // -inf past the row: exp gives 0, adding +0 to a lane sum (>= +0) changes no bit
+      const __m512 ej = exp16(_mm512_sub_ps(_mm512_mask_loadu_ps(ninf, tail, logits + r * S + full), vm[r]));
+      acc[r] = _mm512_add_ps(acc[r], ej);
+      _mm512_mask_storeu_ps(e + r * S + full, tail, ej);
+    }
+    float lanes[16];
+    _mm512_storeu_ps(lanes, acc[r]);
+    inv[r] = _mm512_set1_ps(fold_inverse(lanes));
+  }
+  for (int64_t j = 0; j < full; j += 16) {
+    for (int r = 0; r < NR; ++r) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + r * S + j),
+                       codes16(_mm512_loadu_ps(e + r * S + j), inv[r], vp));
+    }
+  }
+  if (tail) {
+    for (int r = 0; r < NR; ++r) {
+      _mm_mask_storeu_epi8(out + r * S + full, tail,
+                           codes16(_mm512_maskz_loadu_ps(tail, e + r * S + full), inv[r], vp));
+    }
+  }
+}
+}  // namespace
+
+__attribute__((target("avx2"))) void softmax_rows_u8_avx2(const float* logits, int64_t rows, int64_t S, float pinv,
+                                                          float* e, uint8_t* out) {
+  int64_t i = 0;
+  for (; i + 2 <= rows; i += 2) softmax_rows_avx2<2>(logits + i * S, S, pinv, e, out + i * S);
+  if (i < rows) softmax_rows_avx2<1>(logits + i * S, S, pinv, e, out + i * S);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void softmax_rows_u8_avx512(const float* logits, int64_t rows,
+                                                                                 int64_t S, float pinv, float* e,
+                                                                                 uint8_t* out) {
+  int64_t i = 0;
+  for (; i + 4 <= rows; i += 4) softmax_rows_avx512<4>(logits + i * S, S, pinv, e, out + i * S);
+  switch (rows - i) {
+    case 3: softmax_rows_avx512<3>(logits + i * S, S, pinv, e, out + i * S); break;
+    case 2: softmax_rows_avx512<2>(logits + i * S, S, pinv, e, out + i * S); break;
+    case 1: softmax_rows_avx512<1>(logits + i * S, S, pinv, e, out + i * S); break;
+    default: break;
+  }
 }
 
 #else
 
-void softmax_row_u8_avx2(const float* logits, int64_t S, float pinv, float* e, uint8_t* out) {
-  softmax_row_u8_scalar(logits, S, pinv, e, out);
+void softmax_rows_u8_avx2(const float* logits, int64_t rows, int64_t S, float pinv, float* e, uint8_t* out) {
+  softmax_rows_u8_scalar(logits, rows, S, pinv, e, out);
 }
-void softmax_row_u8_avx512(const float* logits, int64_t S, float pinv, float* e, uint8_t* out) {
-  softmax_row_u8_scalar(logits, S, pinv, e, out);
+void softmax_rows_u8_avx512(const float* logits, int64_t rows, int64_t S, float pinv, float* e, uint8_t* out) {
+  softmax_rows_u8_scalar(logits, rows, S, pinv, e, out);
 }
 
 #endif
