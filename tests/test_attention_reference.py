@@ -260,22 +260,32 @@ def test_property_kernel_equals_reference(T, S, D, Dv, zq, zk, zv, scale, softma
                 assert torch.equal(torch.ops.qlab.int8_attention(*args), want), (isa, threads)
 
 
-def _edge_scale(S: int) -> float:
-    """A logit scale whose integer softmax sums reach [2^62, 2^63): the scalar loop's range, just below the limit."""
+def _scale_with_bound(S: int, target: float, low: float, high: float) -> float:
+    """A logit scale whose integer-softmax row bound 256 S (qb^2 + qc) is near ``target``, checked in [low, high)."""
     from qlab import intonly
 
     a, b, c = intonly.EXP_COEFFS
-    s = math.sqrt(256 * S * (b * b + c / a) / (0.75 * 2.0**63))
+    s = math.sqrt(256 * S * (b * b + c / a) / target)
     bound = 256.0 * S * (math.floor(b / s) ** 2 + math.floor(c / (a * s * s)))
-    assert 2.0**62 <= bound < 2.0**63
+    assert low <= bound < high, (S, bound)
     return s
 
 
-@pytest.mark.parametrize("logit_scale", [0.6, 1e-3, 1e-6, "edge"])
+def _edge_scale(S: int) -> float:
+    """A logit scale whose integer softmax sums reach [2^62, 2^63): the scalar loop's range, just below the limit."""
+    return _scale_with_bound(S, 0.75 * 2.0**63, 2.0**62, 2.0**63)
+
+
+# The float64 lanes take row bounds below 2^50, the int64 lanes [2^50, 2^62) (ops.cpp): a scale on each side
+_BELOW_2_50 = {"f64-edge": (0.9 * 2.0**50, 2.0**49, 2.0**50), "i64-edge": (1.1 * 2.0**50, 2.0**50, 2.0**51)}
+
+
+@pytest.mark.parametrize("logit_scale", [0.6, 1e-3, 1e-6, "f64-edge", "i64-edge", "edge"])
 def test_integer_softmax_lanes_equal_the_scalar_loop(logit_scale):
-    """The 8-lane integer softmax (AVX-512) floors through float64 with one exact correction; rows of 1, 8, 9 and
-    300 keys, some or all keys masked, logit scales from near ln 2 (z large) down to the edge where the exps' sum
-    nears int64's limit and the scalar loop takes over: every path equals the reference."""
+    """The AVX-512 integer softmax: float64 lanes (exact below a row bound of 2^50, four rows side by side), int64
+    lanes that floor through float64 with one exact correction (up to 2^62), the scalar loop above. Rows of 1, 8, 9
+    and 300 keys, some or all keys masked, logit scales from near ln 2 (z large) down to the edge where the exps' sum
+    nears int64's limit, and on both sides of 2^50: every path equals the reference."""
     import qlab.kernels as qk
 
     g = torch.Generator().manual_seed(0)
@@ -286,7 +296,12 @@ def test_integer_softmax_lanes_equal_the_scalar_loop(logit_scale):
             v = torch.randint(-128, 128, (1, 2, S, 8), dtype=torch.int8, generator=g)
             keep = (torch.rand(5, S, generator=g) > 0.5) if masked == "some" else torch.full((5, S), masked is None)
             bias = None if masked is None else torch.where(keep, 0.0, float("-inf"))
-            s = (_edge_scale(S) if logit_scale == "edge" else logit_scale) ** 0.5
+            if logit_scale == "edge":
+                s = _edge_scale(S) ** 0.5
+            elif logit_scale in _BELOW_2_50:
+                s = _scale_with_bound(S, *_BELOW_2_50[logit_scale]) ** 0.5
+            else:
+                s = logit_scale**0.5
             args = (q, k, v, s, 0, s, 0, 0.03, 0, bias, 0.05, 3, torch.uint8, "int", "float")
             want = A.int8_attention(*args)
             for isa in qk.available_isas():

@@ -821,6 +821,8 @@ at::Tensor int8_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at
   // float64); the logit scales between that and the limit checked above keep the scalar loop.
   void (*row_isoftmax)(const int32_t*, const uint8_t*, int64_t, const ISoftmax&, int64_t*, uint8_t*) =
       zmm(isa) && row_bound < 0x1p62 ? isoftmax_row_u8_avx512 : isoftmax_row_u8;
+  // Below 2^50 the float64 lanes compute every integer of it exactly (softmax.cpp says why).
+  const bool isoftmax_f64 = zmm(isa) && row_bound < 0x1p50;
   const int64_t kAttnRows = std::max<int64_t>(attention_rows(T, S), 1);
   const int64_t blocks = (T + kAttnRows - 1) / kAttnRows;
   // The SIMD paths read k and v prepacked (the layout of pack_linear_weight): each thread packs a head's k and v once,
@@ -838,8 +840,8 @@ at::Tensor int8_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at
     std::vector<float> logits(static_cast<size_t>(kAttnRows * S) + 1);
     std::vector<int32_t> acc(int_sm ? static_cast<size_t>(kAttnRows * S) + 1 : 1);
     std::vector<float> ef(static_cast<size_t>(kSoftmaxRows * S) + 1);
-    std::vector<int64_t> ei(static_cast<size_t>(S) + 1);
-    std::vector<uint8_t> p(static_cast<size_t>(kAttnRows * S) + 1), keep(static_cast<size_t>(S) + 1);
+    std::vector<int64_t> ei(static_cast<size_t>(kSoftmaxRows * S) + 1);
+    std::vector<uint8_t> p(static_cast<size_t>(kAttnRows * S) + 1), keep(static_cast<size_t>(kAttnRows * S) + 1);
     for (int64_t ti = t0; ti < t1; ++ti) {
       const int64_t bi = ti / blocks, r0 = (ti % blocks) * kAttnRows, rows = std::min(kAttnRows, T - r0);
       const MatB kb{kd + koff[bi], k.stride(-1), k.stride(-2), static_cast<int32_t>(k_zero_point)};
@@ -867,20 +869,25 @@ at::Tensor int8_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at
         a.packed_n = S;
       }
       if (S > 0) gemm(a, e1.e);
-      for (int64_t i = 0; i < rows; ++i) {
-        const uint8_t* kp = nullptr;
-        if (bd) {
-          const float* brow = bd + boff[bi] + (r0 + i) * bx.stride(-2);
-          for (int64_t j = 0; j < S; ++j) {
-            const float bv = brow[j * bx.stride(-1)];
-            keep[j] = !(bv <= -FLT_MAX || std::isnan(bv));
-            if (!int_sm) logits[i * S + j] = keep[j] ? logits[i * S + j] + bv : -INFINITY;
-          }
-          kp = keep.data();
+      for (int64_t i = 0; bd && i < rows; ++i) {  // keep: 1 = attend; the float logits get the bias (-inf: masked)
+        const float* brow = bd + boff[bi] + (r0 + i) * bx.stride(-2);
+        uint8_t* kr = keep.data() + i * S;
+        for (int64_t j = 0; j < S; ++j) {
+          const float bv = brow[j * bx.stride(-1)];
+          kr[j] = !(bv <= -FLT_MAX || std::isnan(bv));
+          if (!int_sm) logits[i * S + j] = kr[j] ? logits[i * S + j] + bv : -INFINITY;
         }
-        if (int_sm) row_isoftmax(acc.data() + i * S, kp, S, ic, ei.data(), p.data() + i * S);
       }
-      if (!int_sm) rows_softmax(logits.data(), rows, S, pinv, ef.data(), p.data());
+      const uint8_t* kp = bd ? keep.data() : nullptr;
+      if (!int_sm) {
+        rows_softmax(logits.data(), rows, S, pinv, ef.data(), p.data());
+      } else if (isoftmax_f64) {
+        isoftmax_rows_u8_avx512_f64(acc.data(), kp, rows, S, ic, ei.data(), p.data());
+      } else {
+        for (int64_t i = 0; i < rows; ++i) {
+          row_isoftmax(acc.data() + i * S, kp ? kp + i * S : nullptr, S, ic, ei.data(), p.data() + i * S);
+        }
+      }
       Task c;
       c.a = MatA{p.data(), S, 1, false, 0};
       c.b = vb;

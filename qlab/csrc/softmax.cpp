@@ -329,6 +329,78 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) inline __mmask8 ke
   }
   return mk;
 }
+
+// The same integers again, in float64 lanes, where every value the definition makes is below 2^50 (the caller
+// checks the row bound 256 S (qb^2 + qc) < 2^50): each float64 multiply, add and fused multiply-add below is exact,
+// and the two floors by a row constant need no correction. For integers 0 <= n < 2^50 and 1 <= d, (n + 1/2) / d
+// is at least 1/(2d) from any integer while float64's (n + 1/2) * float64(1/d) is within (n/d) 2^-52 < 1/(2d) of
+// it: floor(float64((n + 1/2) / d)) = floor(n / d) exactly. z = floor(-q / q_ln2) that way; 2^-z by scalef, exact
+// for results >= 1, and the floor of ql 2^-z is ql >> z (z >= 53 leaves nothing of ql < 2^53). Rows side by side,
+// as in the float loop.
+template <int NR>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) inline void isoftmax_rows_pd(const int32_t* acc,
+                                                                                           const uint8_t* keep,
+                                                                                           int64_t S, const ISoftmax& c,
+                                                                                           double* e, uint8_t* out) {
+  __m512d vmh[NR], vt[NR];  // each row's maximum + 1/2, sum of exps
+  for (int r = 0; r < NR; ++r) {
+    __m512i vmax = _mm512_set1_epi32(INT32_MIN);
+    __mmask16 seen = 0;
+    for (int64_t j = 0; j < S; j += 16) {
+      const int64_t n = S - j;
+      __mmask16 mk = n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+      if (keep) mk = _mm_mask_test_epi8_mask(mk, _mm_maskz_loadu_epi8(mk, keep + r * S + j), _mm_set1_epi8(-1));
+      seen |= mk;
+      vmax = _mm512_mask_max_epi32(vmax, mk, vmax, _mm512_maskz_loadu_epi32(mk, acc + r * S + j));
+    }
+    vmh[r] = _mm512_set1_pd((seen ? static_cast<double>(_mm512_reduce_max_epi32(vmax)) : 0.0) + 0.5);
+    vt[r] = _mm512_setzero_pd();
+  }
+  const __m512d d = _mm512_set1_pd(static_cast<double>(c.q_ln2)), ninv_d = _mm512_set1_pd(-1.0 / c.q_ln2),
+                qbh = _mm512_set1_pd(static_cast<double>(c.qb) + 0.5), qc = _mm512_set1_pd(static_cast<double>(c.qc));
+  constexpr int kFloor = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC, kCeil = _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC;
+  for (int64_t j = 0; j < S; j += 8) {
+    const int64_t n = S - j;
+    const __mmask8 in_row = n >= 8 ? __mmask8(0xFF) : __mmask8((1u << n) - 1);
+    for (int r = 0; r < NR; ++r) {
+      __mmask8 mk = in_row;
+      if (keep) mk = _mm_mask_test_epi8_mask(mk, _mm_maskz_loadu_epi8(mk, keep + r * S + j), _mm_set1_epi8(-1));
+      // -q + 1/2 = m - acc + 1/2 on kept lanes; -z = ceil((-q + 1/2) (-1 / q_ln2)) = -floor(-q / q_ln2)
+      const __m512d nqh = _mm512_sub_pd(vmh[r], _mm512_cvtepi32_pd(_mm256_maskz_loadu_epi32(mk, acc + r * S + j)));
+      const __m512d nz = _mm512_roundscale_pd(_mm512_mul_pd(nqh, ninv_d), kCeil);
+      const __m512d t = _mm512_sub_pd(qbh, _mm512_fmadd_pd(nz, d, nqh));  // qb - (-q - z q_ln2) = q_p + q_b
+      const __m512d ql = _mm512_fmadd_pd(t, t, qc);
+      const __m512d ej = _mm512_maskz_roundscale_pd(mk, _mm512_scalef_pd(ql, nz), kFloor);
+      vt[r] = _mm512_add_pd(vt[r], ej);  // integers below 2^50: exact in any order
+      _mm512_mask_storeu_pd(e + r * S + j, in_row, ej);
+    }
+  }
+  // codes: floor((255 e + floor(total / 2)) / max(total, 1)) <= 255 (e <= total), by the same floor
+  __m512d numh[NR], inv_div[NR];
+  for (int r = 0; r < NR; ++r) {
+    const double total = _mm512_reduce_add_pd(vt[r]);
+    numh[r] = _mm512_set1_pd(std::floor(total / 2) + 0.5);
+    inv_div[r] = _mm512_set1_pd(1.0 / (total > 0 ? total : 1.0));
+  }
+  const __m512d c255 = _mm512_set1_pd(255.0);
+  const int64_t full = S / 8 * 8;
+  for (int64_t j = 0; j < full; j += 8) {
+    for (int r = 0; r < NR; ++r) {
+      const __m512d num = _mm512_fmadd_pd(_mm512_loadu_pd(e + r * S + j), c255, numh[r]);
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(out + r * S + j),
+                       _mm256_cvtusepi32_epi8(_mm512_cvttpd_epi32(_mm512_mul_pd(num, inv_div[r]))));
+    }
+  }
+  if (full < S) {
+    const __mmask8 tail = static_cast<__mmask8>((1u << (S - full)) - 1);
+    for (int r = 0; r < NR; ++r) {
+      const __m512d num = _mm512_fmadd_pd(_mm512_maskz_loadu_pd(tail, e + r * S + full), c255, numh[r]);
+      _mm_mask_storeu_epi8(out + r * S + full, tail,
+                           _mm256_cvtusepi32_epi8(_mm512_cvttpd_epi32(_mm512_mul_pd(num, inv_div[r]))));
+    }
+  }
+}
+
 }  // namespace
 
 // The integer softmax on 8 int64 lanes (AVX-512F/DQ): the same integers as isoftmax_row_u8 (sums of integers do not
@@ -386,11 +458,28 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void isoftmax_row_
   }
 }
 
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void isoftmax_rows_u8_avx512_f64(
+    const int32_t* acc, const uint8_t* keep, int64_t rows, int64_t S, const ISoftmax& c, int64_t* e, uint8_t* out) {
+  double* ed = reinterpret_cast<double*>(e);  // the scratch, read and written only by vector loads and stores
+  int64_t i = 0;
+  for (; i + 4 <= rows; i += 4) isoftmax_rows_pd<4>(acc + i * S, keep ? keep + i * S : nullptr, S, c, ed, out + i * S);
+  switch (rows - i) {
+    case 3: isoftmax_rows_pd<3>(acc + i * S, keep ? keep + i * S : nullptr, S, c, ed, out + i * S); break;
+    case 2: isoftmax_rows_pd<2>(acc + i * S, keep ? keep + i * S : nullptr, S, c, ed, out + i * S); break;
+    case 1: isoftmax_rows_pd<1>(acc + i * S, keep ? keep + i * S : nullptr, S, c, ed, out + i * S); break;
+    default: break;
+  }
+}
+
 #else
 
 void isoftmax_row_u8_avx512(const int32_t* acc, const uint8_t* keep, int64_t S, const ISoftmax& c, int64_t* e,
                             uint8_t* out) {
   isoftmax_row_u8(acc, keep, S, c, e, out);
+}
+void isoftmax_rows_u8_avx512_f64(const int32_t* acc, const uint8_t* keep, int64_t rows, int64_t S, const ISoftmax& c,
+                                 int64_t* e, uint8_t* out) {
+  for (int64_t i = 0; i < rows; ++i) isoftmax_row_u8(acc + i * S, keep ? keep + i * S : nullptr, S, c, e, out + i * S);
 }
 
 #endif
