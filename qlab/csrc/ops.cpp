@@ -822,7 +822,9 @@ at::Tensor int8_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at
   void (*row_isoftmax)(const int32_t*, const uint8_t*, int64_t, const ISoftmax&, int64_t*, uint8_t*) =
       zmm(isa) && row_bound < 0x1p62 ? isoftmax_row_u8_avx512 : isoftmax_row_u8;
   // Below 2^50 the float64 lanes compute every integer of it exactly (softmax.cpp says why).
-  const bool isoftmax_f64 = zmm(isa) && row_bound < 0x1p50;
+  void (*rows_isoftmax_f64)(const int32_t*, const uint8_t*, int64_t, int64_t, const ISoftmax&, int64_t*, uint8_t*) =
+      row_bound >= 0x1p50 || isa == Isa::Scalar ? nullptr
+                                                : (zmm(isa) ? isoftmax_rows_u8_avx512_f64 : isoftmax_rows_u8_avx2_f64);
   const int64_t kAttnRows = std::max<int64_t>(attention_rows(T, S), 1);
   const int64_t blocks = (T + kAttnRows - 1) / kAttnRows;
   // The SIMD paths read k and v prepacked (the layout of pack_linear_weight): each thread packs a head's k and v once,
@@ -840,7 +842,7 @@ at::Tensor int8_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at
     std::vector<float> logits(static_cast<size_t>(kAttnRows * S) + 1);
     std::vector<int32_t> acc(int_sm ? static_cast<size_t>(kAttnRows * S) + 1 : 1);
     std::vector<float> ef(static_cast<size_t>(kSoftmaxRows * S) + 1);
-    std::vector<int64_t> ei(static_cast<size_t>(kSoftmaxRows * S) + 1);
+    std::vector<int64_t> ei(static_cast<size_t>(kSoftmaxRows * (S + 8)));
     std::vector<uint8_t> p(static_cast<size_t>(kAttnRows * S) + 1), keep(static_cast<size_t>(kAttnRows * S) + 1);
     for (int64_t ti = t0; ti < t1; ++ti) {
       const int64_t bi = ti / blocks, r0 = (ti % blocks) * kAttnRows, rows = std::min(kAttnRows, T - r0);
@@ -881,8 +883,8 @@ at::Tensor int8_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at
       const uint8_t* kp = bd ? keep.data() : nullptr;
       if (!int_sm) {
         rows_softmax(logits.data(), rows, S, pinv, ef.data(), p.data());
-      } else if (isoftmax_f64) {
-        isoftmax_rows_u8_avx512_f64(acc.data(), kp, rows, S, ic, ei.data(), p.data());
+      } else if (rows_isoftmax_f64) {
+        rows_isoftmax_f64(acc.data(), kp, rows, S, ic, ei.data(), p.data());
       } else {
         for (int64_t i = 0; i < rows; ++i) {
           row_isoftmax(acc.data() + i * S, kp ? kp + i * S : nullptr, S, ic, ei.data(), p.data() + i * S);

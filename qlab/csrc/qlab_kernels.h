@@ -153,10 +153,12 @@ struct ISoftmax {
 void isoftmax_row_u8(const int32_t* acc, const uint8_t* keep, int64_t S, const ISoftmax& c, int64_t* e, uint8_t* out);
 void isoftmax_row_u8_avx512(const int32_t* acc, const uint8_t* keep, int64_t S, const ISoftmax& c, int64_t* e,
                             uint8_t* out);  // the same integers, 8 lanes (AVX-512F/DQ)
-// rows x S of them (keep: rows x S or nullptr; e: kSoftmaxRows x S of scratch) in float64 lanes, exact where
+// rows x S of them (keep: rows x S or nullptr; e: kSoftmaxRows x (S + 8) of scratch) in float64 lanes, exact where
 // 256 S (qb^2 + qc) < 2^50 (the caller checks)
 void isoftmax_rows_u8_avx512_f64(const int32_t* acc, const uint8_t* keep, int64_t rows, int64_t S, const ISoftmax& c,
                                  int64_t* e, uint8_t* out);
+void isoftmax_rows_u8_avx2_f64(const int32_t* acc, const uint8_t* keep, int64_t rows, int64_t S, const ISoftmax& c,
+                               int64_t* e, uint8_t* out);  // the same on 4 lanes (AVX2)
 
 // The core's probes (probes.cpp): n rounds of the path's multiply-add instruction on registers, returning the
 // multiply-adds done (the path must be one cpu_supports() and not scalar); n rounds of 8 dependent imul r64,

@@ -401,6 +401,98 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) inline void isoftm
   }
 }
 
+// The float64 loop on AVX2 (4 lanes): the same exact steps, 2^-z from exponent bits instead of scalef (z clamped to
+// 60 first: ql 2^-z < 1 from z = 53 on, so the floor is 0 either way). Past the row and on masked keys a lane
+// computes on acc = 0 and is then zeroed.
+template <int NR>
+__attribute__((target("avx2"))) inline void isoftmax_rows_pd_avx2(const int32_t* acc, const uint8_t* keep, int64_t S,
+                                                                  const ISoftmax& c, double* e, uint8_t* out) {
+  const int64_t full = S / 4 * 4, ldE = full < S ? full + 4 : full;  // e: rows of whole vectors
+  __m256d vmh[NR], vt[NR];
+  for (int r = 0; r < NR; ++r) {  // a row's maximum over kept keys, 8 lanes at a time
+    const int32_t* a = acc + r * S;
+    const uint8_t* kr = keep ? keep + r * S : nullptr;
+    __m256i vmax = _mm256_set1_epi32(INT32_MIN), seen = _mm256_setzero_si256();
+    int64_t j = 0;
+    for (; j + 8 <= S; j += 8) {
+      __m256i kept = _mm256_set1_epi32(-1);
+      if (kr) {
+        int64_t k8;
+        std::memcpy(&k8, kr + j, 8);
+        kept = _mm256_cmpgt_epi32(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(k8)), _mm256_setzero_si256());
+      }
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + j));
+      vmax = _mm256_blendv_epi8(vmax, _mm256_max_epi32(vmax, x), kept);
+      seen = _mm256_or_si256(seen, kept);
+    }
+    int32_t lanes[8];
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lanes), vmax);
+    bool any = !_mm256_testz_si256(seen, seen);
+    int32_t m = INT32_MIN;
+    for (int32_t x : lanes) m = x > m ? x : m;
+    for (; j < S; ++j) {
+      if (!kr || kr[j]) {
+        m = a[j] > m ? a[j] : m;
+        any = true;
+      }
+    }
+    vmh[r] = _mm256_set1_pd((any ? static_cast<double>(m) : 0.0) + 0.5);
+    vt[r] = _mm256_setzero_pd();
+  }
+  const __m256d d = _mm256_set1_pd(static_cast<double>(c.q_ln2)), ninv_d = _mm256_set1_pd(-1.0 / c.q_ln2),
+                qbh = _mm256_set1_pd(static_cast<double>(c.qb) + 0.5), qc = _mm256_set1_pd(static_cast<double>(c.qc)),
+                z_max = _mm256_set1_pd(-60.0);
+  const __m128i bias = _mm_set1_epi32(1023);
+  constexpr int kFloor = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC, kCeil = _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC;
+  for (int64_t j = 0; j < S; j += 4) {
+    for (int r = 0; r < NR; ++r) {
+      const int32_t* a4 = acc + r * S + j;
+      int32_t kw = 0x01010101, ta[4] = {0, 0, 0, 0};
+      if (j < full) {
+        if (keep) std::memcpy(&kw, keep + r * S + j, 4);
+      } else {  // the last partial vector: lanes past the row are masked
+        uint8_t tk[4] = {0, 0, 0, 0};
+        for (int64_t i = 0; j + i < S; ++i) {
+          ta[i] = a4[i];
+          tk[i] = keep ? keep[r * S + j + i] : 1;
+        }
+        a4 = ta;
+        std::memcpy(&kw, tk, 4);
+      }
+      // kept lanes: all ones (a keep byte is 0 or 1)
+      const __m256d kept =
+          _mm256_castsi256_pd(_mm256_cmpgt_epi64(_mm256_cvtepu8_epi64(_mm_cvtsi32_si128(kw)), _mm256_setzero_si256()));
+      const __m256d nqh =
+          _mm256_sub_pd(vmh[r], _mm256_cvtepi32_pd(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a4))));
+      const __m256d nz = _mm256_round_pd(_mm256_mul_pd(nqh, ninv_d), kCeil);  // -z
+      const __m256d t = _mm256_sub_pd(qbh, _mm256_add_pd(nqh, _mm256_mul_pd(nz, d)));
+      const __m256d ql = _mm256_add_pd(_mm256_mul_pd(t, t), qc);
+      const __m128i ez = _mm_add_epi32(_mm256_cvtpd_epi32(_mm256_max_pd(nz, z_max)), bias);  // 1023 - min(z, 60)
+      const __m256d p2 = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_cvtepi32_epi64(ez), 52));
+      const __m256d ej = _mm256_and_pd(_mm256_round_pd(_mm256_mul_pd(ql, p2), kFloor), kept);
+      vt[r] = _mm256_add_pd(vt[r], ej);  // integers below 2^50: exact in any order
+      _mm256_storeu_pd(e + r * ldE + j, ej);
+    }
+  }
+  __m256d numh[NR], inv_div[NR];
+  for (int r = 0; r < NR; ++r) {
+    double t4[4];
+    _mm256_storeu_pd(t4, vt[r]);
+    const double total = (t4[0] + t4[1]) + (t4[2] + t4[3]);
+    numh[r] = _mm256_set1_pd(std::floor(total / 2) + 0.5);
+    inv_div[r] = _mm256_set1_pd(1.0 / (total > 0 ? total : 1.0));
+  }
+  const __m256d c255 = _mm256_set1_pd(255.0);
+  for (int64_t j = 0; j < S; j += 4) {
+    for (int r = 0; r < NR; ++r) {
+      const __m256d num = _mm256_add_pd(_mm256_mul_pd(_mm256_loadu_pd(e + r * ldE + j), c255), numh[r]);
+      const __m128i p = _mm256_cvttpd_epi32(_mm256_mul_pd(num, inv_div[r]));  // in [0, 255]
+      const __m128i b = _mm_packus_epi16(_mm_packs_epi32(p, p), _mm_setzero_si128());
+      const int32_t w = _mm_cvtsi128_si32(b);
+      std::memcpy(out + r * S + j, &w, static_cast<size_t>(std::min<int64_t>(4, S - j)));
+    }
+  }
+}
 }  // namespace
 
 // The integer softmax on 8 int64 lanes (AVX-512F/DQ): the same integers as isoftmax_row_u8 (sums of integers do not
@@ -458,6 +550,16 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void isoftmax_row_
   }
 }
 
+__attribute__((target("avx2"))) void isoftmax_rows_u8_avx2_f64(const int32_t* acc, const uint8_t* keep, int64_t rows,
+                                                               int64_t S, const ISoftmax& c, int64_t* e, uint8_t* out) {
+  double* ed = reinterpret_cast<double*>(e);  // the scratch, read and written only by vector loads and stores
+  int64_t i = 0;
+  for (; i + 2 <= rows; i += 2) {
+    isoftmax_rows_pd_avx2<2>(acc + i * S, keep ? keep + i * S : nullptr, S, c, ed, out + i * S);
+  }
+  if (i < rows) isoftmax_rows_pd_avx2<1>(acc + i * S, keep ? keep + i * S : nullptr, S, c, ed, out + i * S);
+}
+
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void isoftmax_rows_u8_avx512_f64(
     const int32_t* acc, const uint8_t* keep, int64_t rows, int64_t S, const ISoftmax& c, int64_t* e, uint8_t* out) {
   double* ed = reinterpret_cast<double*>(e);  // the scratch, read and written only by vector loads and stores
@@ -480,6 +582,10 @@ void isoftmax_row_u8_avx512(const int32_t* acc, const uint8_t* keep, int64_t S, 
 void isoftmax_rows_u8_avx512_f64(const int32_t* acc, const uint8_t* keep, int64_t rows, int64_t S, const ISoftmax& c,
                                  int64_t* e, uint8_t* out) {
   for (int64_t i = 0; i < rows; ++i) isoftmax_row_u8(acc + i * S, keep ? keep + i * S : nullptr, S, c, e, out + i * S);
+}
+void isoftmax_rows_u8_avx2_f64(const int32_t* acc, const uint8_t* keep, int64_t rows, int64_t S, const ISoftmax& c,
+                               int64_t* e, uint8_t* out) {
+  isoftmax_rows_u8_avx512_f64(acc, keep, rows, S, c, e, out);
 }
 
 #endif
