@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import qlab  # noqa: E402
 import qlab.kernels as qk  # noqa: E402
 from qlab import _env, roofline  # noqa: E402
-from qlab.timing import loadavg, wait_for_quiet  # noqa: E402
+from qlab.timing import wait_for_quiet, write_recording  # noqa: E402
 
 VARIANTS = ("tiles_16x48", "finish_16x48", "tiles_32x32", "tiles_32x32_a_tiles", "finish_32x32", "finish_32x32_spread",
             "finish_alone")
@@ -84,11 +84,7 @@ def main(argv=None) -> int:
             print(f"{name:4s} {row['shape']:12s} " + ", ".join(
                 f"{v} {row[v]['median_ms']:.3f} ms" + (f" ({row[v]['pct_peak']:.0f}% of peak)" if "pct_peak" in row[v]
                                                         else "") for v in VARIANTS))
-    meta["loadavg_after"] = loadavg()
-    meta["wall_s"] = round(time.perf_counter() - t0, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_recording(args.out, meta, t0, results=results)
     return 0
 
 

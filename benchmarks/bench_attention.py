@@ -36,7 +36,6 @@ load before and after, the CPU, its ISA, the int8 units each library may use and
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
@@ -52,7 +51,7 @@ import qlab  # noqa: E402
 import qlab.kernels as qk  # noqa: E402
 from qlab import _env, pt2e, vit  # noqa: E402
 from qlab.attention import PROB_SCALE  # noqa: E402
-from qlab.timing import loadavg, speedups, time_interleaved, wait_for_quiet  # noqa: E402
+from qlab.timing import loadavg, speedups, time_interleaved, wait_for_quiet, write_recording  # noqa: E402
 
 for msg in (".*torch.ao.quantization.*deprecated", "Please use quant_min and quant_max"):
     warnings.filterwarnings("ignore", message=msg)
@@ -270,10 +269,7 @@ def main(argv=None) -> int:
                     name, batch = item.rsplit(":", 1)
                     grid.setdefault(str(threads), {}).setdefault(name, {})[batch] = vit_section(
                         args.rounds, not args.smoke, name, int(batch), grid=True)
-        meta["loadavg_after"] = loadavg()
-        meta["wall_s"] = round(time.perf_counter() - t0, 1)
-        args.out.write_text(json.dumps({"meta": meta, "e2e": grid}, indent=1) + "\n")
-        print(f"wrote {args.out}")
+        write_recording(args.out, meta, t0, e2e=grid)
         return 0
     att, e2e = {}, {}
     for threads in args.threads:
@@ -281,11 +277,7 @@ def main(argv=None) -> int:
             print(f"-- {threads} thread(s)", flush=True)
             att[str(threads)] = attention_section(args.tokens, args.rounds)
             e2e[str(threads)] = vit_section(args.rounds, not args.smoke)
-    meta["loadavg_after"] = loadavg()
-    meta["wall_s"] = round(time.perf_counter() - t0, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "attention": att, "vit_small": e2e}, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_recording(args.out, meta, t0, attention=att, vit_small=e2e)
     return 0
 
 

@@ -22,7 +22,6 @@ same codes on both sides; on the AVX2 path qlab then multiplies with ``vpmaddubs
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
@@ -36,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 import qlab  # noqa: E402
 import qlab.kernels as qk  # noqa: E402
 from qlab import _env, roofline  # noqa: E402
-from qlab.timing import loadavg, speedups, time_interleaved, wait_for_quiet  # noqa: E402
+from qlab.timing import loadavg, speedups, time_interleaved, wait_for_quiet, write_recording  # noqa: E402
 
 SHAPES = {"qkv": (768, 2304), "proj": (768, 768), "fc1": (768, 3072), "fc2": (3072, 768)}
 ONEDNN, QLAB, FP32 = "oneDNN qlinear_pointwise (prepacked)", "qlab int8_linear", "fp32 F.linear"
@@ -154,11 +153,7 @@ def main(argv=None) -> int:
     for threads in args.threads:
         with qlab.scoped(threads=threads):
             results[str(threads)] = run(threads, args.tokens, args.rounds, shapes, peak, args.act_bits)
-    meta["loadavg_after"] = loadavg()
-    meta["wall_s"] = round(time.perf_counter() - t0, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_recording(args.out, meta, t0, results=results)
     return 0
 
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import qlab  # noqa: E402
 from qlab import _env, checkpoints, data, pt2e, pt2e_lowering, vit, vit_inspect  # noqa: E402
-from qlab.timing import loadavg, speedups, time_interleaved, wait_for_quiet  # noqa: E402
+from qlab.timing import speedups, time_interleaved, wait_for_quiet, write_recording  # noqa: E402
 
 # Explained in notebook 00 and filtered by qlab.setup there; filtered here so the log stays readable.
 for msg in (
@@ -170,11 +170,7 @@ def main() -> int:
         with qlab.scoped(threads=threads):
             lat[str(threads)] = latency_section(args.rounds, 4, not args.no_compile)
         print(json.dumps(lat[str(threads)], indent=1), flush=True)
-    meta["loadavg_after"] = loadavg()
-    meta["wall_s"] = round(time.perf_counter() - t0, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "digits_accuracy": acc, "latency": lat}, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_recording(args.out, meta, t0, digits_accuracy=acc, latency=lat)
     return 0
 
 

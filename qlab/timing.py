@@ -18,8 +18,10 @@ one moment, which is why every result also carries the load average before and a
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import pathlib
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -29,7 +31,8 @@ import torch
 
 from ._checks import check_int, check_number
 
-__all__ = ["Timing", "Timings", "time_interleaved", "iqr_overlap", "speedups", "geomean", "loadavg", "wait_for_quiet"]
+__all__ = ["Timing", "Timings", "time_interleaved", "iqr_overlap", "speedups", "geomean", "loadavg", "wait_for_quiet",
+           "write_recording"]
 
 
 def loadavg() -> float:
@@ -106,6 +109,22 @@ class Timings(dict):
     """``{name: Timing}`` in the order given, plus ``load``: the load average before and after."""
 
     load: tuple[float, float] = (math.nan, math.nan)
+
+
+def write_recording(out: str | os.PathLike, meta: dict, t0: float, **sections: object) -> pathlib.Path:
+    """End a benchmark's run: ``meta`` gets the load average after (``loadavg_after``) and the wall time since ``t0``
+    (a ``time.perf_counter()`` from the start, ``wall_s``), then ``{"meta": meta, **sections}`` is written to ``out``
+    as indented JSON (folders made as needed). Returns the path written."""
+    if not isinstance(meta, dict):
+        raise TypeError(f"meta must be a dict (the machine and the command), got {type(meta).__name__}")
+    check_number("t0", t0)
+    meta["loadavg_after"] = loadavg()
+    meta["wall_s"] = round(time.perf_counter() - t0, 1)
+    path = pathlib.Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, **sections}, indent=1) + "\n")
+    print(f"wrote {path}")
+    return path
 
 
 def time_interleaved(

@@ -79,3 +79,19 @@ def test_iqr_overlap_says_when_two_medians_are_tied():
     assert not timing.iqr_overlap((1.0, 2.0), (2.1, 3.0)) and not timing.iqr_overlap((2.1, 3.0), (1.0, 2.0))
     with pytest.raises(ValueError, match="a must be a"):
         timing.iqr_overlap((2.0, 1.0), (1.0, 2.0))
+
+
+def test_write_recording_ends_a_run_with_the_load_and_wall_time(tmp_path, monkeypatch, capsys):
+    import json
+    import time
+
+    monkeypatch.setattr(timing, "loadavg", lambda: 0.37)
+    meta = {"cpu": "x", "loadavg_before": 0.1}
+    out = timing.write_recording(tmp_path / "new" / "r.json", meta, time.perf_counter() - 2.0, results={"a": 1})
+    data = json.loads(out.read_text())
+    assert list(data) == ["meta", "results"] and data["results"] == {"a": 1}
+    assert data["meta"]["loadavg_after"] == 0.37 and 1.9 <= data["meta"]["wall_s"] <= 60
+    assert data["meta"]["cpu"] == "x" and out.read_text().endswith("}\n")
+    assert f"wrote {out}" in capsys.readouterr().out
+    with pytest.raises(TypeError, match="meta must be a dict"):
+        timing.write_recording(tmp_path / "r.json", None, 0.0)
