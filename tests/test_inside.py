@@ -127,8 +127,10 @@ def test_every_simd_path_has_a_recording_pair(monkeypatch):
         inside.paths_table(1)
 
 
-def test_e2e_grid_recording_reads_as_rows(tmp_path):
-    rec = inside.load_e2e_results()
+@pytest.mark.parametrize("name, onednn", [("vit-e2e.json", "avx512_vnni"), ("vit-e2e-amx.json", "amx")])
+def test_e2e_grid_recording_reads_as_rows(tmp_path, name, onednn):
+    rec = inside.load_e2e_results(inside.E2E_RESULTS.with_name(name))
+    assert rec["meta"]["int8_units"]["onednn"] == onednn  # the path notebook 12 says it was recorded on
     rows = inside.e2e_table(rec)
     assert {(r["model"], r["batch"]) for r in rows} >= {("vit_base_patch16_224", 1), ("vit_base_patch16_224", 16),
                                                         ("vit_small_patch16_224", 16)}
