@@ -147,7 +147,6 @@ QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
   setup_task(t, e, kp, AMX_MR, &s);
   const AmxFinishFn finish = kAmxFinish[finisher_index(e)];
 
-  const int64_t npanels = (t.n1 - t.n0 + NR - 1) / NR;
   const int64_t panel_bytes = kp * NR;
   // Each block is finished as soon as its tiles are stored. (Finishing block i - 1 while block i's tiles are stored,
   // a software pipeline, was slower on a Sapphire Rapids core: the loop with a 197 x 768 x 3072 weight ~9% slower.)
@@ -163,27 +162,8 @@ QLAB_AMX void gemm_amx(const Task& t, const Epilogue& e) {
   };
 
   amx_config();
-  if (npanels * panel_bytes <= 256 * 1024) {
-    std::unique_ptr<Aligned64<int8_t>> bpack;
-    if (!t.packed) bpack = std::make_unique<Aligned64<int8_t>>(static_cast<size_t>(npanels * panel_bytes));
-    std::vector<const int8_t*> bp(static_cast<size_t>(npanels));
-    std::vector<int32_t> col_off(static_cast<size_t>(npanels * NR));
-    for (int64_t p = 0; p < npanels; ++p) {
-      bp[p] =
-          panel_at(t, e, s, t.n0 + p * NR, bpack ? bpack->data() + p * panel_bytes : nullptr, col_off.data() + p * NR);
-    }
-    for (int64_t mt = 0; mt < M; mt += AMX_MR) {
-      for (int64_t p = 0; p < npanels; ++p) run_block(p, mt, bp[p], col_off.data() + p * NR);
-    }
-  } else {
-    std::unique_ptr<Aligned64<int8_t>> bpack;
-    if (!t.packed) bpack = std::make_unique<Aligned64<int8_t>>(static_cast<size_t>(panel_bytes));
-    alignas(64) int32_t col_off[NR];
-    for (int64_t p = 0; p < npanels; ++p) {
-      const int8_t* bp = panel_at(t, e, s, t.n0 + p * NR, bpack ? bpack->data() : nullptr, col_off);
-      for (int64_t mt = 0; mt < M; mt += AMX_MR) run_block(p, mt, bp, col_off);
-    }
-  }
+  sweep_panels(t, e, s, AMX_MR, panel_bytes, run_block);
+
   _tile_release();
 }
 

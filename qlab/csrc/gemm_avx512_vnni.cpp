@@ -113,7 +113,6 @@ void gemm_avx512_vnni(const Task& t, const Epilogue& e) {
   setup_task(t, e, kp, MR, &s);
   const auto& tiles = kTiles[finisher_index(e)];
 
-  const int64_t npanels = (t.n1 - t.n0 + NR - 1) / NR;
   const int64_t panel_bytes = kp * NR;
   auto run_tile = [&](int64_t p, int64_t mt, const int8_t* bp, const int32_t* coff) {
     const int64_t n = t.n0 + p * NR;
@@ -125,30 +124,7 @@ void gemm_avx512_vnni(const Task& t, const Epilogue& e) {
                                            t.m0 + mt, n);
   };
 
-  if (npanels * panel_bytes <= 256 * 1024) {
-    // All of B fits in L2 (attention: K or N is the head dim): pack it once, then sweep the
-    // rows, so each tile of output rows is written left to right while its A rows stay in L1.
-    std::unique_ptr<Aligned64<int8_t>> bpack;
-    if (!t.packed) bpack = std::make_unique<Aligned64<int8_t>>(static_cast<size_t>(npanels * panel_bytes));
-    std::vector<const int8_t*> bp(static_cast<size_t>(npanels));
-    std::vector<int32_t> col_off(static_cast<size_t>(npanels * NR));
-    for (int64_t p = 0; p < npanels; ++p) {
-      bp[p] =
-          panel_at(t, e, s, t.n0 + p * NR, bpack ? bpack->data() + p * panel_bytes : nullptr, col_off.data() + p * NR);
-    }
-    for (int64_t mt = 0; mt < M; mt += MR) {
-      for (int64_t p = 0; p < npanels; ++p) run_tile(p, mt, bp[p], col_off.data() + p * NR);
-    }
-  } else {
-    // A large B (a Linear weight): one panel at a time, used by every row tile while it is hot.
-    std::unique_ptr<Aligned64<int8_t>> bpack;
-    if (!t.packed) bpack = std::make_unique<Aligned64<int8_t>>(static_cast<size_t>(panel_bytes));
-    alignas(64) int32_t col_off[NR];
-    for (int64_t p = 0; p < npanels; ++p) {
-      const int8_t* bp = panel_at(t, e, s, t.n0 + p * NR, bpack ? bpack->data() : nullptr, col_off);
-      for (int64_t mt = 0; mt < M; mt += MR) run_tile(p, mt, bp, col_off);
-    }
-  }
+  sweep_panels(t, e, s, MR, panel_bytes, run_tile);
 }
 
 void pack_b_vnni(const MatB& b, int64_t N, int64_t K, int8_t* dst) {

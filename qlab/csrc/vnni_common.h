@@ -426,6 +426,37 @@ QLAB_VNNI const int8_t* panel_at(const Task& t, const Epilogue& e, const TaskSet
   return bp;
 }
 
+// The order both paths go over C (the task's rows, panels of NR columns). All of B fits in L2 (attention: K or N is
+// the head dim): pack it once, then sweep the rows, so each block of output rows is written left to right while its
+// A rows stay in L1. A large B (a Linear weight): one panel at a time, used by every block of rows while it is hot.
+// run(p, mt, panel, col_off) computes and finishes rows mt .. mt + mr - 1 of panel p.
+template <class Run>
+QLAB_VNNI void sweep_panels(const Task& t, const Epilogue& e, const TaskSetup& s, int64_t mr, int64_t panel_bytes,
+                            Run&& run) {
+  const int64_t M = t.m1 - t.m0, npanels = (t.n1 - t.n0 + NR - 1) / NR;
+  if (npanels * panel_bytes <= 256 * 1024) {
+    std::unique_ptr<Aligned64<int8_t>> bpack;
+    if (!t.packed) bpack = std::make_unique<Aligned64<int8_t>>(static_cast<size_t>(npanels * panel_bytes));
+    std::vector<const int8_t*> bp(static_cast<size_t>(npanels));
+    std::vector<int32_t> col_off(static_cast<size_t>(npanels * NR));
+    for (int64_t p = 0; p < npanels; ++p) {
+      bp[p] =
+          panel_at(t, e, s, t.n0 + p * NR, bpack ? bpack->data() + p * panel_bytes : nullptr, col_off.data() + p * NR);
+    }
+    for (int64_t mt = 0; mt < M; mt += mr) {
+      for (int64_t p = 0; p < npanels; ++p) run(p, mt, bp[p], col_off.data() + p * NR);
+    }
+  } else {
+    std::unique_ptr<Aligned64<int8_t>> bpack;
+    if (!t.packed) bpack = std::make_unique<Aligned64<int8_t>>(static_cast<size_t>(panel_bytes));
+    alignas(64) int32_t col_off[NR];
+    for (int64_t p = 0; p < npanels; ++p) {
+      const int8_t* bp = panel_at(t, e, s, t.n0 + p * NR, bpack ? bpack->data() : nullptr, col_off);
+      for (int64_t mt = 0; mt < M; mt += mr) run(p, mt, bp, col_off);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace qlab
 
