@@ -4,6 +4,7 @@ unfused qlab path it will replace (notebook 10's BERT attention, notebook 08's V
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -26,6 +27,41 @@ def test_exp_is_within_3_ulp_of_torch_exp_and_flushes_below_the_limit():
     assert int(ulps(A.exp_f32(x), torch.exp(x)).max()) <= 3
     assert A.exp_f32(torch.tensor([0.0])).item() == 1.0
     assert not A.exp_f32(torch.tensor([-87.01, -1e4, float("-inf"), MASK_VALUE])).any()
+
+
+def _round_f32(q: Fraction) -> float:
+    """The exact rational ``q`` rounded to the nearest float32 (ties to even); normal range only."""
+    if q == 0:
+        return 0.0
+    e = math.floor(math.log2(abs(q)))
+    e += (abs(q) >= Fraction(2) ** (e + 1)) - (abs(q) < Fraction(2) ** e)  # log2 of a float may be off by one
+    ulp = Fraction(2) ** (e - 23)
+    return float(round(q / ulp) * ulp)  # Fraction.__round__: half to even
+
+
+def _f32(v: float) -> torch.Tensor:
+    return torch.tensor([v], dtype=torch.float32)
+
+
+def test_fma_f32_rounds_once_where_float64_then_float32_rounds_twice():
+    # a·b = 2^-24 - 2^-94 and c = 1 + 2^-23: the exact sum lies just below the float32 tie 1 + 3·2^-24, but rounding it
+    # to float64 first lands on the tie, which then goes to the even neighbour 1 + 2^-22.
+    a, b, c = _f32(1 + 2**-23), _f32(2**-24 * (1 - 2**-23)), _f32(1 + 2**-23)
+    naive = (a.double() * b.double() + c.double()).float()
+    exact = _round_f32(Fraction(a.item()) * Fraction(b.item()) + Fraction(c.item()))
+    assert exact == 1 + 2**-23 and naive.item() == 1 + 2**-22
+    assert A.fma_f32(a, b, c).item() == exact
+    assert A.fma_f32(-a, b, -c).item() == -exact
+
+
+_normal = st.floats(-(2.0**40), 2.0**40, width=32, allow_subnormal=False).filter(lambda v: v == 0 or abs(v) > 2**-40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_normal, _normal, _normal)
+def test_property_fma_f32_is_the_exact_value_rounded_once(a, b, c):
+    exact = _round_f32(Fraction(a) * Fraction(b) + Fraction(c))
+    assert A.fma_f32(_f32(a), _f32(b), _f32(c)).item() == exact
 
 
 @settings(max_examples=60, deadline=None)
@@ -142,6 +178,38 @@ def test_the_kernel_equals_the_reference_on_every_path_and_thread_count(shape, s
                     with qlab.scoped(threads=threads), qk.use_isa(isa):
                         got = torch.ops.qlab.int8_attention(*args)
                     assert torch.equal(got, want), (isa, threads, bias is not None, out_dtype)
+
+
+@_native
+@pytest.mark.parametrize("rows", [1, 3, 4, 9])
+@pytest.mark.parametrize("S", [1, 7, 16, 33, 197])
+def test_the_kernels_exps_equal_the_reference_bit_for_bit_on_every_path(rows, S):
+    # the fused op's codes hide most of an exp's low bits; the exps themselves show every one
+    import qlab.kernels as qk
+
+    g = torch.Generator().manual_seed(rows * 1000 + S)
+    logits = torch.randn(rows, S, generator=g) * torch.tensor([1.0, 10.0, 60.0, 300.0]).repeat(rows)[:rows, None]
+    logits[0, ::3] = float("-inf")  # masked keys
+    if rows > 2:
+        logits[2] = float("-inf")  # a row with nothing kept
+    want_e = A.softmax_exps(logits)
+    for p_scale in (1.0 / 255.0, 1e-3):
+        want = A.softmax_u8(logits, p_scale=p_scale)
+        for isa in qk.available_isas():
+            with qk.use_isa(isa):
+                e, codes = torch.ops.qlab._softmax_rows(logits, p_scale)
+            assert torch.equal(e.view(torch.int32), want_e.view(torch.int32)), (isa, p_scale)
+            assert torch.equal(codes, want), (isa, p_scale)
+
+
+@_native
+def test_the_softmax_helper_names_bad_arguments():
+    with pytest.raises(ValueError, match="logits must be a 2-D float32"):
+        torch.ops.qlab._softmax_rows(torch.zeros(3), 1 / 255)
+    with pytest.raises(ValueError, match="at least one column"):
+        torch.ops.qlab._softmax_rows(torch.zeros(2, 0), 1 / 255)
+    with pytest.raises(ValueError, match="p_scale"):
+        torch.ops.qlab._softmax_rows(torch.zeros(2, 2), float("nan"))
 
 
 @_native

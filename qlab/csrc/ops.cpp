@@ -111,6 +111,13 @@ constexpr Path kPaths[kNumIsas] = {{gemm_scalar, kPanelScalar},
                                    {gemm_avx_vnni, kPanelAvx2}};
 bool zmm(Isa isa) { return isa == Isa::Avx512Vnni || isa == Isa::Amx; }
 
+// the float softmax loop of a path, and how many rows it computes together (its scratch holds that many)
+using SoftmaxRowsFn = void (*)(const float*, int64_t, int64_t, float, float*, uint8_t*);
+SoftmaxRowsFn softmax_rows_of(Isa isa) {
+  return zmm(isa) ? softmax_rows_u8_avx512 : (isa == Isa::Scalar ? softmax_rows_u8_scalar : softmax_rows_u8_avx2);
+}
+int64_t softmax_rows_together(Isa isa) { return zmm(isa) ? kSoftmaxRows : (isa == Isa::Scalar ? 1 : kSoftmaxRowsAvx2); }
+
 std::vector<std::string> supported_isas() {
   std::vector<std::string> out;
   for (Isa isa : kByPreference) {
@@ -815,8 +822,7 @@ at::Tensor int8_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at
   uint8_t* od = static_cast<uint8_t*>(out.data_ptr());
   const GemmFn gemm = active_gemm();
   const Isa isa = active_isa();
-  void (*rows_softmax)(const float*, int64_t, int64_t, float, float*, uint8_t*) =
-      zmm(isa) ? softmax_rows_u8_avx512 : (isa == Isa::Scalar ? softmax_rows_u8_scalar : softmax_rows_u8_avx2);
+  const SoftmaxRowsFn rows_softmax = softmax_rows_of(isa);
   // The 8-lane integer softmax needs 255 * (sum of a row's exps) at most half int64's range (its floors go through
   // float64); the logit scales between that and the limit checked above keep the scalar loop.
   void (*row_isoftmax)(const int32_t*, const uint8_t*, int64_t, const ISoftmax&, int64_t*, uint8_t*) =
@@ -934,6 +940,30 @@ at::Tensor quantize_per_tensor_cpu(const at::Tensor& x, double scale, int64_t ze
   return out;
 }
 
+// The float softmax on its own, as the fused op runs it on the active path: (exps, codes) of float32 logits
+// [rows, S] (-inf: masked). For tests: the codes hide most of an exp's low bits, the exps show them all.
+std::tuple<at::Tensor, at::Tensor> softmax_rows_op(const at::Tensor& logits, double p_scale) {
+  TORCH_CHECK_VALUE(logits.dim() == 2 && logits.scalar_type() == at::kFloat && logits.device().is_cpu(),
+                    "logits must be a 2-D float32 CPU tensor, got ", logits.dim(), "-D ", logits.scalar_type(), " on ",
+                    logits.device());
+  TORCH_CHECK_VALUE(logits.size(1) >= 1, "logits must have at least one column, got shape ", logits.sizes());
+  check_scale(p_scale, "p_scale");
+  const float pinv = static_cast<float>(1.0 / p_scale);
+  TORCH_CHECK_VALUE(std::isfinite(pinv), "p_scale = ", p_scale, " is too small: 1 / p_scale overflows float32");
+  const at::Tensor x = logits.contiguous();
+  const int64_t rows = x.size(0), S = x.size(1);
+  at::Tensor e = at::empty_like(x), codes = at::empty(x.sizes(), x.options().dtype(at::kByte));
+  const Isa isa = active_isa();
+  const SoftmaxRowsFn fn = softmax_rows_of(isa);
+  // each call leaves in e only the exps of its last group of rows computed together: one group per call
+  const int64_t group = softmax_rows_together(isa);
+  for (int64_t i = 0; i < rows; i += group) {
+    fn(x.data_ptr<float>() + i * S, std::min(group, rows - i), S, pinv, e.data_ptr<float>() + i * S,
+       codes.data_ptr<uint8_t>() + i * S);
+  }
+  return {e, codes};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(qlab, m) {
@@ -957,6 +987,7 @@ TORCH_LIBRARY(qlab, m) {
   m.def("_get_isa() -> str", &get_isa_op);
   m.def("_supported_isas() -> str[]", &supported_isas_op);
   m.def("_quantize_multiplier(float m) -> (int, int)", &quantize_multiplier_op);
+  m.def("_softmax_rows(Tensor logits, float p_scale) -> (Tensor, Tensor)", &softmax_rows_op);
   m.def("_build_info() -> str", &build_info_op);
   m.def("_peak_burst(str isa, int n) -> int", &peak_burst_op);
   m.def("_clock_burst(int n) -> int", &clock_burst_op);

@@ -143,7 +143,8 @@ void table_rows_vbmi(uint8_t* o, int64_t ld, int64_t rows, int64_t cols, const u
 float exp_f32(float x);
 // rows x S logits and codes, row after row; pinv: float32(1 / p_scale), the codes' inverse scale (255 for codes of
 // 1/255); e: kSoftmaxRows x S floats of scratch.
-constexpr int64_t kSoftmaxRows = 4;  // rows the AVX-512 loop computes together
+constexpr int64_t kSoftmaxRows = 4;      // rows the AVX-512 loop computes together
+constexpr int64_t kSoftmaxRowsAvx2 = 2;  // and the AVX2 one
 void softmax_rows_u8_scalar(const float* logits, int64_t rows, int64_t S, float pinv, float* e, uint8_t* out);
 void softmax_rows_u8_avx2(const float* logits, int64_t rows, int64_t S, float pinv, float* e, uint8_t* out);
 void softmax_rows_u8_avx512(const float* logits, int64_t rows, int64_t S, float pinv, float* e, uint8_t* out);

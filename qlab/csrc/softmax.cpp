@@ -3,8 +3,10 @@
 //
 // The definition is qlab/kernels/attention_reference.py (softmax_u8) and qlab/intonly.py (i_softmax); this file
 // computes the same numbers. The float variant is written so that no instruction set, vector width or thread
-// count can change a bit: exp is a fixed sequence of float32 multiplies and adds (the build forbids FMA
-// contraction, -ffp-contract=off), and the row sum runs in 16 lanes folded 8-4-2-1, whatever the machine.
+// count can change a bit: exp is a fixed sequence of float32 operations, its Horner steps and range reduction
+// fused multiply-adds (one rounding each: std::fma in the portable loop, vfmadd in the vector ones; the build
+// forbids the compiler's own contraction elsewhere, -ffp-contract=off), and the row sum runs in 16 lanes folded
+// 8-4-2-1, whatever the machine.
 // Three loops compute it: portable, AVX2 (two 8-lane registers hold the 16 lanes) and AVX-512 (one register);
 // each lane sees the same rounded float32 operations in the same order, so all three give the same bits. (Where
 // an instruction does exactly what two did, the AVX-512 loop uses it: exp16 and codes16 say which.)
@@ -49,14 +51,9 @@ inline float pow2(int n) {  // 2^n for -126 <= n <= 127, from its exponent bits
 float exp_f32(float x) {
   if (!(x >= kExpFlush)) return 0.0f;
   const float n = std::nearbyint(x * kLog2e);
-  const float nl = n * kLn2Hi;
-  const float nl2 = n * kLn2Lo;
-  const float r = (x - nl) - nl2;
+  const float r = std::fma(-n, kLn2Lo, std::fma(-n, kLn2Hi, x));
   float p = kPoly[0];
-  for (int i = 1; i < 7; ++i) {
-    const float pr = p * r;
-    p = pr + kPoly[i];
-  }
+  for (int i = 1; i < 7; ++i) p = std::fma(p, r, kPoly[i]);
   return p * pow2(static_cast<int>(n));
 }
 
@@ -97,15 +94,14 @@ void softmax_rows_u8_scalar(const float* logits, int64_t rows, int64_t S, float 
 
 namespace {
 // exp_f32 on 8 / 16 lanes: the same float32 operations, lane by lane
-__attribute__((target("avx2"))) inline __m256 exp8(__m256 x) {
+__attribute__((target("avx2,fma"))) inline __m256 exp8(__m256 x) {
   const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(kExpFlush), _CMP_GE_OQ);
   x = _mm256_and_ps(x, keep);  // flushed lanes compute exp(0), then become 0
   const __m256 n =
       _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 r = _mm256_sub_ps(_mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(kLn2Hi))),
-                                 _mm256_mul_ps(n, _mm256_set1_ps(kLn2Lo)));
+  const __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), x));
   __m256 p = _mm256_set1_ps(kPoly[0]);
-  for (int i = 1; i < 7; ++i) p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(kPoly[i]));
+  for (int i = 1; i < 7; ++i) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kPoly[i]));
   const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(bits)), keep);
 }
@@ -113,14 +109,13 @@ __attribute__((target("avx2"))) inline __m256 exp8(__m256 x) {
 // The same operations with fewer instructions, each giving the same bits: no masking of x (a flushed lane's NaN or
 // inf is zeroed at the end), n rounded once by a conversion with embedded round-to-nearest-even (|x log2 e| < 2^31),
 // and p 2^n by vscalefps (exact, as p times the float 2^n is).
-__attribute__((target("avx512f"))) inline __m512 exp16(__m512 x) {
+__attribute__((target("avx512f,fma"))) inline __m512 exp16(__m512 x) {
   const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExpFlush), _CMP_GE_OQ);
   const __m512 n = _mm512_cvtepi32_ps(_mm512_cvt_roundps_epi32(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
                                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  const __m512 r = _mm512_sub_ps(_mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(kLn2Hi))),
-                                 _mm512_mul_ps(n, _mm512_set1_ps(kLn2Lo)));
+  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x));
   __m512 p = _mm512_set1_ps(kPoly[0]);
-  for (int i = 1; i < 7; ++i) p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(kPoly[i]));
+  for (int i = 1; i < 7; ++i) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kPoly[i]));
   return _mm512_maskz_scalef_ps(keep, p, n);
 }
 // codes of 16 probabilities: round((e · inv) · pinv), clamped to [0, 255]. v = (e · inv) · pinv >= 0, so the
@@ -132,8 +127,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m128i codes16(__m5
 
 // NR rows at once (as the AVX-512 loop below, which says why)
 template <int NR>
-__attribute__((target("avx2"))) inline void softmax_rows_avx2(const float* logits, int64_t S, float pinv, float* e,
-                                                              uint8_t* out) {
+__attribute__((target("avx2,fma"))) inline void softmax_rows_avx2(const float* logits, int64_t S, float pinv, float* e,
+                                                                  uint8_t* out) {
   // The rows' maxima, 8 lanes at a time (exact in any order; vmaxps returns its second operand when the first is
   // NaN, so NaN logits are skipped as the scalar loop skips them; a zero's sign cannot change x - m)
   __m256 vm[NR], lo[NR], hi[NR];  // lo, hi: lanes 0-7 and 8-15 of each row's sums
@@ -202,9 +197,9 @@ __attribute__((target("avx2"))) inline void softmax_rows_avx2(const float* logit
 // NR rows at once: each row's steps are the one-row loop's, in the same order; the rows' independent chains (the
 // maximum, the lane sums, the reciprocal) overlap instead of waiting on each other.
 template <int NR>
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void softmax_rows_avx512(const float* logits, int64_t S,
-                                                                                     float pinv, float* e,
-                                                                                     uint8_t* out) {
+__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) inline void softmax_rows_avx512(const float* logits, int64_t S,
+                                                                                         float pinv, float* e,
+                                                                                         uint8_t* out) {
   // Whole registers in the loops, a mask only for the last partial one: masked stores are slow on some CPUs
   const int64_t full = S / 16 * 16;
   const __mmask16 tail = static_cast<__mmask16>((1u << (S - full)) - 1);
@@ -254,16 +249,17 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void softmax_rows_av
 }
 }  // namespace
 
-__attribute__((target("avx2"))) void softmax_rows_u8_avx2(const float* logits, int64_t rows, int64_t S, float pinv,
-                                                          float* e, uint8_t* out) {
+__attribute__((target("avx2,fma"))) void softmax_rows_u8_avx2(const float* logits, int64_t rows, int64_t S, float pinv,
+                                                              float* e, uint8_t* out) {
   int64_t i = 0;
+  static_assert(kSoftmaxRowsAvx2 == 2, "the loop below takes rows two at a time");
   for (; i + 2 <= rows; i += 2) softmax_rows_avx2<2>(logits + i * S, S, pinv, e, out + i * S);
   if (i < rows) softmax_rows_avx2<1>(logits + i * S, S, pinv, e, out + i * S);
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vl"))) void softmax_rows_u8_avx512(const float* logits, int64_t rows,
-                                                                                 int64_t S, float pinv, float* e,
-                                                                                 uint8_t* out) {
+__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void softmax_rows_u8_avx512(const float* logits, int64_t rows,
+                                                                                     int64_t S, float pinv, float* e,
+                                                                                     uint8_t* out) {
   int64_t i = 0;
   for (; i + 4 <= rows; i += 4) softmax_rows_avx512<4>(logits + i * S, S, pinv, e, out + i * S);
   switch (rows - i) {

@@ -12,7 +12,8 @@ functions carry their own ``__attribute__((target(...)))``, so one build runs on
 x86-64 CPU and picks its path at run time. ``-fopenmp`` makes ``at::parallel_for``
 use ATen's OpenMP thread pool (without it, it silently runs on one thread);
 ``-ffp-contract=off`` forbids fusing a multiply and an add into an FMA, which would
-change float32 rounding and break bit-exactness with PyTorch.
+change float32 rounding and break bit-exactness with PyTorch (where a definition has
+a fused multiply-add, as the fused attention's ``exp`` does, the code writes it).
 """
 
 from __future__ import annotations

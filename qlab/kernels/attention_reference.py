@@ -14,9 +14,10 @@ never writing the float score matrix: the kernel walks a block of query rows at 
 depend on the block size, the thread count or the instruction set, so the float softmax fixes what torch.softmax
 leaves to the vector width:
 
-* ``exp`` is :func:`exp_f32`: Cody-Waite range reduction and a degree-6 polynomial, every product and sum rounded to
-  float32 on its own (no fused multiply-add: the kernel must be built with ``-ffp-contract=off``); ``exp(x) = 0`` below
-  ``EXP_FLUSH`` (where float32 would go subnormal), and for the mask value;
+* ``exp`` is :func:`exp_f32`: Cody-Waite range reduction and a degree-6 polynomial in Horner form, each step one
+  fused multiply-add rounded once to float32 (:func:`fma_f32`; every x86 path the kernel has, AVX2 included, has the
+  instruction, and the portable loop calls ``std::fma``; the compiler may fuse nothing else, ``-ffp-contract=off``);
+  ``exp(x) = 0`` below ``EXP_FLUSH`` (where float32 would go subnormal), and for the mask value;
 * the row sum is :func:`row_sum_16`: 16 running partial sums (column ``j`` into lane ``j mod 16``, in order of
   ``j``), then folded 8, 4, 2, 1 -- the same on an AVX2 machine (two 8-lane registers) and an AVX-512 one;
 * ``P = nearbyint(e · float32(1/Σ) · float32(1/p_scale))`` clamped to [0, 255]: one reciprocal per row, then two
@@ -34,14 +35,38 @@ from .._checks import check_choice, check_tensor
 from ..bert_attention import MASK_VALUE
 from . import _validate, reference
 
-__all__ = ["exp_f32", "row_sum_16", "softmax_u8", "int8_attention", "EXP_FLUSH", "LANES"]
+__all__ = ["fma_f32", "exp_f32", "softmax_exps", "row_sum_16", "softmax_u8", "int8_attention", "EXP_FLUSH", "LANES"]
 
 LANES = 16
 EXP_FLUSH = -87.0  # exp below this is < 2^-125.5: flushed to 0 rather than rounded as a subnormal
 _LOG2E = torch.tensor(1.4426950408889634, dtype=torch.float32)
-_LN2_HI = torch.tensor(0.693145751953125, dtype=torch.float32)  # ln 2 in 16 significant bits: n·LN2_HI is exact
+_LN2_HI = torch.tensor(0.693145751953125, dtype=torch.float32)  # ln 2 in 15 significant bits: n·LN2_HI is exact
 _LN2_LO = torch.tensor(1.428606765330187e-06, dtype=torch.float32)
 _POLY = [torch.tensor(1.0 / math.factorial(i), dtype=torch.float32) for i in range(6, -1, -1)]  # Horner, x^6 first
+
+
+def fma_f32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``a·b + c`` for float32 values (float32 or float64 tensors holding them), rounded once to float32 (nearest,
+    ties to even): what ``vfmadd`` and ``std::fma`` return, for results in float32's normal range.
+
+    In float64 the product is exact (24 + 24 bits <= 53) but the sum is not, and rounding it to float64 and then to
+    float32 rounds twice. That can only go wrong where the float64 sum lands exactly on a float32 tie the exact sum
+    was not on (float32 ties are float64 numbers, so the first rounding never crosses one): there the exact error of
+    the sum (TwoSum) moves it one float64 step toward the exact value, off the tie."""
+    p = a.to(torch.float64) * b.to(torch.float64)  # exact
+    c = c.to(torch.float64)
+    s = p + c
+    tie = (s.view(torch.int64) & 0x1FFFFFFF) == 0x10000000  # the 29 bits float32 drops are exactly one half
+    if bool(tie.any()):
+        p, c = torch.broadcast_tensors(p, c)
+        pt, ct, st = p[tie], c[tie], s[tie]
+        bb = st - pt
+        err = (pt - (st - bb)) + (ct - bb)  # TwoSum: st + err == pt + ct exactly
+        step = torch.where((err > 0) == (st > 0), 1, -1)  # away from zero when err has the sum's sign
+        bits = st.view(torch.int64)
+        s = s.clone()
+        s[tie] = torch.where(err != 0, bits + step, bits).view(torch.float64)
+    return s.to(torch.float32)
 
 
 def exp_f32(x: torch.Tensor) -> torch.Tensor:
@@ -52,10 +77,11 @@ def exp_f32(x: torch.Tensor) -> torch.Tensor:
     flush = ~(x >= EXP_FLUSH)  # also NaN-free -inf and the mask value
     xc = torch.where(flush, torch.zeros_like(x), x)
     n = torch.round(xc * _LOG2E)  # nearest, ties to even (nearbyint)
-    r = (xc - n * _LN2_HI) - n * _LN2_LO
+    # r = fma(-n, LN2_LO, fma(-n, LN2_HI, x)); n·LN2_HI is exact in float32 (|n| <= 126): the inner fma is x - n·LN2_HI
+    r = fma_f32(-n, _LN2_LO, xc - n * _LN2_HI).to(torch.float64)  # float32 values, converted once
     p = _POLY[0]
     for c in _POLY[1:]:
-        p = p * r + c  # two roundings: no FMA
+        p = fma_f32(p, r, c)
     pow2 = ((n.to(torch.int32) + 127) << 23).view(torch.float32)  # 2^n from its exponent bits, n >= -126
     out = p * pow2
     return torch.where(flush, torch.zeros_like(out), out)
@@ -78,17 +104,22 @@ def row_sum_16(e: torch.Tensor) -> torch.Tensor:
     return lanes
 
 
-def softmax_u8(logits: torch.Tensor, keep: torch.Tensor | None = None, p_scale: float = 1.0 / 255.0) -> torch.Tensor:
-    """Step (3), ``"float"``: float32 logits -> uint8 probability codes of scale ``p_scale`` along the last dimension
-    (probabilities above ``255 · p_scale`` clamp at 255). ``keep``: bool, broadcast to ``logits`` (``False``: masked,
-    probability exactly 0; a row with nothing kept is all zeros). The maximum is taken over the kept entries."""
+def softmax_exps(logits: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """The unnormalised probabilities of step (3): ``exp_f32(logits - max)`` over the kept entries, 0 elsewhere."""
     check_tensor("logits", logits)
     if logits.dtype != torch.float32:
         raise TypeError(f"logits must be float32, got {logits.dtype}")
     keep = torch.ones_like(logits, dtype=torch.bool) if keep is None else torch.broadcast_to(keep, logits.shape)
     m = torch.where(keep, logits, float("-inf")).amax(dim=-1, keepdim=True)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # rows with nothing kept
-    e = torch.where(keep, exp_f32(torch.where(keep, logits - m, torch.zeros_like(logits))), torch.zeros_like(logits))
+    return torch.where(keep, exp_f32(torch.where(keep, logits - m, torch.zeros_like(logits))), torch.zeros_like(logits))
+
+
+def softmax_u8(logits: torch.Tensor, keep: torch.Tensor | None = None, p_scale: float = 1.0 / 255.0) -> torch.Tensor:
+    """Step (3), ``"float"``: float32 logits -> uint8 probability codes of scale ``p_scale`` along the last dimension
+    (probabilities above ``255 · p_scale`` clamp at 255). ``keep``: bool, broadcast to ``logits`` (``False``: masked,
+    probability exactly 0; a row with nothing kept is all zeros). The maximum is taken over the kept entries."""
+    e = softmax_exps(logits, keep)
     total = row_sum_16(e)
     inv = torch.where(total > 0, 1.0 / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(total))
     p = torch.round((e * inv) * torch.tensor(1.0 / p_scale, dtype=torch.float32))
