@@ -95,8 +95,8 @@ void softmax_rows_u8_scalar(const float* logits, int64_t rows, int64_t S, float 
 namespace {
 // exp_f32 on 8 / 16 lanes: the same float32 operations, lane by lane
 __attribute__((target("avx2,fma"))) inline __m256 exp8(__m256 x) {
+  // x is not masked: whatever a flushed lane computes (NaN, inf) is zeroed at the end
   const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(kExpFlush), _CMP_GE_OQ);
-  x = _mm256_and_ps(x, keep);  // flushed lanes compute exp(0), then become 0
   const __m256 n =
       _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), x));
@@ -106,9 +106,8 @@ __attribute__((target("avx2,fma"))) inline __m256 exp8(__m256 x) {
   return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(bits)), keep);
 }
 
-// The same operations with fewer instructions, each giving the same bits: no masking of x (a flushed lane's NaN or
-// inf is zeroed at the end), n rounded once by a conversion with embedded round-to-nearest-even (|x log2 e| < 2^31),
-// and p 2^n by vscalefps (exact, as p times the float 2^n is).
+// The same operations with fewer instructions, each giving the same bits: n rounded once by a conversion with embedded
+// round-to-nearest-even (|x log2 e| < 2^31), and p 2^n by vscalefps (exact, as p times the float 2^n is).
 __attribute__((target("avx512f,fma"))) inline __m512 exp16(__m512 x) {
   const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExpFlush), _CMP_GE_OQ);
   const __m512 n = _mm512_cvtepi32_ps(_mm512_cvt_roundps_epi32(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
