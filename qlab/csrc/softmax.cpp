@@ -108,7 +108,7 @@ __attribute__((target("avx2,fma"))) inline __m256 exp8(__m256 x) {
 
 // The same operations with fewer instructions, each giving the same bits: n rounded once by a conversion with embedded
 // round-to-nearest-even (|x log2 e| < 2^31), and p 2^n by vscalefps (exact, as p times the float 2^n is).
-__attribute__((target("avx512f,fma"))) inline __m512 exp16(__m512 x) {
+__attribute__((target("avx512f"))) inline __m512 exp16(__m512 x) {
   const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExpFlush), _CMP_GE_OQ);
   const __m512 n = _mm512_cvtepi32_ps(_mm512_cvt_roundps_epi32(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
                                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
@@ -196,9 +196,9 @@ __attribute__((target("avx2,fma"))) inline void softmax_rows_avx2(const float* l
 // NR rows at once: each row's steps are the one-row loop's, in the same order; the rows' independent chains (the
 // maximum, the lane sums, the reciprocal) overlap instead of waiting on each other.
 template <int NR>
-__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) inline void softmax_rows_avx512(const float* logits, int64_t S,
-                                                                                         float pinv, float* e,
-                                                                                         uint8_t* out) {
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void softmax_rows_avx512(const float* logits, int64_t S,
+                                                                                     float pinv, float* e,
+                                                                                     uint8_t* out) {
   // Whole registers in the loops, a mask only for the last partial one: masked stores are slow on some CPUs
   const int64_t full = S / 16 * 16;
   const __mmask16 tail = static_cast<__mmask16>((1u << (S - full)) - 1);
@@ -256,9 +256,9 @@ __attribute__((target("avx2,fma"))) void softmax_rows_u8_avx2(const float* logit
   if (i < rows) softmax_rows_avx2<1>(logits + i * S, S, pinv, e, out + i * S);
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void softmax_rows_u8_avx512(const float* logits, int64_t rows,
-                                                                                     int64_t S, float pinv, float* e,
-                                                                                     uint8_t* out) {
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void softmax_rows_u8_avx512(const float* logits, int64_t rows,
+                                                                                 int64_t S, float pinv, float* e,
+                                                                                 uint8_t* out) {
   int64_t i = 0;
   for (; i + 4 <= rows; i += 4) softmax_rows_avx512<4>(logits + i * S, S, pinv, e, out + i * S);
   switch (rows - i) {
